@@ -1418,7 +1418,9 @@ type TriggerWebhookResponse struct {
 	// execution id and status. REST callers get it as the response body.
 	Body *httpbody.HttpBody `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
 	// The HTTP status code the respond node asked for; 200 when unset.
-	StatusCode    int32 `protobuf:"varint,4,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	StatusCode int32 `protobuf:"varint,4,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	// Response headers the respond node asked for.
+	Headers       map[string]string `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1479,6 +1481,13 @@ func (x *TriggerWebhookResponse) GetStatusCode() int32 {
 		return x.StatusCode
 	}
 	return 0
+}
+
+func (x *TriggerWebhookResponse) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
 }
 
 var File_workflow_runtime_v1_runtime_proto protoreflect.FileDescriptor
@@ -1602,13 +1611,17 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\n" +
 	"QueryEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x02\n" +
 	"\x16TriggerWebhookResponse\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12(\n" +
 	"\x04body\x18\x03 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12\x1f\n" +
 	"\vstatus_code\x18\x04 \x01(\x05R\n" +
-	"statusCode2\xfb\f\n" +
+	"statusCode\x12R\n" +
+	"\aheaders\x18\x05 \x03(\v28.workflow.runtime.v1.TriggerWebhookResponse.HeadersEntryR\aheaders\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xfb\f\n" +
 	"\x16WorkflowRuntimeService\x12\xb9\x01\n" +
 	"\x10CreateDeployment\x12,.workflow.runtime.v1.CreateDeploymentRequest\x1a-.workflow.runtime.v1.CreateDeploymentResponse\"H\xc2\xf3\x18\x11\n" +
 	"\x0fworkflows:write\x82\xd3\xe4\x93\x02-:\x01*b\n" +
@@ -1644,7 +1657,7 @@ func file_workflow_runtime_v1_runtime_proto_rawDescGZIP() []byte {
 	return file_workflow_runtime_v1_runtime_proto_rawDescData
 }
 
-var file_workflow_runtime_v1_runtime_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_workflow_runtime_v1_runtime_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_workflow_runtime_v1_runtime_proto_goTypes = []any{
 	(*Deployment)(nil),               // 0: workflow.runtime.v1.Deployment
 	(*Trigger)(nil),                  // 1: workflow.runtime.v1.Trigger
@@ -1669,64 +1682,66 @@ var file_workflow_runtime_v1_runtime_proto_goTypes = []any{
 	(*TriggerWebhookResponse)(nil),   // 20: workflow.runtime.v1.TriggerWebhookResponse
 	nil,                              // 21: workflow.runtime.v1.TriggerWebhookRequest.HeadersEntry
 	nil,                              // 22: workflow.runtime.v1.TriggerWebhookRequest.QueryEntry
-	(*v1.WorkflowDefinition)(nil),    // 23: workflow.engine.v1.WorkflowDefinition
-	(*timestamppb.Timestamp)(nil),    // 24: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 25: google.protobuf.Duration
-	(*structpb.Struct)(nil),          // 26: google.protobuf.Struct
-	(*v1.NodeResult)(nil),            // 27: workflow.engine.v1.NodeResult
-	(*structpb.Value)(nil),           // 28: google.protobuf.Value
-	(*httpbody.HttpBody)(nil),        // 29: google.api.HttpBody
+	nil,                              // 23: workflow.runtime.v1.TriggerWebhookResponse.HeadersEntry
+	(*v1.WorkflowDefinition)(nil),    // 24: workflow.engine.v1.WorkflowDefinition
+	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
+	(*structpb.Struct)(nil),          // 27: google.protobuf.Struct
+	(*v1.NodeResult)(nil),            // 28: workflow.engine.v1.NodeResult
+	(*structpb.Value)(nil),           // 29: google.protobuf.Value
+	(*httpbody.HttpBody)(nil),        // 30: google.api.HttpBody
 }
 var file_workflow_runtime_v1_runtime_proto_depIdxs = []int32{
-	23, // 0: workflow.runtime.v1.Deployment.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
+	24, // 0: workflow.runtime.v1.Deployment.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
 	1,  // 1: workflow.runtime.v1.Deployment.triggers:type_name -> workflow.runtime.v1.Trigger
-	24, // 2: workflow.runtime.v1.Deployment.created_at:type_name -> google.protobuf.Timestamp
-	24, // 3: workflow.runtime.v1.Deployment.updated_at:type_name -> google.protobuf.Timestamp
-	25, // 4: workflow.runtime.v1.Trigger.response_timeout:type_name -> google.protobuf.Duration
-	23, // 5: workflow.runtime.v1.CreateDeploymentRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
+	25, // 2: workflow.runtime.v1.Deployment.created_at:type_name -> google.protobuf.Timestamp
+	25, // 3: workflow.runtime.v1.Deployment.updated_at:type_name -> google.protobuf.Timestamp
+	26, // 4: workflow.runtime.v1.Trigger.response_timeout:type_name -> google.protobuf.Duration
+	24, // 5: workflow.runtime.v1.CreateDeploymentRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
 	1,  // 6: workflow.runtime.v1.CreateDeploymentRequest.triggers:type_name -> workflow.runtime.v1.Trigger
 	0,  // 7: workflow.runtime.v1.CreateDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
 	0,  // 8: workflow.runtime.v1.ListDeploymentsResponse.deployments:type_name -> workflow.runtime.v1.Deployment
 	0,  // 9: workflow.runtime.v1.GetDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
-	23, // 10: workflow.runtime.v1.UpdateDeploymentRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
+	24, // 10: workflow.runtime.v1.UpdateDeploymentRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
 	1,  // 11: workflow.runtime.v1.UpdateDeploymentRequest.triggers:type_name -> workflow.runtime.v1.Trigger
 	0,  // 12: workflow.runtime.v1.UpdateDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
-	26, // 13: workflow.runtime.v1.RunDeploymentRequest.trigger_data:type_name -> google.protobuf.Struct
+	27, // 13: workflow.runtime.v1.RunDeploymentRequest.trigger_data:type_name -> google.protobuf.Struct
 	14, // 14: workflow.runtime.v1.RunDeploymentResponse.execution:type_name -> workflow.runtime.v1.Execution
-	26, // 15: workflow.runtime.v1.Execution.trigger_data:type_name -> google.protobuf.Struct
-	27, // 16: workflow.runtime.v1.Execution.node_results:type_name -> workflow.engine.v1.NodeResult
-	28, // 17: workflow.runtime.v1.Execution.output:type_name -> google.protobuf.Value
-	24, // 18: workflow.runtime.v1.Execution.started_at:type_name -> google.protobuf.Timestamp
-	24, // 19: workflow.runtime.v1.Execution.finished_at:type_name -> google.protobuf.Timestamp
+	27, // 15: workflow.runtime.v1.Execution.trigger_data:type_name -> google.protobuf.Struct
+	28, // 16: workflow.runtime.v1.Execution.node_results:type_name -> workflow.engine.v1.NodeResult
+	29, // 17: workflow.runtime.v1.Execution.output:type_name -> google.protobuf.Value
+	25, // 18: workflow.runtime.v1.Execution.started_at:type_name -> google.protobuf.Timestamp
+	25, // 19: workflow.runtime.v1.Execution.finished_at:type_name -> google.protobuf.Timestamp
 	14, // 20: workflow.runtime.v1.ListExecutionsResponse.executions:type_name -> workflow.runtime.v1.Execution
 	14, // 21: workflow.runtime.v1.GetExecutionResponse.execution:type_name -> workflow.runtime.v1.Execution
-	29, // 22: workflow.runtime.v1.TriggerWebhookRequest.body:type_name -> google.api.HttpBody
+	30, // 22: workflow.runtime.v1.TriggerWebhookRequest.body:type_name -> google.api.HttpBody
 	21, // 23: workflow.runtime.v1.TriggerWebhookRequest.headers:type_name -> workflow.runtime.v1.TriggerWebhookRequest.HeadersEntry
 	22, // 24: workflow.runtime.v1.TriggerWebhookRequest.query:type_name -> workflow.runtime.v1.TriggerWebhookRequest.QueryEntry
-	29, // 25: workflow.runtime.v1.TriggerWebhookResponse.body:type_name -> google.api.HttpBody
-	2,  // 26: workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment:input_type -> workflow.runtime.v1.CreateDeploymentRequest
-	4,  // 27: workflow.runtime.v1.WorkflowRuntimeService.ListDeployments:input_type -> workflow.runtime.v1.ListDeploymentsRequest
-	6,  // 28: workflow.runtime.v1.WorkflowRuntimeService.GetDeployment:input_type -> workflow.runtime.v1.GetDeploymentRequest
-	8,  // 29: workflow.runtime.v1.WorkflowRuntimeService.UpdateDeployment:input_type -> workflow.runtime.v1.UpdateDeploymentRequest
-	10, // 30: workflow.runtime.v1.WorkflowRuntimeService.DeleteDeployment:input_type -> workflow.runtime.v1.DeleteDeploymentRequest
-	12, // 31: workflow.runtime.v1.WorkflowRuntimeService.RunDeployment:input_type -> workflow.runtime.v1.RunDeploymentRequest
-	15, // 32: workflow.runtime.v1.WorkflowRuntimeService.ListExecutions:input_type -> workflow.runtime.v1.ListExecutionsRequest
-	17, // 33: workflow.runtime.v1.WorkflowRuntimeService.GetExecution:input_type -> workflow.runtime.v1.GetExecutionRequest
-	19, // 34: workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook:input_type -> workflow.runtime.v1.TriggerWebhookRequest
-	3,  // 35: workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment:output_type -> workflow.runtime.v1.CreateDeploymentResponse
-	5,  // 36: workflow.runtime.v1.WorkflowRuntimeService.ListDeployments:output_type -> workflow.runtime.v1.ListDeploymentsResponse
-	7,  // 37: workflow.runtime.v1.WorkflowRuntimeService.GetDeployment:output_type -> workflow.runtime.v1.GetDeploymentResponse
-	9,  // 38: workflow.runtime.v1.WorkflowRuntimeService.UpdateDeployment:output_type -> workflow.runtime.v1.UpdateDeploymentResponse
-	11, // 39: workflow.runtime.v1.WorkflowRuntimeService.DeleteDeployment:output_type -> workflow.runtime.v1.DeleteDeploymentResponse
-	13, // 40: workflow.runtime.v1.WorkflowRuntimeService.RunDeployment:output_type -> workflow.runtime.v1.RunDeploymentResponse
-	16, // 41: workflow.runtime.v1.WorkflowRuntimeService.ListExecutions:output_type -> workflow.runtime.v1.ListExecutionsResponse
-	18, // 42: workflow.runtime.v1.WorkflowRuntimeService.GetExecution:output_type -> workflow.runtime.v1.GetExecutionResponse
-	20, // 43: workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook:output_type -> workflow.runtime.v1.TriggerWebhookResponse
-	35, // [35:44] is the sub-list for method output_type
-	26, // [26:35] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	30, // 25: workflow.runtime.v1.TriggerWebhookResponse.body:type_name -> google.api.HttpBody
+	23, // 26: workflow.runtime.v1.TriggerWebhookResponse.headers:type_name -> workflow.runtime.v1.TriggerWebhookResponse.HeadersEntry
+	2,  // 27: workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment:input_type -> workflow.runtime.v1.CreateDeploymentRequest
+	4,  // 28: workflow.runtime.v1.WorkflowRuntimeService.ListDeployments:input_type -> workflow.runtime.v1.ListDeploymentsRequest
+	6,  // 29: workflow.runtime.v1.WorkflowRuntimeService.GetDeployment:input_type -> workflow.runtime.v1.GetDeploymentRequest
+	8,  // 30: workflow.runtime.v1.WorkflowRuntimeService.UpdateDeployment:input_type -> workflow.runtime.v1.UpdateDeploymentRequest
+	10, // 31: workflow.runtime.v1.WorkflowRuntimeService.DeleteDeployment:input_type -> workflow.runtime.v1.DeleteDeploymentRequest
+	12, // 32: workflow.runtime.v1.WorkflowRuntimeService.RunDeployment:input_type -> workflow.runtime.v1.RunDeploymentRequest
+	15, // 33: workflow.runtime.v1.WorkflowRuntimeService.ListExecutions:input_type -> workflow.runtime.v1.ListExecutionsRequest
+	17, // 34: workflow.runtime.v1.WorkflowRuntimeService.GetExecution:input_type -> workflow.runtime.v1.GetExecutionRequest
+	19, // 35: workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook:input_type -> workflow.runtime.v1.TriggerWebhookRequest
+	3,  // 36: workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment:output_type -> workflow.runtime.v1.CreateDeploymentResponse
+	5,  // 37: workflow.runtime.v1.WorkflowRuntimeService.ListDeployments:output_type -> workflow.runtime.v1.ListDeploymentsResponse
+	7,  // 38: workflow.runtime.v1.WorkflowRuntimeService.GetDeployment:output_type -> workflow.runtime.v1.GetDeploymentResponse
+	9,  // 39: workflow.runtime.v1.WorkflowRuntimeService.UpdateDeployment:output_type -> workflow.runtime.v1.UpdateDeploymentResponse
+	11, // 40: workflow.runtime.v1.WorkflowRuntimeService.DeleteDeployment:output_type -> workflow.runtime.v1.DeleteDeploymentResponse
+	13, // 41: workflow.runtime.v1.WorkflowRuntimeService.RunDeployment:output_type -> workflow.runtime.v1.RunDeploymentResponse
+	16, // 42: workflow.runtime.v1.WorkflowRuntimeService.ListExecutions:output_type -> workflow.runtime.v1.ListExecutionsResponse
+	18, // 43: workflow.runtime.v1.WorkflowRuntimeService.GetExecution:output_type -> workflow.runtime.v1.GetExecutionResponse
+	20, // 44: workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook:output_type -> workflow.runtime.v1.TriggerWebhookResponse
+	36, // [36:45] is the sub-list for method output_type
+	27, // [27:36] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_workflow_runtime_v1_runtime_proto_init() }
@@ -1740,7 +1755,7 @@ func file_workflow_runtime_v1_runtime_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_workflow_runtime_v1_runtime_proto_rawDesc), len(file_workflow_runtime_v1_runtime_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
