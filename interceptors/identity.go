@@ -1,0 +1,91 @@
+package interceptors
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Headers the gateway owns: it removes any copy a client sent and sets them
+// from the verified credentials before a call is forwarded to a backend.
+const (
+	HeaderSubject = "X-Flowgate-Subject"
+	HeaderTenant  = "X-Flowgate-Tenant"
+	HeaderScopes  = "X-Flowgate-Scopes"
+	// IdentityHeaderPrefix is the namespace of every gateway-owned header.
+	IdentityHeaderPrefix = "X-Flowgate-"
+)
+
+// Credential kinds recorded in [Identity.Method].
+const (
+	MethodJWT    = "jwt"
+	MethodAPIKey = "api_key"
+)
+
+// Identity is an authenticated caller.
+type Identity struct {
+	Subject string
+	Tenant  string
+	Scopes  []string
+	// Method is how the caller authenticated: [MethodJWT] or [MethodAPIKey].
+	Method string
+}
+
+// HasScope reports whether the identity was granted scope.
+func (id Identity) HasScope(scope string) bool {
+	return slices.Contains(id.Scopes, scope)
+}
+
+// SetHeaders writes the identity into the gateway-owned headers of h,
+// replacing whatever was there.
+func (id Identity) SetHeaders(h http.Header) {
+	StripIdentityHeaders(h)
+	h.Set(HeaderSubject, id.Subject)
+	if id.Tenant != "" {
+		h.Set(HeaderTenant, id.Tenant)
+	}
+	if len(id.Scopes) > 0 {
+		h.Set(HeaderScopes, strings.Join(id.Scopes, " "))
+	}
+}
+
+// StripIdentityHeaders removes every gateway-owned header from h, so that
+// nothing a client sends can pose as a verified identity.
+func StripIdentityHeaders(h http.Header) {
+	for name := range h {
+		if len(name) >= len(IdentityHeaderPrefix) &&
+			strings.EqualFold(name[:len(IdentityHeaderPrefix)], IdentityHeaderPrefix) {
+			delete(h, name)
+		}
+	}
+}
+
+type identityKey struct{}
+
+// WithIdentity returns a context carrying id.
+func WithIdentity(ctx context.Context, id Identity) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
+// IdentityFromContext returns the caller authenticated for this call, if any.
+func IdentityFromContext(ctx context.Context) (Identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(Identity)
+	return id, ok
+}
+
+type clientIPKey struct{}
+
+// WithClientIP returns a context carrying the caller's address as resolved
+// by the HTTP layer (connection address, or X-Forwarded-For from a trusted
+// proxy).
+func WithClientIP(ctx context.Context, ip netip.Addr) context.Context {
+	return context.WithValue(ctx, clientIPKey{}, ip)
+}
+
+// ClientIPFromContext returns the address stored by [WithClientIP].
+func ClientIPFromContext(ctx context.Context) (netip.Addr, bool) {
+	ip, ok := ctx.Value(clientIPKey{}).(netip.Addr)
+	return ip, ok && ip.IsValid()
+}
