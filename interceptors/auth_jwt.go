@@ -268,3 +268,21 @@ func cmpOrDur(d, def time.Duration) time.Duration {
 	}
 	return d
 }
+
+// UnverifiedExpiry returns the exp claim of token WITHOUT checking its
+// signature: only for refusing tokens early (e.g. long-lived ones where a
+// short-lived one is required); [JWTVerifier.Verify] must still run.
+func UnverifiedExpiry(token string) (time.Time, error) {
+	if len(token) > maxTokenBytes {
+		return time.Time{}, errors.New("token too large")
+	}
+	claims := jwt.MapClaims{}
+	if _, _, err := jwt.NewParser().ParseUnverified(token, claims); err != nil {
+		return time.Time{}, fmt.Errorf("parse token: %w", err)
+	}
+	exp, err := claims.GetExpirationTime()
+	if err != nil || exp == nil {
+		return time.Time{}, errors.New("token has no valid exp claim")
+	}
+	return exp.Time, nil
+}

@@ -40,7 +40,7 @@ func NewAuthInterceptor(auth *Authenticator, rules map[string]AccessRule) (*Auth
 func (i *AuthInterceptor) check(ctx context.Context, procedure string, h http.Header) (context.Context, error) {
 	rule := i.rules[procedure]
 	if rule.Public {
-		StripIdentityHeaders(h)
+		ClearIdentity(h)
 		return ctx, nil
 	}
 	id, err := i.auth.Authenticate(ctx, h)

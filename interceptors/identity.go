@@ -41,7 +41,7 @@ func (id Identity) HasScope(scope string) bool {
 // SetHeaders writes the identity into the gateway-owned headers of h,
 // replacing whatever was there.
 func (id Identity) SetHeaders(h http.Header) {
-	StripIdentityHeaders(h)
+	ClearIdentity(h)
 	h.Set(HeaderSubject, id.Subject)
 	if id.Tenant != "" {
 		h.Set(HeaderTenant, id.Tenant)
@@ -49,6 +49,14 @@ func (id Identity) SetHeaders(h http.Header) {
 	if len(id.Scopes) > 0 {
 		h.Set(HeaderScopes, strings.Join(id.Scopes, " "))
 	}
+}
+
+// ClearIdentity removes the three identity headers from h, leaving the
+// gateway's other internal headers alone.
+func ClearIdentity(h http.Header) {
+	h.Del(HeaderSubject)
+	h.Del(HeaderTenant)
+	h.Del(HeaderScopes)
 }
 
 // StripIdentityHeaders removes every gateway-owned header from h, so that

@@ -1,13 +1,19 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/rs/cors"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	optionsv1 "github.com/flowgate/flowgate/gen/go/flowgate/options/v1"
+	"github.com/flowgate/flowgate/interceptors"
 )
 
 // SecurityConfig holds every security setting of the gateway. cmd/flowgate
@@ -111,36 +117,247 @@ type SecurityConfig struct {
 	SSEQueryTokenMaxTTL time.Duration
 }
 
+// Defaults of the security settings.
+const (
+	defaultMaxBodyBytes         = 4 << 20
+	defaultMaxHeaderBytes       = 64 << 10
+	defaultReadHeaderTimeout    = 10 * time.Second
+	defaultIdleTimeout          = 2 * time.Minute
+	defaultMaxConcurrentStreams = 250
+	defaultSSECookie            = "flowgate_token"
+	defaultSSEQueryTokenMaxTTL  = 5 * time.Minute
+	defaultRedisKeyPrefix       = "flowgate:rl:"
+)
+
+// Procedures the gateway serves itself, outside the three services.
+const (
+	healthCheckProcedure        = "/grpc.health.v1.Health/Check"
+	healthWatchProcedure        = "/grpc.health.v1.Health/Watch"
+	reflectionV1Procedure       = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+	reflectionV1AlphaProcedure  = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+	securityStartupLoadDeadline = 15 * time.Second
+)
+
 // security is the gateway's one security policy, applied identically to
-// every protocol: HTTP middleware outside the transcoder and Connect
-// interceptors inside it.
+// every protocol: HTTP middleware outside the transcoder (CORS, limits,
+// client address, removal of client-sent identity headers) and Connect
+// interceptors inside it (authentication, authorization, rate limits).
 type security struct {
-	cfg    SecurityConfig
-	logger *slog.Logger
+	cfg          SecurityConfig
+	logger       *slog.Logger
+	auth         *interceptors.Authenticator
+	rules        map[string]interceptors.AccessRule
+	proxies      *interceptors.ProxyTrust
+	redis        *interceptors.RedisLimiter
+	chain        []connect.Interceptor
+	cors         *cors.Cors
+	errs         errorWriter
+	needClientIP bool
 }
 
-// newSecurity validates cfg and builds the policy for services.
+// newSecurity validates cfg and builds the policy for services, whose
+// methods' (flowgate.options.v1.access) options give the access rules.
 func newSecurity(cfg SecurityConfig, services []protoreflect.ServiceDescriptor, logger *slog.Logger) (*security, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.MaxBodyBytes < 0 {
-		return nil, fmt.Errorf("security: max body bytes %d is negative", cfg.MaxBodyBytes)
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
-	_ = services
-	return &security{cfg: cfg, logger: logger}, nil
+	s := &security{cfg: cfg, logger: logger, errs: newErrorWriter()}
+	s.rules = accessRules(services, cfg.PublicReflection)
+	if s.proxies, err = interceptors.ParseTrustedProxies(cfg.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("security: %w", err)
+	}
+	if s.cors, err = newCORS(cfg.AllowedOrigins, logger); err != nil {
+		return nil, fmt.Errorf("security: %w", err)
+	}
+	if err := s.buildAuth(); err != nil {
+		return nil, err
+	}
+	if err := s.buildChain(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (cfg SecurityConfig) withDefaults() (SecurityConfig, error) {
+	switch {
+	case cfg.MaxBodyBytes < 0:
+		return cfg, fmt.Errorf("security: max body bytes %d is negative", cfg.MaxBodyBytes)
+	case cfg.MaxHeaderBytes < 0:
+		return cfg, fmt.Errorf("security: max header bytes %d is negative", cfg.MaxHeaderBytes)
+	case cfg.RateLimitIP < 0 || cfg.RateLimitSubject < 0 || cfg.RateLimitIPBurst < 0 || cfg.RateLimitSubjectBurst < 0:
+		return cfg, fmt.Errorf("security: rate limits must not be negative")
+	}
+	setDefault(&cfg.MaxBodyBytes, defaultMaxBodyBytes)
+	setDefault(&cfg.MaxHeaderBytes, defaultMaxHeaderBytes)
+	setDefault(&cfg.ReadHeaderTimeout, defaultReadHeaderTimeout)
+	setDefault(&cfg.IdleTimeout, defaultIdleTimeout)
+	setDefault(&cfg.MaxConcurrentStreams, defaultMaxConcurrentStreams)
+	setDefault(&cfg.SSECookie, defaultSSECookie)
+	setDefault(&cfg.SSEQueryTokenMaxTTL, defaultSSEQueryTokenMaxTTL)
+	setDefault(&cfg.RedisKeyPrefix, defaultRedisKeyPrefix)
+	if len(cfg.AllowedOrigins) == 0 {
+		cfg.AllowedOrigins = []string{"http://localhost:3000", "http://localhost:8080"}
+	}
+	return cfg, nil
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// accessRules reads every method's access option. Health is always public;
+// reflection when configured; anything else without a rule needs
+// credentials (the interceptor fails closed).
+func accessRules(services []protoreflect.ServiceDescriptor, publicReflection bool) map[string]interceptors.AccessRule {
+	rules := map[string]interceptors.AccessRule{
+		healthCheckProcedure: {Public: true},
+		healthWatchProcedure: {Public: true},
+	}
+	if publicReflection {
+		rules[reflectionV1Procedure] = interceptors.AccessRule{Public: true}
+		rules[reflectionV1AlphaProcedure] = interceptors.AccessRule{Public: true}
+	}
+	for _, svc := range services {
+		methods := svc.Methods()
+		for i := range methods.Len() {
+			m := methods.Get(i)
+			procedure := "/" + string(svc.FullName()) + "/" + string(m.Name())
+			rule, _ := proto.GetExtension(m.Options(), optionsv1.E_Access).(*optionsv1.AccessRule)
+			rules[procedure] = interceptors.AccessRule{Scope: rule.GetScope(), Public: rule.GetPublic()}
+		}
+	}
+	return rules
+}
+
+func (s *security) buildAuth() error {
+	cfg := s.cfg
+	keys, err := interceptors.ParseAPIKeys(cfg.APIKeys)
+	if err != nil {
+		return fmt.Errorf("security: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), securityStartupLoadDeadline)
+	defer cancel()
+	s.auth, err = interceptors.NewAuthenticator(ctx, interceptors.AuthConfig{
+		JWT: interceptors.JWTConfig{
+			Secret:         []byte(cfg.SecretKey),
+			PublicKeyFiles: cfg.PublicKeyFiles,
+			JWKS:           cfg.JWKSURL,
+			JWKSRefresh:    cfg.JWKSRefresh,
+			Issuer:         cfg.Issuer,
+			Audience:       cfg.Audience,
+			Leeway:         cfg.Leeway,
+			SubjectClaim:   cfg.SubjectClaim,
+			ScopeClaim:     cfg.ScopeClaim,
+			TenantClaim:    cfg.TenantClaim,
+			Logger:         s.logger,
+		},
+		APIKeys: keys,
+	})
+	if err != nil {
+		return fmt.Errorf("security: %w", err)
+	}
+	if !s.auth.Enabled() {
+		s.logger.Warn("AUTHENTICATION IS DISABLED: no SECRET_KEY, public key, JWKS or API key is configured, " +
+			"so every caller can call every RPC; configure a credential source before exposing this gateway")
+		return nil
+	}
+	s.logger.Info("authentication enabled",
+		slog.Bool("hs256", cfg.SecretKey != ""),
+		slog.Int("public_key_files", len(cfg.PublicKeyFiles)),
+		slog.Bool("jwks", cfg.JWKSURL != ""),
+		slog.Int("api_keys", len(keys)),
+		slog.Bool("public_reflection", cfg.PublicReflection))
+	return nil
+}
+
+// buildChain assembles the interceptors in their order: the per-IP limit
+// first (so that guessing credentials is limited too), then
+// authentication and authorization, then the per-subject limit.
+func (s *security) buildChain() error {
+	cfg := s.cfg
+	overrides, err := interceptors.ParseRateOverrides(cfg.RateLimitOverrides)
+	if err != nil {
+		return fmt.Errorf("security: %w", err)
+	}
+	limits := interceptors.RateLimitConfig{
+		PerIP:      interceptors.Limit{Rate: cfg.RateLimitIP, Burst: cfg.RateLimitIPBurst},
+		PerSubject: interceptors.Limit{Rate: cfg.RateLimitSubject, Burst: cfg.RateLimitSubjectBurst},
+		Overrides:  overrides,
+	}
+	limited := !limits.PerIP.Unlimited() || !limits.PerSubject.Unlimited() || len(overrides) > 0
+	if limited {
+		if limits.Limiter, err = s.newLimiter(); err != nil {
+			return err
+		}
+	}
+	if limited && (!limits.PerIP.Unlimited() || len(overrides) > 0) {
+		byIP, err := interceptors.NewRateLimitInterceptor(limits, interceptors.ByClientIP)
+		if err != nil {
+			return fmt.Errorf("security: %w", err)
+		}
+		s.chain = append(s.chain, byIP)
+		s.needClientIP = true
+	}
+	if s.auth.Enabled() {
+		authz, err := interceptors.NewAuthInterceptor(s.auth, s.rules)
+		if err != nil {
+			return fmt.Errorf("security: %w", err)
+		}
+		s.chain = append(s.chain, authz)
+		if limited && (!limits.PerSubject.Unlimited() || len(overrides) > 0) {
+			bySubject, err := interceptors.NewRateLimitInterceptor(limits, interceptors.BySubject)
+			if err != nil {
+				return fmt.Errorf("security: %w", err)
+			}
+			s.chain = append(s.chain, bySubject)
+		}
+	}
+	return nil
+}
+
+func (s *security) newLimiter() (interceptors.Limiter, error) {
+	if s.cfg.RedisURL == "" {
+		return interceptors.NewLocalLimiter(nil), nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), securityStartupLoadDeadline)
+	defer cancel()
+	r, err := interceptors.NewRedisLimiter(ctx, s.cfg.RedisURL, s.cfg.RedisKeyPrefix, s.logger)
+	if err != nil {
+		return nil, fmt.Errorf("security: %w", err)
+	}
+	s.redis = r
+	return r, nil
 }
 
 // interceptors returns the Connect interceptors enforcing authentication,
-// authorization and rate limits, in the order they must run.
-func (s *security) interceptors() []connect.Interceptor { return nil }
+// authorization and rate limits, in the order they must run. It is empty
+// when none of them is configured, so an open gateway pays nothing.
+func (s *security) interceptors() []connect.Interceptor { return s.chain }
 
-// wrapHTTP is the outermost HTTP middleware.
-func (s *security) wrapHTTP(next http.Handler) http.Handler { return next }
+// configureServer applies the header size limit, timeouts and the HTTP/2
+// stream cap to srv. No WriteTimeout: streams are long.
+func (s *security) configureServer(srv *http.Server) {
+	srv.MaxHeaderBytes = s.cfg.MaxHeaderBytes
+	srv.ReadHeaderTimeout = s.cfg.ReadHeaderTimeout
+	srv.IdleTimeout = s.cfg.IdleTimeout
+	if srv.HTTP2 == nil {
+		srv.HTTP2 = &http.HTTP2Config{}
+	}
+	srv.HTTP2.MaxConcurrentStreams = int(s.cfg.MaxConcurrentStreams)
+}
 
-// wrapSSE moves browser-sendable credentials into the Authorization header
-// for the SSE routes.
-func (s *security) wrapSSE(next http.Handler) http.Handler { return next }
-
-// configureServer applies limits and timeouts to srv.
-func (s *security) configureServer(srv *http.Server) {}
+// Close releases the shared rate-limit store's connections, if any.
+func (s *security) Close() error {
+	if s.redis != nil {
+		return s.redis.Close()
+	}
+	return nil
+}

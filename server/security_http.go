@@ -1,0 +1,231 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"github.com/rs/cors"
+
+	"github.com/flowgate/flowgate/interceptors"
+)
+
+// accessTokenParam is the query parameter EventSource callers may put a
+// short-lived token in, since they cannot send headers.
+const accessTokenParam = "access_token"
+
+// wrapHTTP is the outermost security layer. In order: CORS (preflights are
+// answered here, before any route or the transcoder); removal of every
+// client-sent gateway-owned header (X-Flowgate-*), so no path can smuggle
+// an identity; removal of the access_token query parameter from the URL,
+// so it is never logged, transcoded or forwarded; the caller's address;
+// and the body limit.
+func (s *security) wrapHTTP(next http.Handler) http.Handler {
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		interceptors.StripIdentityHeaders(r.Header)
+		ctx := r.Context()
+		if token, ok := takeQueryToken(r); ok {
+			ctx = context.WithValue(ctx, queryTokenKey{}, token)
+		}
+		if s.needClientIP {
+			ctx = interceptors.WithClientIP(ctx, s.proxies.ClientIP(r.RemoteAddr, r.Header.Values("X-Forwarded-For")))
+		}
+		if ctx != r.Context() {
+			r = r.WithContext(ctx)
+		}
+		r, ok := s.limitBody(w, r)
+		if !ok {
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+	return s.cors.Handler(inner)
+}
+
+type queryTokenKey struct{}
+
+// takeQueryToken removes access_token from r's URL in place and returns
+// it. Webhook URLs are left alone: their query belongs to the sender.
+func takeQueryToken(r *http.Request) (string, bool) {
+	if !strings.Contains(r.URL.RawQuery, accessTokenParam) || strings.HasPrefix(r.URL.Path, webhookPrefix) {
+		return "", false
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil || !q.Has(accessTokenParam) {
+		return "", false
+	}
+	token := q.Get(accessTokenParam)
+	q.Del(accessTokenParam)
+	u := *r.URL
+	u.RawQuery = q.Encode()
+	r.URL = &u
+	r.RequestURI = u.RequestURI()
+	return token, token != ""
+}
+
+// limitBody refuses bodies over the limit: at once when Content-Length says
+// so; for REST bodies of unknown length by reading them now (the transcoder
+// buffers REST bodies whole anyway), so the caller gets the contract's 413;
+// for RPC bodies through http.MaxBytesReader, which connect turns into the
+// protocol's ResourceExhausted error.
+func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+	limit := s.cfg.MaxBodyBytes
+	if r.ContentLength > limit {
+		s.tooLarge(w, r)
+		return r, false
+	}
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return r, true
+	}
+	if r.ContentLength > 0 || isRPCRequest(r) {
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		return r, true
+	}
+	data, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		s.errs.write(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New("could not read the request body")))
+		return r, false
+	}
+	if int64(len(data)) > limit {
+		s.tooLarge(w, r)
+		return r, false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(data))
+	r.ContentLength = int64(len(data))
+	return r, true
+}
+
+func (s *security) tooLarge(w http.ResponseWriter, r *http.Request) {
+	msg := fmt.Sprintf("request body exceeds %d bytes", s.cfg.MaxBodyBytes)
+	// The rest of the body is not read: the connection cannot be reused.
+	w.Header().Set("Connection", "close")
+	if isRPCRequest(r) {
+		_ = s.errs.rpc.Write(w, r, connect.NewError(connect.CodeResourceExhausted, errors.New(msg)))
+		return
+	}
+	writeRESTBody(w, http.StatusRequestEntityTooLarge, restErrorBody{Code: "PAYLOAD_TOO_LARGE", Message: msg})
+}
+
+// wrapSSE lets the SSE routes accept the credentials a browser's
+// EventSource can send: a short-lived token in the access_token query
+// parameter (already taken out of the URL by wrapHTTP), or a token cookie.
+// Either becomes the Authorization header of the inner call, where the
+// interceptors verify it like any other. Headers, when sent, win.
+func (s *security) wrapSSE(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, fromQuery := r.Context().Value(queryTokenKey{}).(string)
+		if !fromQuery {
+			token, fromQuery = takeQueryToken(r)
+		}
+		if !s.auth.Enabled() || r.Header.Get("Authorization") != "" || r.Header.Get(interceptors.HeaderAPIKey) != "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if fromQuery {
+			if err := s.checkQueryToken(token); err != nil {
+				s.errs.write(w, r, err)
+				return
+			}
+		} else {
+			c, err := r.Cookie(s.cfg.SSECookie)
+			if err != nil || c.Value == "" {
+				next.ServeHTTP(w, r) // no credentials: the interceptor answers
+				return
+			}
+			// Browsers attach cookies to cross-site requests too; only an
+			// allowed origin (or none: same-origin) may ride on them.
+			if r.Header.Get("Origin") != "" && !s.cors.OriginAllowed(r) {
+				s.errs.write(w, r, connect.NewError(connect.CodeUnauthenticated,
+					errors.New("cookie credentials are not accepted from this origin")))
+				return
+			}
+			token = c.Value
+		}
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+token)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// checkQueryToken refuses long-lived tokens in URLs: URLs end up in
+// browser history and proxy logs, so a token there must expire soon. The
+// signature is checked later, with every other claim.
+func (s *security) checkQueryToken(token string) error {
+	exp, err := interceptors.UnverifiedExpiry(token)
+	if err != nil {
+		return connect.NewError(connect.CodeUnauthenticated, errors.New("invalid access_token"))
+	}
+	if time.Until(exp) > s.cfg.SSEQueryTokenMaxTTL {
+		return connect.NewError(connect.CodeUnauthenticated,
+			fmt.Errorf("access_token must expire within %s; use a short-lived token", s.cfg.SSEQueryTokenMaxTTL))
+	}
+	return nil
+}
+
+// newCORS builds the CORS policy: Connect's and gRPC-Web's headers plus
+// the REST verbs and the gateway's own headers. Credentials are allowed
+// only with an explicit origin list, never with "*".
+func newCORS(origins []string, logger *slog.Logger) (*cors.Cors, error) {
+	wildcard := false
+	clean := make([]string, 0, len(origins))
+	for _, o := range origins {
+		o = strings.TrimSpace(o)
+		if o == "" {
+			continue
+		}
+		if o == "*" {
+			wildcard = true
+			continue
+		}
+		if err := validOrigin(o); err != nil {
+			return nil, err
+		}
+		clean = append(clean, strings.ToLower(strings.TrimSuffix(o, "/")))
+	}
+	if wildcard {
+		logger.Warn("CORS allows any origin; credentials (cookies) are not allowed cross-origin")
+		clean = []string{"*"}
+	}
+	return cors.New(cors.Options{
+		AllowedOrigins: clean,
+		AllowedMethods: union(connectcors.AllowedMethods(),
+			http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete),
+		AllowedHeaders: union(connectcors.AllowedHeaders(),
+			"Authorization", interceptors.HeaderAPIKey, "X-Request-Id", "Traceparent", "Tracestate",
+			"Idempotency-Key", "Last-Event-Id", "Accept"),
+		ExposedHeaders: union(connectcors.ExposedHeaders(),
+			"Retry-After", "X-Request-Id", "Www-Authenticate", "Location"),
+		AllowCredentials: !wildcard,
+		MaxAge:           7200,
+	}), nil
+}
+
+func validOrigin(o string) error {
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil ||
+		strings.Count(u.Host, "*") > 1 {
+		return fmt.Errorf("allowed origin %q must look like https://host[:port] (one * wildcard allowed in host)", o)
+	}
+	return nil
+}
+
+func union(base []string, more ...string) []string {
+	out := slices.Clone(base)
+	for _, m := range more {
+		if !slices.ContainsFunc(out, func(s string) bool { return strings.EqualFold(s, m) }) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
