@@ -1,0 +1,179 @@
+// Package engine is the reference Workflow Engine: it validates workflow
+// definitions (a DAG of typed nodes) and runs them node by node, with
+// expressions evaluated by github.com/expr-lang/expr under cost and time
+// limits, outbound HTTP guarded against internal destinations, and a
+// deadline on the whole run. [Service] implements
+// enginev1connect.WorkflowEngineServiceHandler.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+
+	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
+	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
+)
+
+// Defaults of [Config].
+const (
+	DefaultRunTimeout       = 60 * time.Second
+	DefaultMaxRunTimeout    = 5 * time.Minute
+	DefaultMaxDelay         = 5 * time.Minute
+	DefaultHTTPTimeout      = 30 * time.Second
+	DefaultMaxResponseBytes = 10 << 20
+	DefaultMaxNodes         = 500
+	DefaultExprTimeout      = 250 * time.Millisecond
+	DefaultExprMemoryBudget = 200_000
+	DefaultExprMaxNodes     = 2_000
+)
+
+// Config tunes the engine. Zero values take the defaults above.
+type Config struct {
+	// Logger receives operational messages; nil discards them.
+	Logger *slog.Logger
+	// HTTPAllowHosts opens destinations that http_request refuses by default
+	// (loopback, private, link-local, metadata): host names or IP addresses
+	// matched against the URL's host, or CIDR ranges matched against the
+	// resolved address.
+	HTTPAllowHosts []string
+	// DefaultRunTimeout is a run's deadline when the request gives none.
+	DefaultRunTimeout time.Duration
+	// MaxRunTimeout caps the deadline a request may ask for.
+	MaxRunTimeout time.Duration
+	// MaxDelay caps one delay node.
+	MaxDelay time.Duration
+	// HTTPTimeout is the default and the cap of one http_request.
+	HTTPTimeout time.Duration
+	// MaxResponseBytes is the default and the cap of an http_request
+	// response body.
+	MaxResponseBytes int64
+	// MaxNodes caps the nodes of one definition.
+	MaxNodes int
+	// ExprTimeout bounds the wall-clock time of one expression evaluation.
+	ExprTimeout time.Duration
+	// ExprMemoryBudget bounds the work of one expression evaluation in the
+	// expression VM's allocation units.
+	ExprMemoryBudget uint
+	// ExprMaxNodes bounds the size of one expression's syntax tree.
+	ExprMaxNodes uint
+}
+
+// Service runs workflows. It is safe for concurrent use.
+type Service struct {
+	compiler   compiler
+	defTimeout time.Duration
+	maxTimeout time.Duration
+	httpClient *http.Client
+	logger     *slog.Logger
+}
+
+var _ enginev1connect.WorkflowEngineServiceHandler = (*Service)(nil)
+
+// compiler holds the limits that validation checks definitions against.
+type compiler struct {
+	expr             exprLimits
+	maxNodes         int
+	maxDelay         time.Duration
+	httpTimeout      time.Duration
+	maxResponseBytes int64
+}
+
+// New validates cfg and builds the engine.
+func New(cfg Config) (*Service, error) {
+	cfg = withDefaults(cfg)
+	if cfg.DefaultRunTimeout > cfg.MaxRunTimeout {
+		return nil, fmt.Errorf("engine: DefaultRunTimeout %s exceeds MaxRunTimeout %s", cfg.DefaultRunTimeout, cfg.MaxRunTimeout)
+	}
+	if cfg.DefaultRunTimeout < 0 || cfg.MaxDelay < 0 || cfg.HTTPTimeout < 0 || cfg.MaxResponseBytes < 0 || cfg.MaxNodes < 0 || cfg.ExprTimeout < 0 {
+		return nil, errors.New("engine: limits must not be negative")
+	}
+	allow, err := newAllowlist(cfg.HTTPAllowHosts)
+	if err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	return &Service{
+		compiler: compiler{
+			expr:             exprLimits{maxNodes: cfg.ExprMaxNodes, memoryBudget: cfg.ExprMemoryBudget, timeout: cfg.ExprTimeout},
+			maxNodes:         cfg.MaxNodes,
+			maxDelay:         cfg.MaxDelay,
+			httpTimeout:      cfg.HTTPTimeout,
+			maxResponseBytes: cfg.MaxResponseBytes,
+		},
+		defTimeout: cfg.DefaultRunTimeout,
+		maxTimeout: cfg.MaxRunTimeout,
+		httpClient: newHTTPClient(allow),
+		logger:     cfg.Logger,
+	}, nil
+}
+
+func withDefaults(cfg Config) Config {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	setDefault(&cfg.DefaultRunTimeout, DefaultRunTimeout)
+	setDefault(&cfg.MaxRunTimeout, DefaultMaxRunTimeout)
+	setDefault(&cfg.MaxDelay, DefaultMaxDelay)
+	setDefault(&cfg.HTTPTimeout, DefaultHTTPTimeout)
+	setDefault(&cfg.MaxResponseBytes, DefaultMaxResponseBytes)
+	setDefault(&cfg.MaxNodes, DefaultMaxNodes)
+	setDefault(&cfg.ExprTimeout, DefaultExprTimeout)
+	setDefault(&cfg.ExprMemoryBudget, DefaultExprMemoryBudget)
+	setDefault(&cfg.ExprMaxNodes, DefaultExprMaxNodes)
+	if cfg.DefaultRunTimeout > cfg.MaxRunTimeout && cfg.MaxRunTimeout < DefaultRunTimeout {
+		cfg.DefaultRunTimeout = cfg.MaxRunTimeout
+	}
+	return cfg
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+// ExecuteWorkflow validates the definition and, unless validate_only is
+// set, runs it. A run that fails is still a successful RPC: the result's
+// status and node results say what happened.
+func (s *Service) ExecuteWorkflow(ctx context.Context, req *connect.Request[enginev1.ExecuteWorkflowRequest]) (*connect.Response[enginev1.ExecuteWorkflowResponse], error) {
+	msg := req.Msg
+	wf, fe := s.compiler.compileDefinition(msg.GetWorkflowDefinition())
+	if fe != nil {
+		return nil, invalidArgument(fe)
+	}
+	timeout, fe := s.runTimeout(msg)
+	if fe != nil {
+		return nil, invalidArgument(fe)
+	}
+	if msg.GetValidateOnly() {
+		return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: &enginev1.ExecutionResult{Status: StatusValid}}), nil
+	}
+	result := s.run(ctx, wf, msg.GetTriggerData().AsMap(), timeout)
+	if result.GetStatus() == StatusCanceled && ctx.Err() != nil {
+		return nil, connect.NewError(connect.CodeCanceled, errors.New("the caller canceled the run"))
+	}
+	s.logger.LogAttrs(ctx, slog.LevelDebug, "workflow ran",
+		slog.String("workflow", wf.name), slog.String("status", result.GetStatus()),
+		slog.Int("nodes", len(result.GetNodeResults())))
+	return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: result}), nil
+}
+
+func (s *Service) runTimeout(msg *enginev1.ExecuteWorkflowRequest) (time.Duration, *fieldError) {
+	if msg.Timeout == nil {
+		return s.defTimeout, nil
+	}
+	if err := msg.GetTimeout().CheckValid(); err != nil {
+		return 0, fieldErrorf("timeout", "is not a valid duration")
+	}
+	d := msg.GetTimeout().AsDuration()
+	if d <= 0 {
+		return 0, fieldErrorf("timeout", "must be positive")
+	}
+	return min(d, s.maxTimeout), nil
+}

@@ -1,0 +1,218 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/vm"
+)
+
+// exprEnv is what an expression sees. Its fields are untyped so that any
+// JSON shape of trigger data and node outputs can be navigated; unknown
+// top-level names are still rejected when the workflow is validated.
+type exprEnv struct {
+	// Trigger is the run's trigger data.
+	Trigger any `expr:"trigger"`
+	// Input is the node's input: the output of the node before it (a list
+	// of outputs for a merge node).
+	Input any `expr:"input"`
+	// Nodes maps the id of every node that has run to its output.
+	Nodes map[string]any `expr:"nodes"`
+}
+
+// exprLimits bound what one expression may cost.
+type exprLimits struct {
+	maxNodes     uint          // AST nodes, checked when compiled
+	memoryBudget uint          // allocation units of the VM, checked while running
+	timeout      time.Duration // wall clock per evaluation
+}
+
+var errExprTimeout = errors.New("expression exceeded its time limit")
+
+// program is one compiled expression.
+type program struct {
+	src  string
+	prog *vm.Program
+}
+
+func compileExpr(src string, lim exprLimits) (*program, error) {
+	src = strings.TrimSpace(src)
+	if src == "" {
+		return nil, errors.New("expression is empty")
+	}
+	p, err := expr.Compile(src, expr.Env(exprEnv{}), expr.MaxNodes(lim.maxNodes))
+	if err != nil {
+		return nil, fmt.Errorf("expression %q does not compile: %s", src, firstLine(err.Error()))
+	}
+	return &program{src: src, prog: p}, nil
+}
+
+// eval runs the program. The VM's memory budget bounds the work any
+// expression can do (every range, map and filter allocates from it), so a
+// runaway evaluation ends on its own; the time limit only stops the caller
+// from waiting for it.
+func (p *program) eval(ctx context.Context, env *exprEnv, lim exprLimits) (any, error) {
+	type result struct {
+		v   any
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		machine := vm.VM{MemoryBudget: lim.memoryBudget}
+		v, err := machine.Run(p.prog, env)
+		done <- result{v, err}
+	}()
+	timer := time.NewTimer(lim.timeout)
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, fmt.Errorf("expression %q: %s", p.src, firstLine(r.err.Error()))
+		}
+		return normalize(r.v), nil
+	case <-timer.C:
+		return nil, fmt.Errorf("expression %q: %w", p.src, errExprTimeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return strings.TrimSpace(s[:i])
+	}
+	return s
+}
+
+// template is a parameter value whose strings may embed {{ expressions }}.
+// A string that is exactly one {{ expression }} takes the expression's
+// value with its type; otherwise the parts are joined as text.
+type template interface {
+	eval(ctx context.Context, env *exprEnv, lim exprLimits) (any, error)
+}
+
+type literal struct{ v any }
+
+func (l literal) eval(context.Context, *exprEnv, exprLimits) (any, error) { return l.v, nil }
+
+type textTemplate struct {
+	parts []textPart
+}
+
+type textPart struct {
+	text string
+	prog *program // nil for plain text
+}
+
+func (t *textTemplate) eval(ctx context.Context, env *exprEnv, lim exprLimits) (any, error) {
+	if len(t.parts) == 1 && t.parts[0].prog != nil {
+		return t.parts[0].prog.eval(ctx, env, lim)
+	}
+	var b strings.Builder
+	for _, part := range t.parts {
+		if part.prog == nil {
+			b.WriteString(part.text)
+			continue
+		}
+		v, err := part.prog.eval(ctx, env, lim)
+		if err != nil {
+			return nil, err
+		}
+		b.WriteString(textOf(v))
+	}
+	return b.String(), nil
+}
+
+type mapTemplate map[string]template
+
+func (m mapTemplate) eval(ctx context.Context, env *exprEnv, lim exprLimits) (any, error) {
+	out := make(map[string]any, len(m))
+	for k, t := range m {
+		v, err := t.eval(ctx, env, lim)
+		if err != nil {
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+type listTemplate []template
+
+func (l listTemplate) eval(ctx context.Context, env *exprEnv, lim exprLimits) (any, error) {
+	out := make([]any, len(l))
+	for i, t := range l {
+		v, err := t.eval(ctx, env, lim)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// compileTemplate compiles every {{ expression }} inside v. The error is a
+// field error whose path points into v.
+func compileTemplate(v any, field string, lim exprLimits) (template, *fieldError) {
+	switch v := v.(type) {
+	case string:
+		return compileText(v, field, lim)
+	case map[string]any:
+		m := make(mapTemplate, len(v))
+		for k, item := range v {
+			t, fe := compileTemplate(item, field+"."+k, lim)
+			if fe != nil {
+				return nil, fe
+			}
+			m[k] = t
+		}
+		return m, nil
+	case []any:
+		l := make(listTemplate, len(v))
+		for i, item := range v {
+			t, fe := compileTemplate(item, fmt.Sprintf("%s[%d]", field, i), lim)
+			if fe != nil {
+				return nil, fe
+			}
+			l[i] = t
+		}
+		return l, nil
+	default:
+		return literal{v}, nil
+	}
+}
+
+func compileText(s, field string, lim exprLimits) (template, *fieldError) {
+	if !strings.Contains(s, "{{") {
+		return literal{s}, nil
+	}
+	var parts []textPart
+	rest := s
+	for {
+		start := strings.Index(rest, "{{")
+		if start < 0 {
+			if rest != "" {
+				parts = append(parts, textPart{text: rest})
+			}
+			break
+		}
+		end := strings.Index(rest[start:], "}}")
+		if end < 0 {
+			return nil, fieldErrorf(field, "unclosed {{ in %q", s)
+		}
+		if start > 0 {
+			parts = append(parts, textPart{text: rest[:start]})
+		}
+		prog, err := compileExpr(rest[start+2:start+end], lim)
+		if err != nil {
+			return nil, fieldErrorf(field, "%s", err.Error())
+		}
+		parts = append(parts, textPart{prog: prog})
+		rest = rest[start+end+2:]
+	}
+	return &textTemplate{parts: parts}, nil
+}

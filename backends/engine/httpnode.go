@@ -1,0 +1,265 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+var httpParams = map[string]bool{
+	"url": true, "method": false, "headers": false, "query": false, "body": false,
+	"timeout": false, "max_response_bytes": false, "fail_on_status": false,
+}
+
+var httpMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodOptions: true,
+}
+
+// httpNode calls an HTTP endpoint. Output: {status_code, headers, body},
+// the body parsed as JSON when the response says it is JSON.
+type httpNode struct {
+	method       string
+	url          template
+	headers      mapTemplate
+	query        mapTemplate
+	body         template
+	timeout      time.Duration
+	maxBytes     int64
+	failOnStatus bool
+}
+
+func compileHTTP(c *compiler, params map[string]any, field string) (executor, *fieldError) {
+	n := &httpNode{method: http.MethodGet, timeout: c.httpTimeout, maxBytes: c.maxResponseBytes, failOnStatus: true}
+	rawURL, ok := params["url"].(string)
+	if !ok || strings.TrimSpace(rawURL) == "" {
+		return nil, fieldErrorf(field+".url", "must be a non-empty string")
+	}
+	t, fe := compileTemplate(rawURL, field+".url", c.expr)
+	if fe != nil {
+		return nil, fe
+	}
+	if lit, isLit := t.(literal); isLit {
+		if _, err := checkURL(lit.v.(string)); err != nil {
+			return nil, fieldErrorf(field+".url", "%s", err.Error())
+		}
+	}
+	n.url = t
+	if fe := n.compileOptions(c, params, field); fe != nil {
+		return nil, fe
+	}
+	return n, nil
+}
+
+func (n *httpNode) compileOptions(c *compiler, params map[string]any, field string) *fieldError {
+	if v, ok := params["method"]; ok {
+		m, _ := v.(string)
+		m = strings.ToUpper(m)
+		if !httpMethods[m] {
+			return fieldErrorf(field+".method", "must be one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		}
+		n.method = m
+	}
+	var fe *fieldError
+	if v, ok := params["headers"]; ok {
+		if n.headers, fe = compileHeaders(c, v, field+".headers"); fe != nil {
+			return fe
+		}
+	}
+	if v, ok := params["query"]; ok {
+		obj, isObj := v.(map[string]any)
+		if !isObj {
+			return fieldErrorf(field+".query", "must be an object of parameter names to values")
+		}
+		t, fe := compileTemplate(obj, field+".query", c.expr)
+		if fe != nil {
+			return fe
+		}
+		n.query = t.(mapTemplate)
+	}
+	if v, ok := params["body"]; ok {
+		if n.body, fe = compileTemplate(v, field+".body", c.expr); fe != nil {
+			return fe
+		}
+	}
+	if v, ok := params["timeout"]; ok {
+		d, err := durationParam(v)
+		if err != nil || d <= 0 || d > c.httpTimeout {
+			return fieldErrorf(field+".timeout", "must be a duration more than 0 and at most %s", c.httpTimeout)
+		}
+		n.timeout = d
+	}
+	if v, ok := params["max_response_bytes"]; ok {
+		size, err := intParam(v)
+		if err != nil || size <= 0 || size > c.maxResponseBytes {
+			return fieldErrorf(field+".max_response_bytes", "must be a whole number from 1 to %d", c.maxResponseBytes)
+		}
+		n.maxBytes = size
+	}
+	if v, ok := params["fail_on_status"]; ok {
+		b, isBool := v.(bool)
+		if !isBool {
+			return fieldErrorf(field+".fail_on_status", "must be true or false")
+		}
+		n.failOnStatus = b
+	}
+	return nil
+}
+
+func checkURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a URL", raw)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%q: only http and https URLs are allowed", raw)
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Errorf("%q has no host", raw)
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("%q: credentials in the URL are not allowed; use a header", raw)
+	}
+	return u, nil
+}
+
+func (n *httpNode) run(ctx context.Context, r *run, in *exprEnv) (outcome, error) {
+	req, err := n.request(ctx, r, in)
+	if err != nil {
+		return outcome{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	resp, err := r.engine.httpClient.Do(req.WithContext(ctx))
+	if err != nil {
+		return outcome{}, describeHTTPError(ctx, err, n.timeout)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, n.maxBytes+1))
+	if err != nil {
+		return outcome{}, describeHTTPError(ctx, err, n.timeout)
+	}
+	if int64(len(data)) > n.maxBytes {
+		return outcome{}, fmt.Errorf("response body is larger than %d bytes", n.maxBytes)
+	}
+	out := map[string]any{
+		"status_code": float64(resp.StatusCode),
+		"headers":     flatHeaders(resp.Header),
+		"body":        decodeBody(resp.Header.Get("Content-Type"), data),
+	}
+	if n.failOnStatus && resp.StatusCode >= 400 {
+		return outcome{output: out}, fmt.Errorf("%s %s answered HTTP %d", n.method, req.URL.Redacted(), resp.StatusCode)
+	}
+	return outcome{output: out}, nil
+}
+
+func (n *httpNode) request(ctx context.Context, r *run, in *exprEnv) (*http.Request, error) {
+	rawURL, err := n.url.eval(ctx, in, r.limits.expr)
+	if err != nil {
+		return nil, err
+	}
+	u, err := checkURL(textOf(rawURL))
+	if err != nil {
+		return nil, err
+	}
+	if n.query != nil {
+		qv, err := n.query.eval(ctx, in, r.limits.expr)
+		if err != nil {
+			return nil, err
+		}
+		q := u.Query()
+		for _, k := range sortedKeys(qv.(map[string]any)) {
+			q.Set(k, textOf(qv.(map[string]any)[k]))
+		}
+		u.RawQuery = q.Encode()
+	}
+	body, contentType, err := n.encodeBody(ctx, r, in)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, n.method, u.String(), body)
+	if err != nil {
+		return nil, fmt.Errorf("building the request: %w", err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	req.Header.Set("User-Agent", "flowgate-engine")
+	headers, err := evalHeaders(ctx, n.headers, in, r)
+	if err != nil {
+		return nil, err
+	}
+	for name, val := range headers {
+		req.Header.Set(name, val)
+	}
+	return req, nil
+}
+
+func (n *httpNode) encodeBody(ctx context.Context, r *run, in *exprEnv) (io.Reader, string, error) {
+	if n.body == nil {
+		return nil, "", nil
+	}
+	v, err := n.body.eval(ctx, in, r.limits.expr)
+	if err != nil {
+		return nil, "", err
+	}
+	if s, ok := v.(string); ok {
+		return strings.NewReader(s), "text/plain; charset=utf-8", nil
+	}
+	raw, err := json.Marshal(sanitizeFloats(v))
+	if err != nil {
+		return nil, "", fmt.Errorf("encoding the body as JSON: %w", err)
+	}
+	return bytes.NewReader(raw), "application/json", nil
+}
+
+func describeHTTPError(ctx context.Context, err error, timeout time.Duration) error {
+	switch {
+	case errors.Is(err, errBlockedAddress):
+		var msg string
+		for e := err; e != nil; e = errors.Unwrap(e) {
+			if strings.HasPrefix(e.Error(), errBlockedAddress.Error()) {
+				msg = e.Error()
+				break
+			}
+		}
+		if msg == "" {
+			msg = errBlockedAddress.Error()
+		}
+		return errors.New(msg)
+	case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("request timed out after %s", timeout)
+	}
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return fmt.Errorf("%s %s: %v", uerr.Op, uerr.URL, uerr.Err)
+	}
+	return err
+}
+
+func flatHeaders(h http.Header) map[string]any {
+	out := make(map[string]any, len(h))
+	for name, vals := range h {
+		out[strings.ToLower(name)] = strings.Join(vals, ", ")
+	}
+	return out
+}
+
+func decodeBody(contentType string, data []byte) any {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	if mt == "application/json" || strings.HasSuffix(mt, "+json") {
+		var v any
+		if err := json.Unmarshal(data, &v); err == nil {
+			return v
+		}
+	}
+	return string(data)
+}
