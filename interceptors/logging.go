@@ -1,0 +1,188 @@
+package interceptors
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+)
+
+// AccessLog writes one structured line per call: procedure, protocol, code,
+// duration, request id and peer. Its [AccessLog.Interceptor] logs every call
+// that reaches a Connect handler, whatever an inner interceptor decided; its
+// [AccessLog.Middleware] logs the requests that never got that far
+// (unknown routes, malformed bodies, rejections at the HTTP layer), so that
+// each request is logged exactly once.
+type AccessLog struct {
+	logger *slog.Logger
+}
+
+// NewAccessLog returns an access log writing to logger (nil discards).
+func NewAccessLog(logger *slog.Logger) *AccessLog {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &AccessLog{logger: logger}
+}
+
+// accessRecord links the HTTP-level and RPC-level halves of one request.
+type accessRecord struct {
+	protocol string
+	logged   atomic.Bool
+}
+
+type accessKey struct{}
+
+// Middleware logs requests that no interceptor logged. protocol names the
+// caller's protocol (rest, connect, grpc, grpcweb), which the RPC level
+// cannot see once the transcoder has translated the call.
+func (a *AccessLog) Middleware(protocol func(*http.Request) string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &accessRecord{protocol: protocol(r)}
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), accessKey{}, rec)))
+		if rec.logged.Load() {
+			return
+		}
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		level := slog.LevelInfo
+		if status >= 500 {
+			level = slog.LevelWarn
+		}
+		ctx := r.Context()
+		if !a.logger.Enabled(ctx, level) {
+			return
+		}
+		a.logger.LogAttrs(ctx, level, "http",
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.String("protocol", rec.protocol),
+			slog.Int("status", status),
+			slog.Duration("duration", time.Since(start)),
+			slog.String("request_id", r.Header.Get("X-Request-Id")),
+			slog.String("peer", r.RemoteAddr),
+		)
+	})
+}
+
+// Interceptor logs every RPC. Put it first, so that it also sees calls
+// that later interceptors reject.
+func (a *AccessLog) Interceptor() connect.Interceptor {
+	return &accessInterceptor{log: a}
+}
+
+type accessInterceptor struct {
+	log *AccessLog
+}
+
+func (i *accessInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient {
+			return next(ctx, req)
+		}
+		start := time.Now()
+		res, err := next(ctx, req)
+		i.log.write(ctx, req.Spec().Procedure, req.Peer(), req.Header(), start, err)
+		return res, err
+	}
+}
+
+func (i *accessInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (i *accessInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		start := time.Now()
+		err := next(ctx, conn)
+		i.log.write(ctx, conn.Spec().Procedure, conn.Peer(), conn.RequestHeader(), start, err)
+		return err
+	}
+}
+
+func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Peer, header http.Header, start time.Time, err error) {
+	rec, _ := ctx.Value(accessKey{}).(*accessRecord)
+	if rec != nil && rec.logged.Swap(true) {
+		return // an in-process call made on behalf of an already logged request
+	}
+	code := "ok"
+	level := slog.LevelInfo
+	if err != nil {
+		c := connect.CodeOf(err)
+		code = c.String()
+		if serverFault(c) {
+			level = slog.LevelWarn
+		}
+	}
+	if !a.logger.Enabled(ctx, level) {
+		return
+	}
+	protocol := peer.Protocol
+	if rec != nil && rec.protocol != "" {
+		protocol = rec.protocol
+	}
+	attrs := []slog.Attr{
+		slog.String("procedure", procedure),
+		slog.String("protocol", protocol),
+		slog.String("code", code),
+		slog.Duration("duration", time.Since(start)),
+		slog.String("request_id", header.Get("X-Request-Id")),
+		slog.String("peer", peer.Addr),
+	}
+	if err != nil {
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			attrs = append(attrs, slog.String("error", ce.Message()))
+		}
+	}
+	a.logger.LogAttrs(ctx, level, "rpc", attrs...)
+}
+
+// serverFault reports whether a code means the gateway or a backend failed,
+// as opposed to the caller.
+func serverFault(c connect.Code) bool {
+	switch c {
+	case connect.CodeInternal, connect.CodeUnknown, connect.CodeDataLoss,
+		connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeUnimplemented:
+		return true
+	}
+	return false
+}
+
+// statusWriter remembers the status of a response. It keeps the writer's
+// other abilities reachable through Unwrap, so that streams still flush.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusWriter) Flush() {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,0 +1,84 @@
+package server
+
+import (
+	"net/http"
+	"strings"
+)
+
+// defaultForwardHeaders are the request headers every forwarded call carries
+// to its upstream: correlation and tracing, and the caller identity that the
+// gateway itself sets after authentication (client-sent copies are removed
+// at the edge). Everything else stays at the gateway unless configured.
+var defaultForwardHeaders = []string{
+	"X-Request-Id",
+	"Traceparent",
+	"Tracestate",
+	"Baggage",
+	"Idempotency-Key",
+	"X-Flowgate-Subject",
+	"X-Flowgate-Tenant",
+	"X-Flowgate-Scopes",
+}
+
+// headerPolicy decides which headers cross the gateway.
+type headerPolicy struct {
+	// request is the allowlist of request headers, in canonical form.
+	request []string
+}
+
+func newHeaderPolicy(extra []string) headerPolicy {
+	seen := make(map[string]bool, len(defaultForwardHeaders)+len(extra))
+	var names []string
+	for _, name := range append(append([]string(nil), defaultForwardHeaders...), extra...) {
+		name = http.CanonicalHeaderKey(strings.TrimSpace(name))
+		if name == "" || seen[name] || neverForwarded(name) {
+			continue
+		}
+		seen[name] = true
+		names = append(names, name)
+	}
+	return headerPolicy{request: names}
+}
+
+// copyRequest copies the allowlisted headers of an incoming call to an
+// outgoing one. Only allowlisted names are read, so the cost does not grow
+// with what a caller sends.
+func (p headerPolicy) copyRequest(dst, src http.Header) {
+	for _, name := range p.request {
+		if vals, ok := src[name]; ok {
+			dst[name] = append(dst[name], vals...)
+		}
+	}
+}
+
+// copyResponse copies upstream response headers or trailers back to the
+// caller, leaving out whatever belongs to a protocol or a connection: the
+// gateway's own transport writes those for the caller's protocol.
+func copyResponse(dst, src http.Header) {
+	for name, vals := range src {
+		if len(vals) == 0 || neverForwarded(name) {
+			continue
+		}
+		dst[name] = append(dst[name], vals...)
+	}
+}
+
+// neverForwarded reports whether a canonical header name belongs to an RPC
+// protocol, to content negotiation, to a single connection, or carries the
+// caller's credentials, and so must never be copied from one call to
+// another.
+func neverForwarded(name string) bool {
+	switch name {
+	case "Te", "Trailer", "Transfer-Encoding", "Connection", "Keep-Alive",
+		"Upgrade", "Host", "User-Agent", "Date", "Server", "Vary", "X-Grpc-Web",
+		"Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+		"Authorization", "Cookie", "Set-Cookie", "X-Api-Key":
+		return true
+	}
+	for _, prefix := range []string{"Content-", "Accept", "Connect-", "Grpc-", "Access-Control-"} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,80 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+// startH2C serves h on a kernel-chosen loopback port, speaking HTTP/1.1 and
+// cleartext HTTP/2, until the test ends.
+func startH2C(tb testing.TB, h http.Handler) *httptest.Server {
+	tb.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = protocols
+	srv.Start()
+	tb.Cleanup(srv.Close)
+	return srv
+}
+
+// h2cClient speaks cleartext HTTP/2 only, as gRPC callers do.
+func h2cClient(tb testing.TB) *http.Client {
+	tb.Helper()
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: protocols}
+	tb.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// http1Client speaks HTTP/1.1 only, as curl and browsers commonly do.
+func http1Client(tb testing.TB) *http.Client {
+	tb.Helper()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}}
+	tb.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// startGateway builds a gateway from cfg and serves it through Serve, the
+// production path, on a loopback port.
+func startGateway(tb testing.TB, cfg Config) (*Gateway, string) {
+	tb.Helper()
+	gw, err := New(cfg)
+	if err != nil {
+		tb.Fatalf("New: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx, ln) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("Serve: %v", err)
+		}
+		_ = gw.Close()
+	})
+	return gw, "http://" + ln.Addr().String()
+}
+
+// deadAddress returns a loopback address nothing listens on.
+func deadAddress(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}

@@ -1,0 +1,160 @@
+package server
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/vanguard"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Upstream protocols a gateway may speak to a backend.
+const (
+	ProtocolGRPC    = "grpc"
+	ProtocolConnect = "connect"
+	ProtocolGRPCWeb = "grpcweb"
+)
+
+// Upstream is where one backend service is reached.
+type Upstream struct {
+	// Address is host:port (cleartext HTTP/2), or a URL: http://host:port
+	// for cleartext HTTP/2, https://host:port for HTTP/2 over TLS.
+	Address string
+	// Protocol is grpc (the default), connect or grpcweb.
+	Protocol string
+}
+
+// baseURL validates the address and returns the URL calls are made to.
+func (u Upstream) baseURL() (*url.URL, error) {
+	addr := strings.TrimSpace(u.Address)
+	if addr == "" {
+		return nil, fmt.Errorf("no address")
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	parsed, err := url.Parse(addr)
+	if err != nil {
+		return nil, fmt.Errorf("address %q: %w", u.Address, err)
+	}
+	if parsed.Scheme != "http" && parsed.Scheme != "https" {
+		return nil, fmt.Errorf("address %q: scheme must be http or https", u.Address)
+	}
+	if parsed.Host == "" {
+		return nil, fmt.Errorf("address %q: no host", u.Address)
+	}
+	if _, port, err := net.SplitHostPort(parsed.Host); err != nil || port == "" {
+		return nil, fmt.Errorf("address %q: want host:port", u.Address)
+	}
+	parsed.Path = strings.TrimSuffix(parsed.Path, "/")
+	return parsed, nil
+}
+
+func (u Upstream) clientOptions() ([]connect.ClientOption, error) {
+	opts := []connect.ClientOption{connect.WithCodec(passthroughCodec{})}
+	switch u.Protocol {
+	case "", ProtocolGRPC:
+		opts = append(opts, connect.WithGRPC())
+	case ProtocolGRPCWeb:
+		opts = append(opts, connect.WithGRPCWeb())
+	case ProtocolConnect:
+	default:
+		return nil, fmt.Errorf("protocol %q: want grpc, connect or grpcweb", u.Protocol)
+	}
+	return opts, nil
+}
+
+// newUpstreamClient returns the HTTP client of one upstream: HTTP/2 only, so
+// that every call shares a few long-lived multiplexed connections. An h2c
+// transport that also allowed HTTP/1.1 would fall back to it, one
+// connection per concurrent call.
+func newUpstreamClient(base *url.URL, dialTimeout time.Duration) *http.Client {
+	protocols := new(http.Protocols)
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	transport := &http.Transport{
+		DialContext:         dialer.DialContext,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: dialTimeout,
+		HTTP2: &http.HTTP2Config{
+			// Notice a dead upstream connection instead of waiting on it.
+			SendPingTimeout: 30 * time.Second,
+			PingTimeout:     10 * time.Second,
+		},
+	}
+	if base.Scheme == "https" {
+		protocols.SetHTTP2(true)
+		transport.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	} else {
+		protocols.SetUnencryptedHTTP2(true)
+	}
+	transport.Protocols = protocols
+	return &http.Client{Transport: transport}
+}
+
+// upstreamService is one backend service and the handlers forwarding to it.
+type upstreamService struct {
+	name       string
+	descriptor protoreflect.ServiceDescriptor
+	httpClient *http.Client
+}
+
+// buildService returns the transcoder's view of one upstream service: a
+// forwarding Connect handler for each of its methods.
+func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[string]methodHooks, handlerOpts []connect.HandlerOption) (*vanguard.Service, error) {
+	base, err := up.baseURL()
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
+	}
+	clientOpts, err := up.clientOptions()
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
+	}
+	mux := http.NewServeMux()
+	methods := svc.descriptor.Methods()
+	for i := range methods.Len() {
+		method := methods.Get(i)
+		procedure := "/" + string(svc.descriptor.FullName()) + "/" + string(method.Name())
+		fwd := &forwarder{
+			upstream:   svc.name,
+			client:     connect.NewClient[frame, frame](svc.httpClient, base.String()+procedure, append(clientOpts, connect.WithSchema(method))...),
+			headers:    g.headers,
+			maxTimeout: g.cfg.MaxTimeout,
+			logger:     g.logger,
+			hooks:      hooks[procedure],
+			shutdown:   g.streams,
+		}
+		opts := append([]connect.HandlerOption{connect.WithSchema(method), connect.WithCodec(passthroughCodec{})}, handlerOpts...)
+		switch {
+		case method.IsStreamingClient():
+			return nil, fmt.Errorf("method %s: client streams are not forwarded", method.FullName())
+		case method.IsStreamingServer():
+			mux.Handle(procedure, connect.NewServerStreamHandler(procedure, fwd.serverStream, opts...))
+		default:
+			mux.Handle(procedure, connect.NewUnaryHandler(procedure, fwd.unary, opts...))
+		}
+	}
+	return vanguard.NewServiceWithSchema(svc.descriptor, mux,
+		// The forwarders take gRPC with binary protobuf only: gRPC callers
+		// pass straight through, the transcoder re-frames Connect and
+		// gRPC-Web and turns JSON and REST into protobuf. A gRPC handler
+		// also refuses a request the transcoder failed to translate (no
+		// message at all), which a Connect unary handler would take for
+		// an empty message and forward.
+		vanguard.WithTargetProtocols(vanguard.ProtocolGRPC),
+		vanguard.WithTargetCodecs(vanguard.CodecProto),
+	), nil
+}
+
+// closeIdle releases the upstream connections.
+func closeIdle(clients []*http.Client) {
+	for _, c := range clients {
+		c.CloseIdleConnections()
+	}
+}
