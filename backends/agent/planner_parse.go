@@ -64,7 +64,9 @@ var (
 var notAField = map[string]bool{
 	"it": true, "is": true, "are": true, "was": true, "the": true, "a": true, "an": true, "of": true, "if": true,
 	"when": true, "where": true, "whose": true, "with": true, "that": true, "and": true, "than": true, "value": false,
-	"only": true, "make": true, "them": true, "those": true, "ones": true, "amounts": false, "total": false,
+	"only": true, "make": true, "them": true, "those": true, "ones": true, "data": true, "payload": true,
+	"request": true, "requests": true, "body": true, "message": true, "messages": true, "event": true,
+	"events": true, "something": true, "anything": true, "one": true, "things": true, "webhook": true,
 }
 
 // Things that arrive whose size is their amount.
@@ -113,7 +115,7 @@ func (r *request) parseTrigger(lower string) {
 	case reManual.MatchString(lower):
 		r.trigger = "manual"
 	}
-	if m := reEntity.FindStringSubmatch(lower); m != nil && !notAField[m[1]] && m[1] != "webhook" && m[1] != "request" {
+	if m := reEntity.FindStringSubmatch(lower); m != nil && !notAField[m[1]] {
 		r.entity = strings.TrimSuffix(m[1], "s")
 	}
 }
@@ -291,6 +293,9 @@ func (r *request) merge(next request) {
 	}
 	if next.respond != nil {
 		r.respond = next.respond
+	}
+	if r.cond != nil && r.cond.field == "" && amountEntities[r.entity] {
+		r.cond.field = "amount"
 	}
 	if hasHTTP(r.actions) || r.respond != nil {
 		r.vagueAction = ""
