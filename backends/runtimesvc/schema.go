@@ -1,0 +1,74 @@
+package runtimesvc
+
+import "github.com/flowgate/flowgate/backends/store"
+
+// component is the runtime's name in the migrations table.
+const component = "runtime"
+
+// migrations are the runtime's schema steps; append only.
+//
+// Times are Unix microseconds. Executions carry dense per-group positions
+// (pos_all per tenant, pos_dep per deployment, pos_st/pos_dst per final
+// status) drawn from execution_counters in the inserting transaction, so
+// that page N of a listing is an index seek to a computed position instead
+// of an OFFSET scan, and total counts are a single row read. Executions are
+// never deleted, which keeps the positions dense.
+func migrations(d store.Dialect) []string {
+	return []string{
+		`CREATE TABLE deployments (
+			seq ` + d.SerialPrimaryKey() + `,
+			id TEXT NOT NULL UNIQUE,
+			tenant TEXT NOT NULL,
+			name TEXT NOT NULL,
+			description TEXT NOT NULL,
+			status TEXT NOT NULL,
+			definition ` + d.Blob() + ` NOT NULL,
+			triggers ` + d.Blob() + ` NOT NULL,
+			cron TEXT NOT NULL DEFAULT '',
+			created_at BIGINT NOT NULL,
+			updated_at BIGINT NOT NULL
+		)`,
+		`CREATE INDEX deployments_tenant_seq ON deployments (tenant, seq)`,
+		`CREATE INDEX deployments_tenant_status_seq ON deployments (tenant, status, seq)`,
+		`CREATE TABLE webhook_paths (
+			path TEXT PRIMARY KEY,
+			deployment_id TEXT NOT NULL REFERENCES deployments (id) ON DELETE CASCADE
+		)`,
+		`CREATE INDEX webhook_paths_deployment ON webhook_paths (deployment_id)`,
+		`CREATE TABLE executions (
+			seq ` + d.SerialPrimaryKey() + `,
+			id TEXT NOT NULL UNIQUE,
+			tenant TEXT NOT NULL,
+			deployment_id TEXT NOT NULL,
+			status TEXT NOT NULL,
+			trigger_type TEXT NOT NULL,
+			trigger_data ` + d.Blob() + `,
+			output ` + d.Blob() + `,
+			result ` + d.Blob() + `,
+			error TEXT NOT NULL DEFAULT '',
+			started_at BIGINT NOT NULL,
+			finished_at BIGINT,
+			owner TEXT NOT NULL,
+			idempotency_key TEXT,
+			scheduled_at BIGINT,
+			pos_all BIGINT NOT NULL,
+			pos_dep BIGINT NOT NULL,
+			pos_st BIGINT,
+			pos_dst BIGINT
+		)`,
+		`CREATE UNIQUE INDEX executions_pos_all ON executions (tenant, pos_all)`,
+		`CREATE UNIQUE INDEX executions_pos_dep ON executions (tenant, deployment_id, pos_dep)`,
+		`CREATE UNIQUE INDEX executions_pos_st ON executions (tenant, status, pos_st)`,
+		`CREATE UNIQUE INDEX executions_pos_dst ON executions (tenant, deployment_id, status, pos_dst)`,
+		`CREATE INDEX executions_status_seq ON executions (tenant, status, seq)`,
+		`CREATE INDEX executions_running_owner ON executions (owner) WHERE status = 'running'`,
+		`CREATE UNIQUE INDEX executions_idempotency ON executions (deployment_id, idempotency_key) WHERE idempotency_key IS NOT NULL`,
+		`CREATE UNIQUE INDEX executions_schedule_claim ON executions (deployment_id, scheduled_at) WHERE scheduled_at IS NOT NULL`,
+		`CREATE TABLE execution_counters (
+			tenant TEXT NOT NULL,
+			scope TEXT NOT NULL,
+			n BIGINT NOT NULL,
+			PRIMARY KEY (tenant, scope)
+		)`,
+	}
+}

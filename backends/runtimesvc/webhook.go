@@ -1,0 +1,249 @@
+package runtimesvc
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
+	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
+)
+
+// Webhook request headers (lower case, as the gateway passes them).
+const (
+	headerSignature   = "x-flowgate-signature"
+	headerTimestamp   = "x-flowgate-timestamp"
+	headerIdempotency = "idempotency-key"
+	signaturePrefix   = "sha256="
+	maxIdempotencyKey = 255
+)
+
+// TriggerWebhook runs the deployment whose webhook trigger owns the path.
+// A trigger with a secret requires X-Flowgate-Signature = "sha256=" +
+// hex(HMAC-SHA256(secret, timestamp + "." + raw body)) and an
+// X-Flowgate-Timestamp (Unix seconds) within the tolerance; otherwise the
+// request is Unauthenticated and nothing runs.
+func (s *Service) TriggerWebhook(ctx context.Context, req *connect.Request[runtimev1.TriggerWebhookRequest]) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
+	msg := req.Msg
+	path := normalizeWebhookPath(msg.GetPath())
+	d, err := s.repo.deploymentByPath(ctx, path)
+	if err != nil {
+		return nil, s.lookupError(ctx, "webhook", path, err)
+	}
+	wh := findTrigger(d.triggers, triggerWebhook)
+	if wh == nil { // the path row and the triggers are written together
+		return nil, notFound("webhook", path)
+	}
+	headers := msg.GetHeaders()
+	body := msg.GetBody().GetData()
+	if wh.GetSecret() != "" {
+		if err := s.verifySignature(wh.GetSecret(), headers, body); err != nil {
+			return nil, err
+		}
+	}
+	if d.status != deploymentActive {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment is paused"))
+	}
+	key := headers[headerIdempotency]
+	if len(key) > maxIdempotencyKey {
+		return nil, invalid("headers.idempotency-key", "must be at most %d characters", maxIdempotencyKey)
+	}
+	data, err := webhookTriggerData(path, msg)
+	if err != nil {
+		return nil, err
+	}
+	st, prev, err := s.start(ctx, launch{d: d, triggerType: triggerWebhook, triggerData: data, idemKey: key})
+	if err != nil {
+		return nil, s.internal(ctx, "start execution", err)
+	}
+	if prev != nil {
+		return s.replay(prev, wh)
+	}
+	if wh.GetResponseMode() != modeWait {
+		return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
+	}
+	timeout := s.defaultResponseTimeout
+	if rt := wh.GetResponseTimeout(); rt != nil {
+		timeout = rt.AsDuration()
+	}
+	if !waitFor(ctx, st, timeout) {
+		if ctx.Err() != nil {
+			return nil, s.internal(ctx, "wait for execution", ctx.Err())
+		}
+		return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
+	}
+	return finishedResponse(st.e), nil
+}
+
+func (s *Service) verifySignature(secret string, headers map[string]string, body []byte) error {
+	sig, ts := headers[headerSignature], headers[headerTimestamp]
+	if sig == "" || ts == "" {
+		return unauthenticated("the webhook requires X-Flowgate-Signature and X-Flowgate-Timestamp headers")
+	}
+	sec, err := strconv.ParseInt(strings.TrimSpace(ts), 10, 64)
+	if err != nil {
+		return unauthenticated("X-Flowgate-Timestamp must be Unix seconds")
+	}
+	if skew := time.Since(time.Unix(sec, 0)); skew > s.tolerance || skew < -s.tolerance {
+		return unauthenticated("X-Flowgate-Timestamp is outside the allowed tolerance")
+	}
+	got, ok := strings.CutPrefix(strings.TrimSpace(sig), signaturePrefix)
+	raw, err := hex.DecodeString(got)
+	if !ok || err != nil {
+		return unauthenticated("X-Flowgate-Signature must be sha256=<hex>")
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(strings.TrimSpace(ts)))
+	mac.Write([]byte{'.'})
+	mac.Write(body)
+	if !hmac.Equal(raw, mac.Sum(nil)) {
+		return unauthenticated("the webhook signature does not match")
+	}
+	return nil
+}
+
+func unauthenticated(msg string) error {
+	return connect.NewError(connect.CodeUnauthenticated, errors.New(msg))
+}
+
+// webhookTriggerData is what the workflow's trigger node receives:
+// {body, headers, query, path}. A JSON body is parsed; any other body is
+// passed as text (or base64 when it is not UTF-8).
+func webhookTriggerData(path string, msg *runtimev1.TriggerWebhookRequest) (*structpb.Struct, error) {
+	body, err := decodeWebhookBody(msg.GetBody())
+	if err != nil {
+		return nil, err
+	}
+	headers := make(map[string]any, len(msg.GetHeaders()))
+	for k, v := range msg.GetHeaders() {
+		if k == headerSignature {
+			continue // no use to the workflow; keep it out of the history
+		}
+		headers[k] = v
+	}
+	query := make(map[string]any, len(msg.GetQuery()))
+	for k, v := range msg.GetQuery() {
+		query[k] = v
+	}
+	data, err := structpb.NewStruct(map[string]any{"body": body, "headers": headers, "query": query, "path": path})
+	if err != nil {
+		return nil, invalid("body", "cannot be represented: %v", err)
+	}
+	return data, nil
+}
+
+func decodeWebhookBody(b *httpbody.HttpBody) (any, error) {
+	data := b.GetData()
+	if len(data) == 0 {
+		return nil, nil
+	}
+	mt, _, _ := mime.ParseMediaType(b.GetContentType())
+	if mt == "application/json" || strings.HasSuffix(mt, "+json") {
+		var v any
+		if err := json.Unmarshal(data, &v); err != nil {
+			return nil, invalid("body", "is not valid JSON: %v", err)
+		}
+		return v, nil
+	}
+	if utf8.Valid(data) {
+		return string(data), nil
+	}
+	return map[string]any{"base64": base64Std(data)}, nil
+}
+
+// replay answers a retried request with the execution it first started.
+func (s *Service) replay(prev *execution, wh *runtimev1.Trigger) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
+	if prev.status == statusRunning {
+		return statusResponse(prev.id, statusRunning, http.StatusAccepted), nil
+	}
+	if wh.GetResponseMode() == modeWait {
+		return finishedResponse(prev), nil
+	}
+	return statusResponse(prev.id, prev.status, http.StatusOK), nil
+}
+
+// finishedResponse is what a waiting caller gets: the respond node's
+// response when one ran, else the execution's id and status.
+func finishedResponse(e *execution) *connect.Response[runtimev1.TriggerWebhookResponse] {
+	wr := e.result.GetWebhookResponse()
+	if wr == nil {
+		code := http.StatusOK
+		if e.status != "succeeded" {
+			code = http.StatusInternalServerError
+		}
+		return statusResponse(e.id, e.status, code)
+	}
+	return connect.NewResponse(respondNodeResponse(e, wr))
+}
+
+func respondNodeResponse(e *execution, wr *enginev1.WebhookResponse) *runtimev1.TriggerWebhookResponse {
+	headers := make(map[string]string, len(wr.GetHeaders()))
+	contentType := ""
+	for k, v := range wr.GetHeaders() {
+		if strings.EqualFold(k, "content-type") {
+			contentType = v
+			continue
+		}
+		headers[strings.ToLower(k)] = v
+	}
+	var data []byte
+	switch body := wr.GetBody(); body.GetKind().(type) {
+	case nil, *structpb.Value_NullValue:
+	case *structpb.Value_StringValue:
+		data = []byte(body.GetStringValue())
+		if contentType == "" {
+			contentType = "text/plain; charset=utf-8"
+		}
+	default:
+		data, _ = protojson.Marshal(body)
+		if contentType == "" {
+			contentType = "application/json"
+		}
+	}
+	code := wr.GetStatusCode()
+	if code == 0 {
+		code = http.StatusOK
+	}
+	return &runtimev1.TriggerWebhookResponse{
+		ExecutionId: e.id,
+		Status:      e.status,
+		Body:        &httpbody.HttpBody{ContentType: contentType, Data: data},
+		StatusCode:  code,
+		Headers:     headers,
+	}
+}
+
+// statusResponse is the JSON document {"execution_id", "status"}.
+func statusResponse(id, status string, code int) *connect.Response[runtimev1.TriggerWebhookResponse] {
+	doc, _ := json.Marshal(map[string]string{"execution_id": id, "status": status})
+	return connect.NewResponse(&runtimev1.TriggerWebhookResponse{
+		ExecutionId: id,
+		Status:      status,
+		Body:        &httpbody.HttpBody{ContentType: "application/json", Data: doc},
+		StatusCode:  int32(code), //nolint:gosec // an HTTP status code
+	})
+}
+
+// Sign computes the X-Flowgate-Signature value of a webhook request, for
+// senders written in Go and for tests.
+func Sign(secret string, timestamp int64, body []byte) string {
+	mac := hmac.New(sha256.New, []byte(secret))
+	_, _ = fmt.Fprintf(mac, "%d.", timestamp)
+	mac.Write(body)
+	return signaturePrefix + hex.EncodeToString(mac.Sum(nil))
+}
