@@ -1,0 +1,260 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/flowgate/flowgate/backends"
+	"github.com/flowgate/flowgate/backends/agent"
+	agentv1 "github.com/flowgate/flowgate/gen/go/workflow/agent/v1"
+	"github.com/flowgate/flowgate/gen/go/workflow/agent/v1/agentv1connect"
+)
+
+// sseEvent is one parsed Server-Sent Event.
+type sseEvent struct {
+	name, id string
+	data     map[string]any
+}
+
+// readSSE reads events until the stream ends or stop says so; comments
+// (heartbeats) are skipped.
+func readSSE(tb testing.TB, body io.Reader, stop func(sseEvent) bool) []sseEvent {
+	tb.Helper()
+	var (
+		out  []sseEvent
+		cur  sseEvent
+		data string
+	)
+	sc := bufio.NewScanner(body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" {
+			if data != "" {
+				if err := json.Unmarshal([]byte(data), &cur.data); err != nil {
+					tb.Fatalf("event data %q is not one JSON object: %v", data, err)
+				}
+				out = append(out, cur)
+				if stop != nil && stop(cur) {
+					return out
+				}
+			}
+			cur, data = sseEvent{}, ""
+			continue
+		}
+		k, v, _ := strings.Cut(line, ":")
+		v = strings.TrimPrefix(v, " ")
+		switch k {
+		case "event":
+			cur.name = v
+		case "id":
+			cur.id = v
+		case "data":
+			data += v
+		}
+	}
+	return out
+}
+
+func sseGet(tb testing.TB, client *http.Client, rawURL string, header http.Header) *http.Response {
+	tb.Helper()
+	req, err := http.NewRequestWithContext(tb.(interface{ Context() context.Context }).Context(), http.MethodGet, rawURL, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = resp.Body.Close() })
+	return resp
+}
+
+// startEmbedded runs the reference backends and a gateway in front of
+// them, as cmd/flowgate does by default.
+func startEmbedded(tb testing.TB, bcfg backends.Config, sse SSEConfig) string {
+	tb.Helper()
+	ls, err := backends.LoopbackListeners()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if bcfg.DataDir == "" {
+		bcfg.DataDir = tb.TempDir()
+	}
+	if bcfg.PublicURL == "" {
+		bcfg.PublicURL = "http://gateway.test"
+	}
+	b, err := backends.Start(context.Background(), bcfg, ls)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = b.Shutdown(context.Background()) })
+	a, r, e := b.Addrs()
+	_, base := startGateway(tb, Config{
+		Agent: Upstream{Address: a}, Runtime: Upstream{Address: r}, Engine: Upstream{Address: e},
+		SSE: sse,
+	})
+	return base
+}
+
+func createSession(tb testing.TB, base string) string {
+	tb.Helper()
+	resp, err := http.Post(base+"/api/v1/session", "application/json", strings.NewReader(`{"action":"create"}`))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		SessionID string `json:"session_id"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusOK || out.SessionID == "" {
+		tb.Fatalf("create session: %d %v", resp.StatusCode, err)
+	}
+	return out.SessionID
+}
+
+const orderMessage = "When a webhook receives an order over 100, POST it to https://example.com/orders"
+
+func TestSSEThroughGateway(t *testing.T) {
+	t.Parallel()
+	base := startEmbedded(t, backends.Config{}, SSEConfig{Heartbeat: time.Second, Retry: 750 * time.Millisecond})
+	client := http1Client(t)
+	sid := createSession(t, base)
+
+	chatURL := base + "/api/v1/chat/stream?" + url.Values{"session_id": {sid}, "user_message": {orderMessage}}.Encode()
+	resp := sseGet(t, client, chatURL, nil)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream; charset=utf-8" ||
+		resp.Header.Get("X-Accel-Buffering") != "no" || resp.Header.Get("Content-Encoding") != "" {
+		t.Fatalf("chat stream: %d %v", resp.StatusCode, resp.Header)
+	}
+	chat := readSSE(t, resp.Body, nil)
+	if len(chat) < 4 || chat[len(chat)-1].name != "end" {
+		t.Fatalf("chat events %+v", chat)
+	}
+	for i, ev := range chat[:len(chat)-1] {
+		if ev.name != "" || ev.id != strconv.Itoa(i+1) || ev.data["type"] != "message" || ev.data["content"] == "" {
+			t.Errorf("chat event %d: %+v", i, ev)
+		}
+	}
+
+	genURL := base + "/api/v1/workflow_generation?session_id=" + sid
+	gen := readSSE(t, sseGet(t, client, genURL, nil).Body, nil)
+	var kinds []string
+	for _, ev := range gen {
+		kinds = append(kinds, ev.name+"/"+str(ev.data["type"]))
+	}
+	if got := strings.Join(kinds, " "); got != "/waiting /start /draft /debugging /debugging /complete end/" {
+		t.Fatalf("generation events %q", got)
+	}
+	done := gen[len(gen)-2]
+	if done.id != done.data["event_id"] || str(done.data["workflow_id"]) == "" {
+		t.Errorf("complete event %+v", done)
+	}
+	// The deployment it names is real.
+	dep, err := client.Get(base + "/api/v1/workflow/deployments/" + str(done.data["workflow_id"]))
+	if err != nil || dep.StatusCode != http.StatusOK {
+		t.Fatalf("deployment: %v %v", dep, err)
+	}
+	_ = dep.Body.Close()
+
+	// EventSource's reconnection resumes right after the last event seen.
+	resumed := readSSE(t, sseGet(t, client, genURL, http.Header{"Last-Event-Id": {gen[2].id}}).Body, nil)
+	if len(resumed) != len(gen)-3 || resumed[0].id != gen[3].id {
+		t.Errorf("resumed after %s: %+v", gen[2].id, resumed)
+	}
+	// A chat stream cannot resume: a reconnect must not repeat the turn.
+	if r := sseGet(t, client, chatURL, http.Header{"Last-Event-Id": {"3"}}); r.StatusCode != http.StatusNoContent {
+		t.Errorf("chat reconnect: %d, want 204", r.StatusCode)
+	}
+
+	// The same RPCs are ordinary server streams over gRPC and gRPC-Web.
+	for name, opt := range map[string]connect.ClientOption{"grpc": connect.WithGRPC(), "grpcweb": connect.WithGRPCWeb(), "connect": connect.WithProtoJSON()} {
+		c := agentv1connect.NewWorkflowAgentServiceClient(h2cClient(t), base, opt)
+		stream, err := c.WatchGeneration(t.Context(), connect.NewRequest(&agentv1.WatchGenerationRequest{SessionId: sid}))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		n := 0
+		for stream.Receive() {
+			n++
+		}
+		if stream.Err() != nil || n != len(gen)-1 {
+			t.Errorf("%s: %d events, err %v", name, n, stream.Err())
+		}
+	}
+}
+
+func str(v any) string { s, _ := v.(string); return s }
+
+func TestSSEPreStreamErrorsThroughGateway(t *testing.T) {
+	t.Parallel()
+	base := startEmbedded(t, backends.Config{}, SSEConfig{})
+	sid := createSession(t, base)
+	client := http1Client(t)
+	for _, tc := range []struct {
+		path   string
+		status int
+		code   string
+		field  string
+	}{
+		{"/api/v1/chat/stream?session_id=nope&user_message=hi", 404, "NOT_FOUND", ""},
+		{"/api/v1/chat/stream?session_id=" + sid, 400, "VALIDATION_ERROR", "user_message"},
+		{"/api/v1/chat/stream?session_id=" + sid + "&user_message=hi&extra=1", 400, "VALIDATION_ERROR", "extra"},
+		{"/api/v1/workflow_generation", 400, "VALIDATION_ERROR", "session_id"},
+		{"/api/v1/workflow_generation?session_id=" + sid + "&after_event_id=x", 400, "VALIDATION_ERROR", "after_event_id"},
+	} {
+		resp := sseGet(t, client, base+tc.path, nil)
+		var body struct {
+			Error struct {
+				Code    string            `json:"code"`
+				Details map[string]string `json:"details"`
+			} `json:"error"`
+		}
+		err := json.NewDecoder(resp.Body).Decode(&body)
+		if err != nil || resp.StatusCode != tc.status || body.Error.Code != tc.code || body.Error.Details["field"] != tc.field {
+			t.Errorf("%s: %d %+v %v", tc.path, resp.StatusCode, body, err)
+		}
+	}
+}
+
+func TestSSEDisconnectCancelsUpstreamThroughGateway(t *testing.T) {
+	t.Parallel()
+	rec := newRecorder()
+	agentSrv := startH2C(t, mustHandler(agentv1connect.NewWorkflowAgentServiceHandler(&testAgent{rec: rec})))
+	_, base := startGateway(t, Config{
+		Agent: Upstream{Address: agentSrv.URL}, Runtime: Upstream{Address: deadAddress(t)}, Engine: Upstream{Address: deadAddress(t)},
+	})
+	resp := sseGet(t, http1Client(t), base+"/api/v1/chat/stream?session_id=s&user_message=m", nil)
+	readSSE(t, resp.Body, func(sseEvent) bool { return true })
+	left := time.Now()
+	_ = resp.Body.Close()
+	select {
+	case <-rec.canceled:
+		if d := time.Since(left); d > time.Second {
+			t.Errorf("the agent saw the cancellation %v after the browser left", d)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the agent never saw the cancellation")
+	}
+}
+
+func mustHandler(path string, h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(path, h)
+	return mux
+}
+
+var _ = agent.NewPlanner
