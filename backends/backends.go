@@ -1,0 +1,221 @@
+// Package backends runs Flowgate's reference implementations of the three
+// workflow services — the Workflow Agent, Workflow Runtime and Workflow
+// Engine — over one store, each as its own gRPC (h2c) server. [Start] is
+// used by cmd/flowgate for its embedded default and by cmd/flowgate-backends
+// to run them as a separate process. The services talk to each other only
+// through their RPC clients, over the same loopback sockets a remote caller
+// would use.
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+
+	"github.com/flowgate/flowgate/backends/agent"
+	"github.com/flowgate/flowgate/backends/engine"
+	"github.com/flowgate/flowgate/backends/runtimesvc"
+	"github.com/flowgate/flowgate/backends/store"
+	"github.com/flowgate/flowgate/gen/go/workflow/agent/v1/agentv1connect"
+	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
+	"github.com/flowgate/flowgate/gen/go/workflow/runtime/v1/runtimev1connect"
+)
+
+// Config configures the reference backends.
+type Config struct {
+	// DatabaseURL selects PostgreSQL (postgres://...); empty uses SQLite in
+	// DataDir.
+	DatabaseURL string
+	// DataDir holds the SQLite file (default ./data).
+	DataDir string
+	// PublicURL is the gateway's public base URL, from which webhook URLs
+	// are built.
+	PublicURL string
+	// EngineHTTPAllowHosts are hosts the engine's http_request nodes may
+	// reach although they resolve to loopback or private addresses.
+	EngineHTTPAllowHosts []string
+	// OpenAI, when its BaseURL is set, makes the agent reason with an
+	// OpenAI-compatible chat-completions API instead of its offline planner.
+	OpenAI agent.OpenAIConfig
+	// Logger receives the services' operational logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Listeners are where the three services accept calls.
+type Listeners struct {
+	Agent, Runtime, Engine net.Listener
+}
+
+// LoopbackListeners opens three listeners on kernel-chosen loopback ports,
+// for the embedded default.
+func LoopbackListeners() (Listeners, error) {
+	var ls []net.Listener
+	for range 3 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			for _, l := range ls {
+				_ = l.Close()
+			}
+			return Listeners{}, fmt.Errorf("could not listen on loopback: %w", err)
+		}
+		ls = append(ls, ln)
+	}
+	return Listeners{Agent: ls[0], Runtime: ls[1], Engine: ls[2]}, nil
+}
+
+// Backends are the three running services.
+type Backends struct {
+	logger  *slog.Logger
+	db      *store.DB
+	runtime *runtimesvc.Service
+	agent   *agent.Service
+	servers []*http.Server
+	done    chan error
+	addrs   Listeners
+}
+
+// Start opens the store, builds the services and serves them on ls until
+// [Backends.Shutdown].
+func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	b := &Backends{logger: logger, done: make(chan error, 3), addrs: ls}
+	defer func() {
+		if err != nil {
+			_ = b.Shutdown(context.WithoutCancel(ctx))
+		}
+	}()
+	b.db, err = store.Open(ctx, store.Config{DatabaseURL: cfg.DatabaseURL, DataDir: cfg.DataDir, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	eng, err := engine.New(engine.Config{Logger: logger.With("service", "engine"), HTTPAllowHosts: cfg.EngineHTTPAllowHosts})
+	if err != nil {
+		return nil, err
+	}
+	b.serve(ls.Engine, enginev1connect.WorkflowEngineServiceName, func(mux *http.ServeMux) {
+		mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(eng))
+	})
+	client := loopbackClient()
+	engineClient := enginev1connect.NewWorkflowEngineServiceClient(client, baseURL(ls.Engine), connect.WithGRPC())
+
+	b.runtime, err = runtimesvc.New(ctx, runtimesvc.Config{
+		Store:     b.db,
+		Engine:    engineClient,
+		PublicURL: cfg.PublicURL,
+		Logger:    logger.With("service", "runtime"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.serve(ls.Runtime, runtimev1connect.WorkflowRuntimeServiceName, func(mux *http.ServeMux) {
+		mux.Handle(runtimev1connect.NewWorkflowRuntimeServiceHandler(b.runtime))
+	})
+	runtimeClient := runtimev1connect.NewWorkflowRuntimeServiceClient(client, baseURL(ls.Runtime), connect.WithGRPC())
+
+	var provider agent.Provider
+	if cfg.OpenAI.BaseURL != "" {
+		provider, err = agent.NewOpenAI(cfg.OpenAI)
+		if err != nil {
+			return nil, err
+		}
+	}
+	b.agent, err = agent.New(ctx, agent.Config{
+		Store:    b.db,
+		Runtime:  runtimeClient,
+		Engine:   engineClient,
+		Provider: provider,
+		Logger:   logger.With("service", "agent"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.serve(ls.Agent, agentv1connect.WorkflowAgentServiceName, func(mux *http.ServeMux) {
+		mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(b.agent))
+	})
+	return b, nil
+}
+
+// serve runs one service, with its health and reflection, on ln.
+func (b *Backends) serve(ln net.Listener, name string, register func(*http.ServeMux)) {
+	mux := http.NewServeMux()
+	register(mux)
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(name)))
+	reflector := grpcreflect.NewStaticReflector(name)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler:           mux,
+		Protocols:         protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(b.logger.Handler(), slog.LevelDebug),
+	}
+	b.servers = append(b.servers, srv)
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			b.logger.Error("backend server stopped", slog.String("service", name), slog.Any("error", err))
+			b.done <- err
+		}
+	}()
+}
+
+// Addrs returns the addresses the agent, runtime and engine listen on.
+func (b *Backends) Addrs() (agentAddr, runtimeAddr, engineAddr string) {
+	return b.addrs.Agent.Addr().String(), b.addrs.Runtime.Addr().String(), b.addrs.Engine.Addr().String()
+}
+
+// Done reports a server that stopped on its own.
+func (b *Backends) Done() <-chan error { return b.done }
+
+// Shutdown stops accepting calls, waits for in-flight ones until ctx ends,
+// stops the services' background work and closes the store.
+func (b *Backends) Shutdown(ctx context.Context) error {
+	var errs []error
+	// The agent first: its streams call the runtime and the engine.
+	for i := len(b.servers) - 1; i >= 0; i-- {
+		if err := b.servers[i].Shutdown(ctx); err != nil {
+			_ = b.servers[i].Close()
+			errs = append(errs, err)
+		}
+	}
+	if b.agent != nil {
+		errs = append(errs, b.agent.Close())
+	}
+	if b.runtime != nil {
+		errs = append(errs, b.runtime.Close())
+	}
+	if b.db != nil {
+		errs = append(errs, b.db.Close())
+	}
+	if len(b.servers) == 0 {
+		for _, ln := range []net.Listener{b.addrs.Agent, b.addrs.Runtime, b.addrs.Engine} {
+			if ln != nil {
+				_ = ln.Close()
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// loopbackClient speaks cleartext HTTP/2 to the sibling services.
+func loopbackClient() *http.Client {
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: protocols}}
+}
+
+func baseURL(ln net.Listener) string { return "http://" + ln.Addr().String() }

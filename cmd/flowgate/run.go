@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flowgate/flowgate/backends"
+	"github.com/flowgate/flowgate/cmd/internal/flagenv"
+	"github.com/flowgate/flowgate/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// errUsage marks a bad flag, already reported on stderr with the usage.
+var errUsage = errors.New("usage")
+
+// options is everything the command line and environment say.
+type options struct {
+	listen          string
+	debug           bool
+	logFormat       string
+	upstreams       [3]upstreamFlags // agent, runtime, engine
+	maxTimeout      time.Duration
+	dialTimeout     time.Duration
+	shutdownTimeout time.Duration
+	forwardHeaders  []string
+	sseHeartbeat    time.Duration
+	sseRetry        time.Duration
+	tlsCert, tlsKey string
+	embedded        backends.Config
+	security        server.SecurityConfig
+}
+
+type upstreamFlags struct {
+	name     string
+	host     string
+	port     int
+	protocol string
+}
+
+func parse(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("flowgate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	set := flagenv.New(fs, getenv)
+	o := &options{}
+	set.String(&o.listen, "listen", "FLOWGATE_LISTEN", ":8080", "address to serve on")
+	set.Bool(&o.debug, "debug", "DEBUG", false, "log at debug level")
+	set.String(&o.logFormat, "log-format", "FLOWGATE_LOG_FORMAT", "json", "log format: json or text")
+	for i, svc := range []struct {
+		name, env string
+		port      int
+	}{{"agent", "WORKFLOW_AGENT", 50051}, {"runtime", "WORKFLOW_RUNTIME", 50052}, {"engine", "WORKFLOW_ENGINE", 50053}} {
+		u := &o.upstreams[i]
+		u.name = svc.name
+		set.String(&u.host, svc.name+"-host", svc.env+"_HOST", "", "host of the remote workflow "+svc.name+"; unset for the embedded one")
+		set.Int(&u.port, svc.name+"-port", svc.env+"_PORT", svc.port, "port of the remote workflow "+svc.name)
+		set.String(&u.protocol, svc.name+"-protocol", "FLOWGATE_"+strings.ToUpper(svc.name)+"_PROTOCOL", "grpc", "protocol spoken to the workflow "+svc.name+": grpc, connect or grpcweb")
+	}
+	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
+	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
+	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM")
+	set.List(&o.forwardHeaders, "forward-headers", "FLOWGATE_FORWARD_HEADERS", nil, "extra request headers forwarded to upstreams")
+	set.Duration(&o.sseHeartbeat, "sse-heartbeat", "FLOWGATE_SSE_HEARTBEAT", 15*time.Second, "interval of comment heartbeats on SSE streams")
+	set.Duration(&o.sseRetry, "sse-retry", "FLOWGATE_SSE_RETRY", 3*time.Second, "reconnection delay advised to EventSource clients")
+	set.String(&o.tlsCert, "tls-cert", "FLOWGATE_TLS_CERT", "", "TLS certificate file (PEM); with -tls-key serves HTTPS with HTTP/2")
+	set.String(&o.tlsKey, "tls-key", "FLOWGATE_TLS_KEY", "", "TLS private key file (PEM)")
+	embeddedFlags(set, &o.embedded)
+	securityFlags(set, &o.security)
+	if err := set.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		if strings.HasPrefix(err.Error(), "environment variable") {
+			return nil, err
+		}
+		return nil, errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "flowgate: unexpected argument %q\n", fs.Arg(0))
+		return nil, errUsage
+	}
+	return o, nil
+}
+
+// embeddedFlags are the settings of the reference backends, used when they
+// run in process.
+func embeddedFlags(set *flagenv.Set, cfg *backends.Config) {
+	set.String(&cfg.DataDir, "data-dir", "FLOWGATE_DATA_DIR", "./data", "directory of the embedded backends' SQLite database")
+	set.String(&cfg.DatabaseURL, "database-url", "DATABASE_URL", "", "PostgreSQL URL for the embedded backends instead of SQLite")
+	set.String(&cfg.PublicURL, "public-url", "FLOWGATE_PUBLIC_URL", "", "public base URL of the gateway, for webhook URLs (default http://localhost:<listen port>)")
+	set.List(&cfg.EngineHTTPAllowHosts, "engine-allow-hosts", "FLOWGATE_ENGINE_ALLOW_HOSTS", nil, "hosts http_request nodes may reach although they resolve to private or loopback addresses")
+	set.String(&cfg.OpenAI.BaseURL, "openai-base-url", "OPENAI_BASE_URL", "", "OpenAI-compatible API base URL for the agent (default: the offline planner)")
+	set.String(&cfg.OpenAI.APIKey, "openai-api-key", "OPENAI_API_KEY", "", "API key of the OpenAI-compatible API")
+	set.String(&cfg.OpenAI.Model, "openai-model", "OPENAI_MODEL", "", "model of the OpenAI-compatible API")
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o, err := parse(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, o.logFormat, o.debug)
+	if err != nil {
+		return err
+	}
+	upstreams, embedded, err := o.upstreamConfig()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("could not listen on %s: %w", o.listen, err)
+	}
+	defer ln.Close()
+
+	if embedded {
+		if o.embedded.PublicURL == "" {
+			o.embedded.PublicURL = defaultPublicURL(ln.Addr(), o.tlsCert != "")
+		}
+		o.embedded.Logger = logger
+		ls, err := backends.LoopbackListeners()
+		if err != nil {
+			return err
+		}
+		b, err := backends.Start(ctx, o.embedded, ls)
+		if err != nil {
+			return fmt.Errorf("could not start the embedded backends: %w", err)
+		}
+		defer func() {
+			shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
+			defer cancel()
+			if err := b.Shutdown(shutdownCtx); err != nil {
+				logger.Warn("embedded backends did not stop cleanly", slog.Any("error", err))
+			}
+		}()
+		agentAddr, runtimeAddr, engineAddr := b.Addrs()
+		upstreams[0].Address, upstreams[1].Address, upstreams[2].Address = agentAddr, runtimeAddr, engineAddr
+	}
+
+	gw, err := server.New(server.Config{
+		Agent: upstreams[0], Runtime: upstreams[1], Engine: upstreams[2],
+		MaxTimeout:      o.maxTimeout,
+		DialTimeout:     o.dialTimeout,
+		ForwardHeaders:  o.forwardHeaders,
+		SSE:             server.SSEConfig{Heartbeat: o.sseHeartbeat, Retry: o.sseRetry},
+		Security:        o.security,
+		TLSCertFile:     o.tlsCert,
+		TLSKeyFile:      o.tlsKey,
+		ShutdownTimeout: o.shutdownTimeout,
+		Version:         version,
+		Logger:          logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer gw.Close()
+	scheme := "http"
+	if o.tlsCert != "" {
+		scheme = "https"
+	}
+	mode := "remote backends"
+	if embedded {
+		mode = "embedded backends"
+	}
+	logger.Info("flowgate serving",
+		slog.String("address", scheme+"://"+ln.Addr().String()),
+		slog.String("backends", mode),
+		slog.String("agent", upstreams[0].Address),
+		slog.String("runtime", upstreams[1].Address),
+		slog.String("engine", upstreams[2].Address),
+		slog.String("version", version))
+	fmt.Fprintf(stdout, "flowgate %s serving on %s://%s with %s (docs at /docs)\n", version, scheme, ln.Addr(), mode)
+	return gw.Serve(ctx, ln)
+}
+
+// upstreamConfig returns the three upstreams, or says the embedded backends
+// must serve them: all three remote or none, since the reference services
+// call each other.
+func (o *options) upstreamConfig() ([3]server.Upstream, bool, error) {
+	var ups [3]server.Upstream
+	var remote []string
+	for i, u := range o.upstreams {
+		if u.port <= 0 || u.port > 65535 {
+			return ups, false, fmt.Errorf("workflow %s port %d is out of range", u.name, u.port)
+		}
+		ups[i].Protocol = u.protocol
+		if u.host != "" {
+			remote = append(remote, u.name)
+			ups[i].Address = net.JoinHostPort(u.host, strconv.Itoa(u.port))
+			if strings.Contains(u.host, "://") {
+				ups[i].Address = u.host + ":" + strconv.Itoa(u.port)
+			}
+		}
+	}
+	switch len(remote) {
+	case 0:
+		return ups, true, nil
+	case 3:
+		return ups, false, nil
+	default:
+		return ups, false, fmt.Errorf("remote backends: set the host of all three services or of none (set: %s)", strings.Join(remote, ", "))
+	}
+}
+
+func defaultPublicURL(addr net.Addr, tls bool) string {
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	_, port, _ := net.SplitHostPort(addr.String())
+	return scheme + "://localhost:" + port
+}
+
+func newLogger(w io.Writer, format string, debug bool) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if debug {
+		opts.Level = slog.LevelDebug
+	}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want json or text", format)
+}
