@@ -1,0 +1,145 @@
+package server
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/flowgate/flowgate/interceptors"
+)
+
+// secSSEGet opens an SSE route and returns the status and the whole body (the
+// recording agent ends its stream after two messages).
+func secSSEGet(t *testing.T, rawURL string, h http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, rawURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	res, err := http1Client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	data, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(data)
+}
+
+func TestSSECredentials(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, nil)
+	short := hsToken(t, jwt.MapClaims{"exp": time.Now().Add(2 * time.Minute).Unix(), "sub": "sse-user"})
+	long := hsToken(t, jwt.MapClaims{"sub": "sse-user"})
+	cookie := func(tok, origin string) http.Header {
+		h := http.Header{"Cookie": {defaultSSECookie + "=" + tok}}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		return h
+	}
+	cases := []struct {
+		name    string
+		query   string
+		header  http.Header
+		status  int
+		subject string
+	}{
+		{"short-lived query token", "&access_token=" + url.QueryEscape(short), nil, http.StatusOK, "sse-user"},
+		{"long-lived query token", "&access_token=" + url.QueryEscape(long), nil, http.StatusUnauthorized, ""},
+		{"forged query token", "&access_token=" + url.QueryEscape(short[:len(short)-4]+"AAAA"), nil, http.StatusUnauthorized, ""},
+		{"cookie, same origin", "", cookie(long, ""), http.StatusOK, "sse-user"},
+		{"cookie, allowed origin", "", cookie(long, "http://localhost:3000"), http.StatusOK, "sse-user"},
+		{"cookie, foreign origin", "", cookie(long, "https://evil.test"), http.StatusUnauthorized, ""},
+		{"header wins over cookie", "", func() http.Header {
+			h := cookie("garbage", "")
+			h.Set("Authorization", "Bearer "+long)
+			return h
+		}(), http.StatusOK, "sse-user"},
+		{"no credentials", "", nil, http.StatusUnauthorized, ""},
+		{"spoofed identity header", "", http.Header{"X-Flowgate-Subject": {"root"}, "X-Flowgate-Scopes": {"agent:chat"}}, http.StatusUnauthorized, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			session := marker("sse", tc.name)
+			status, body := secSSEGet(t, f.url+"/api/v1/chat/stream?session_id="+url.QueryEscape(session)+"&user_message=hi"+tc.query, tc.header)
+			if status != tc.status {
+				t.Fatalf("status %d, want %d: %.300s", status, tc.status, body)
+			}
+			seen := f.rec.find(session)
+			if tc.status != http.StatusOK {
+				if !strings.Contains(body, `"UNAUTHORIZED"`) {
+					t.Errorf("error body not in the contract's shape: %.300s", body)
+				}
+				if len(seen) != 0 {
+					t.Error("the backend saw a refused stream")
+				}
+				return
+			}
+			if !strings.Contains(body, `"content":"`+tc.subject+`"`) {
+				t.Errorf("stream did not carry the verified subject: %.300s", body)
+			}
+			if len(seen) != 1 {
+				t.Fatalf("backend saw %d streams", len(seen))
+			}
+			for name, vals := range seen[0].header {
+				for _, v := range vals {
+					if strings.Contains(v, short[:20]) || strings.Contains(v, long[:20]) {
+						t.Errorf("the token reached the backend in %s", name)
+					}
+				}
+			}
+			if seen[0].header.Get(interceptors.HeaderSubject) != tc.subject {
+				t.Errorf("backend subject %q", seen[0].header.Get(interceptors.HeaderSubject))
+			}
+		})
+	}
+}
+
+// TestQueryTokenOnlyForStreams: outside the SSE routes an access_token
+// parameter is removed and never honoured.
+func TestQueryTokenOnlyForStreams(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, nil)
+	short := hsToken(t, jwt.MapClaims{"exp": time.Now().Add(time.Minute).Unix()})
+	res := doREST(t, http.MethodGet, f.url+"/api/v1/workflow/deployments?status=marker-q&access_token="+short, nil, nil)
+	if res.status != http.StatusUnauthorized {
+		t.Errorf("status %d, want 401", res.status)
+	}
+	if len(f.rec.find("marker-q")) != 0 {
+		t.Error("the backend saw the call")
+	}
+	// With a header credential the call works and the parameter does not
+	// leak into the request the transcoder maps (it would be an unknown
+	// field otherwise).
+	res = doREST(t, http.MethodGet, f.url+"/api/v1/workflow/deployments?status=marker-q&access_token=x", nil, bearer(hsToken(t, nil)))
+	if res.status != http.StatusOK {
+		t.Errorf("status %d: %s", res.status, res.body)
+	}
+}
+
+func TestTakeQueryToken(t *testing.T) {
+	t.Parallel()
+	r, _ := http.NewRequest(http.MethodGet, "http://gw/api/v1/chat/stream?session_id=a&access_token=tok&b=c", nil)
+	r.RequestURI = r.URL.RequestURI()
+	tok, ok := takeQueryToken(r)
+	if !ok || tok != "tok" {
+		t.Fatalf("token %q %v", tok, ok)
+	}
+	if strings.Contains(r.URL.String(), "tok") || strings.Contains(r.RequestURI, "access_token") {
+		t.Errorf("token left in the URL: %s %s", r.URL, r.RequestURI)
+	}
+	w, _ := http.NewRequest(http.MethodPost, "http://gw/api/v1/webhooks/x?access_token=sender-owned", nil)
+	if _, ok := takeQueryToken(w); ok || !strings.Contains(w.URL.RawQuery, "sender-owned") {
+		t.Error("a webhook's own query was altered")
+	}
+}
