@@ -1,0 +1,330 @@
+// Command flowgate-sseload measures the gateway under many concurrent
+// Server-Sent Events streams: the gateway's resident memory per open
+// stream and the latency of events on them.
+//
+// It runs the reference backends in its own process, starts the gateway
+// binary as a separate process pointed at them (so the gateway's memory is
+// measured alone), opens -streams generation streams spread over -sessions
+// sessions, holds them past a heartbeat, then sends one chat message per
+// session and times the generation events that message causes on every
+// stream watching the session.
+//
+//	go build -o /tmp/flowgate ./cmd/flowgate
+//	go run ./cmd/flowgate-sseload -flowgate /tmp/flowgate -streams 5000
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flowgate/flowgate/backends"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "flowgate-sseload:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	flowgate  string
+	streams   int
+	sessions  int
+	hold      time.Duration
+	heartbeat time.Duration
+	parallel  int
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("flowgate-sseload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := options{}
+	fs.StringVar(&o.flowgate, "flowgate", "", "path of the flowgate binary (go build ./cmd/flowgate)")
+	fs.IntVar(&o.streams, "streams", 5000, "concurrent SSE streams to hold")
+	fs.IntVar(&o.sessions, "sessions", 50, "sessions the streams watch")
+	fs.DurationVar(&o.hold, "hold", 20*time.Second, "how long to hold the streams open before sending events")
+	fs.DurationVar(&o.heartbeat, "heartbeat", 15*time.Second, "the gateway's SSE heartbeat interval")
+	fs.IntVar(&o.parallel, "parallel", 200, "streams opened at once")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.flowgate == "" || o.streams <= 0 || o.sessions <= 0 {
+		return errors.New("-flowgate, a positive -streams and -sessions are required")
+	}
+	dir, err := os.MkdirTemp("", "flowgate-sseload")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	ls, err := backends.LoopbackListeners()
+	if err != nil {
+		return err
+	}
+	b, err := backends.Start(ctx, backends.Config{DataDir: dir, PublicURL: "http://127.0.0.1"}, ls)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = b.Shutdown(context.WithoutCancel(ctx)) }()
+	gw, err := startGateway(ctx, o, b, stderr)
+	if err != nil {
+		return err
+	}
+	defer gw.stop()
+	return measure(ctx, o, gw, stdout)
+}
+
+// gateway is the gateway process under test.
+type gateway struct {
+	cmd  *exec.Cmd
+	base string
+}
+
+func startGateway(ctx context.Context, o options, b *backends.Backends, stderr io.Writer) (*gateway, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	args := []string{"-listen", addr, "-sse-heartbeat", o.heartbeat.String(), "-log-format", "text"}
+	agent, runtime, engine := b.Addrs()
+	for name, a := range map[string]string{"agent": agent, "runtime": runtime, "engine": engine} {
+		host, port, _ := net.SplitHostPort(a)
+		args = append(args, "-"+name+"-host", host, "-"+name+"-port", port)
+	}
+	cmd := exec.CommandContext(ctx, o.flowgate, args...)
+	cmd.Stderr = io.Discard
+	cmd.Stdout = stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", o.flowgate, err)
+	}
+	g := &gateway{cmd: cmd, base: "http://" + addr}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(g.base + "/health"); err == nil {
+			_ = resp.Body.Close()
+			return g, nil
+		}
+	}
+	g.stop()
+	return nil, errors.New("the gateway did not become healthy")
+}
+
+func (g *gateway) stop() {
+	_ = g.cmd.Process.Signal(os.Interrupt)
+	_ = g.cmd.Wait()
+}
+
+// rss is the gateway's resident memory in KiB, from /proc.
+func (g *gateway) rss() (int, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// watcher is one open stream; it reports the arrival of each event.
+type watcher struct {
+	session string
+	events  chan time.Time
+}
+
+func measure(ctx context.Context, o options, gw *gateway, out io.Writer) error {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.parallel, MaxConnsPerHost: 0}}
+	sessions := make([]string, o.sessions)
+	for i := range sessions {
+		id, err := createSession(ctx, client, gw.base)
+		if err != nil {
+			return err
+		}
+		sessions[i] = id
+	}
+	before, err := gw.rss()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "gateway RSS before: %d KiB\n", before)
+
+	var (
+		mu       sync.Mutex
+		firsts   []time.Duration
+		watchers []*watcher
+		failed   atomic.Int64
+		beats    atomic.Int64
+		sem      = make(chan struct{}, o.parallel)
+		wg       sync.WaitGroup
+	)
+	streamCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	for i := range o.streams {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := &watcher{session: sessions[i%len(sessions)], events: make(chan time.Time, 16)}
+			opened := time.Now()
+			first := make(chan struct{})
+			go func() {
+				err := w.read(streamCtx, client, gw.base, first, &beats)
+				if err != nil && streamCtx.Err() == nil {
+					failed.Add(1)
+				}
+			}()
+			select {
+			case <-first:
+				mu.Lock()
+				firsts = append(firsts, time.Since(opened))
+				watchers = append(watchers, w)
+				mu.Unlock()
+			case <-time.After(30 * time.Second):
+				failed.Add(1)
+			}
+			<-sem
+		}()
+	}
+	wg.Wait()
+	fmt.Fprintf(out, "opened %d streams in %v (%d failed); time to first event %s\n",
+		len(watchers), time.Since(start).Round(time.Millisecond), failed.Load(), summary(firsts))
+	time.Sleep(2 * time.Second)
+	open, err := gw.rss()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "gateway RSS with %d open streams: %d KiB (+%d KiB, %.1f KiB per stream)\n",
+		len(watchers), open, open-before, float64(open-before)/float64(max(1, len(watchers))))
+
+	time.Sleep(o.hold)
+	held, _ := gw.rss()
+	fmt.Fprintf(out, "after holding %v: RSS %d KiB (%.1f KiB per stream), %d heartbeats received, %d streams failed\n",
+		o.hold, held, float64(held-before)/float64(max(1, len(watchers))), beats.Load(), failed.Load())
+
+	lat := fanout(ctx, client, gw.base, sessions, watchers)
+	fmt.Fprintf(out, "event latency (chat request sent -> generation 'start' event at each watcher): %s\n", summary(lat))
+	return nil
+}
+
+// fanout sends a chat message to every session and times the next event
+// on each of its watchers.
+func fanout(ctx context.Context, client *http.Client, base string, sessions []string, watchers []*watcher) []time.Duration {
+	bySession := map[string][]*watcher{}
+	for _, w := range watchers {
+		bySession[w.session] = append(bySession[w.session], w)
+	}
+	var (
+		mu  sync.Mutex
+		lat []time.Duration
+		wg  sync.WaitGroup
+	)
+	for _, s := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sent := time.Now()
+			chatURL := base + "/api/v1/chat/stream?" + url.Values{"session_id": {s}, "user_message": {"When a webhook receives an order over 100, POST it to https://example.com/orders"}}.Encode()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, chatURL, nil)
+			if resp, err := client.Do(req); err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+			}
+			for _, w := range bySession[s] {
+				select {
+				case at := <-w.events:
+					mu.Lock()
+					lat = append(lat, at.Sub(sent))
+					mu.Unlock()
+				case <-time.After(30 * time.Second):
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return lat
+}
+
+func (w *watcher) read(ctx context.Context, client *http.Client, base string, first chan struct{}, beats *atomic.Int64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/workflow_generation?session_id="+w.session, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	seen := false
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, ":"):
+			beats.Add(1)
+		case strings.HasPrefix(line, "data:"):
+			if !seen {
+				seen = true
+				close(first)
+				continue
+			}
+			select {
+			case w.events <- time.Now():
+			default:
+			}
+		}
+	}
+	return sc.Err()
+}
+
+func createSession(ctx context.Context, client *http.Client, base string) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/v1/session", strings.NewReader(`{"action":"create"}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		SessionID string `json:"session_id"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.SessionID == "" {
+		return "", fmt.Errorf("create session: HTTP %d: %v", resp.StatusCode, err)
+	}
+	return out.SessionID, nil
+}
+
+func summary(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "no samples"
+	}
+	slices.Sort(ds)
+	q := func(p float64) time.Duration { return ds[min(len(ds)-1, int(p*float64(len(ds))))].Round(10 * time.Microsecond) }
+	return fmt.Sprintf("n=%d p50=%v p90=%v p99=%v max=%v", len(ds), q(0.5), q(0.9), q(0.99), ds[len(ds)-1].Round(10*time.Microsecond))
+}
