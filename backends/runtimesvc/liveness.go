@@ -122,4 +122,3 @@ func (s *Service) sweepLoop(ctx context.Context) {
 		}
 	}
 }
-

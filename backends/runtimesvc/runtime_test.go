@@ -26,15 +26,15 @@ func TestRuntime(t *testing.T) {
 	t.Parallel()
 	eng := engineClient(t)
 	suite := map[string]func(*testing.T, *store.DB, enginev1connect.WorkflowEngineServiceClient){
-		"deployments":      testDeployments,
-		"webhook async":    testWebhookAsync,
-		"webhook signed":   testWebhookSigned,
-		"idempotency":      testIdempotency,
-		"manual run":       testManualRun,
-		"list executions":  testListExecutions,
-		"interrupted":      testInterrupted,
-		"schedule claim":   testScheduleClaim,
-		"persisted":        testPersisted,
+		"deployments":     testDeployments,
+		"webhook async":   testWebhookAsync,
+		"webhook signed":  testWebhookSigned,
+		"idempotency":     testIdempotency,
+		"manual run":      testManualRun,
+		"list executions": testListExecutions,
+		"interrupted":     testInterrupted,
+		"schedule claim":  testScheduleClaim,
+		"persisted":       testPersisted,
 	}
 	for _, b := range storetest.Backends() {
 		t.Run(b.Name, func(t *testing.T) {

@@ -251,4 +251,3 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatalf("error leaks the password: %s", got)
 	}
 }
-
