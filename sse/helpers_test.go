@@ -115,7 +115,9 @@ func (ts *tickServer) serve(ctx context.Context, md protoreflect.MethodDescripto
 	case ts.requests <- in:
 	default:
 	}
-	get := func(name string) protoreflect.Value { return in.Get(md.Input().Fields().ByName(protoreflect.Name(name))) }
+	get := func(name string) protoreflect.Value {
+		return in.Get(md.Input().Fields().ByName(protoreflect.Name(name)))
+	}
 	if get("session_id").String() == "missing" {
 		return connect.NewError(connect.CodeNotFound, errors.New("session not found"))
 	}
