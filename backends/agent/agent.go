@@ -50,7 +50,9 @@ type Config struct {
 	Logger *slog.Logger
 	// PollInterval is how often a watcher re-reads the event log when no
 	// in-process notification arrives (events appended by another replica
-	// sharing PostgreSQL). Default 2s.
+	// sharing PostgreSQL). Default 2s on PostgreSQL; on SQLite, where one
+	// process owns the file, watchers rely on in-process notifications
+	// alone unless this is set.
 	PollInterval time.Duration
 	// GenerationTimeout bounds one generation, from start to complete or
 	// error. Default 2 minutes.
@@ -110,7 +112,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
-	if s.poll <= 0 {
+	if s.poll <= 0 && cfg.Store.Dialect() == store.Postgres {
 		s.poll = 2 * time.Second
 	}
 	if s.genLimit <= 0 {
