@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/flowgate/flowgate/cmd/internal/flagenv"
 )
 
 func main() {
@@ -22,10 +24,11 @@ func main() {
 	stop()
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
-	case errors.Is(err, errUsage):
-		os.Exit(2)
 	default:
 		fmt.Fprintln(os.Stderr, "flowgate:", err)
+		if errors.Is(err, flagenv.ErrUsage) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }

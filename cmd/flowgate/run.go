@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -20,8 +19,6 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// errUsage marks a bad flag, already reported on stderr with the usage.
-var errUsage = errors.New("usage")
 
 // options is everything the command line and environment say.
 type options struct {
@@ -76,17 +73,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	embeddedFlags(set, &o.embedded)
 	securityFlags(set, &o.security)
 	if err := set.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		if strings.HasPrefix(err.Error(), "environment variable") {
-			return nil, err
-		}
-		return nil, errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "flowgate: unexpected argument %q\n", fs.Arg(0))
-		return nil, errUsage
+		return nil, err
 	}
 	return o, nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -40,8 +41,12 @@ func usage(text, env string) string {
 	return text + " (env " + env + ")"
 }
 
+// ErrEnvironment marks an error in an environment variable, as opposed to
+// a bad flag, which the flag package has already reported with the usage.
+var ErrEnvironment = errors.New("bad environment variable")
+
 func (s *Set) fail(env, val string, err error) {
-	s.errs = append(s.errs, fmt.Errorf("environment variable %s=%q: %w", env, val, err))
+	s.errs = append(s.errs, fmt.Errorf("%w %s=%q: %w", ErrEnvironment, env, val, err))
 }
 
 // String defines a string flag.
@@ -112,13 +117,37 @@ func (s *Set) List(p *[]string, name, env string, def []string, text string) {
 	})
 }
 
-// Parse parses args, reporting a bad environment variable before a bad
-// flag: both are the caller's to fix.
+// ErrUsage marks a command line that does not parse.
+var ErrUsage = errors.New("bad command line")
+
+// usageError is a command-line error that reads as its own message and
+// matches [ErrUsage].
+type usageError struct{ error }
+
+func (usageError) Is(target error) bool { return target == ErrUsage }
+
+// Parse parses args. A bad environment variable or flag comes back as one
+// line (wrapping [ErrEnvironment] or [ErrUsage]) instead of the whole
+// usage; -h prints the usage and returns flag.ErrHelp.
 func (s *Set) Parse(args []string) error {
 	if len(s.errs) > 0 {
 		return s.errs[0]
 	}
-	return s.FlagSet.Parse(args)
+	out := s.Output()
+	s.SetOutput(io.Discard)
+	err := s.FlagSet.Parse(args)
+	s.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintf(out, "Usage of %s:\n", s.Name())
+		s.PrintDefaults()
+		return err
+	case err != nil:
+		return usageError{fmt.Errorf("%w (run %s -h for the flags)", err, s.Name())}
+	case s.NArg() > 0:
+		return usageError{fmt.Errorf("unexpected argument %q (run %s -h for the flags)", s.Arg(0), s.Name())}
+	}
+	return nil
 }
 
 // Split splits a comma-separated list, dropping empty items.
