@@ -64,10 +64,18 @@ func ClearIdentity(h http.Header) {
 func StripIdentityHeaders(h http.Header) {
 	for name := range h {
 		if len(name) >= len(IdentityHeaderPrefix) &&
-			strings.EqualFold(name[:len(IdentityHeaderPrefix)], IdentityHeaderPrefix) {
+			strings.EqualFold(name[:len(IdentityHeaderPrefix)], IdentityHeaderPrefix) &&
+			!senderHeader(name) {
 			delete(h, name)
 		}
 	}
+}
+
+// senderHeader reports whether a header is one a webhook sender sets under
+// the gateway's prefix: its signature and timestamp, which the runtime
+// checks and which prove nothing about identity at the gateway.
+func senderHeader(name string) bool {
+	return strings.EqualFold(name, "X-Flowgate-Signature") || strings.EqualFold(name, "X-Flowgate-Timestamp")
 }
 
 type identityKey struct{}
