@@ -239,11 +239,20 @@ func TestRESTRejectsBadRequests(t *testing.T) {
 		{"unknown root route", "GET", "/favicon.ico", "", 404, "NOT_FOUND"},
 		{"wrong method", "DELETE", "/api/v1/workflow/execute", "", 405, "METHOD_NOT_ALLOWED"},
 		{"wrong method on health", "POST", "/health", "{}", 405, "METHOD_NOT_ALLOWED"},
+		{"form body", "POST", "/api/v1/workflow/execute", "a=b", 415, "UNSUPPORTED_MEDIA_TYPE"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			res, body := restCall(t, tc.method, url+tc.path, tc.body, nil)
-			wantRESTError(t, res, body, tc.status, tc.code)
+			var header http.Header
+			if tc.code == "UNSUPPORTED_MEDIA_TYPE" {
+				header = http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}
+			}
+			res, body := restCall(t, tc.method, url+tc.path, tc.body, header)
+			details := wantRESTError(t, res, body, tc.status, tc.code)
+			_ = details
+			if msg := body["error"].(map[string]any)["message"].(string); tc.status == 415 && !strings.Contains(msg, "application/json") {
+				t.Errorf("415 message %q does not say what to send", msg)
+			}
 		})
 	}
 	if n := b.engine.calls(); n != 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -75,8 +76,8 @@ func restLayer(next http.Handler) http.Handler {
 			u.RawQuery = ""
 			r.URL = &u
 		}
-		rw := &restWriter{ResponseWriter: w}
-		next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), restErrorMetaKey{}, &rw.errMeta)))
+		rw := &restWriter{ResponseWriter: w, contentType: r.Header.Get("Content-Type")}
+		next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), restTraceKey{}, &rw.trace)))
 		rw.finish()
 	})
 }
@@ -91,7 +92,9 @@ type restWriter struct {
 	errStatus int // the error status held back; 0 while passing through
 	body      bytes.Buffer
 	wrote     bool
-	errMeta   http.Header // the metadata of the RPC error, see errorMetaInterceptor
+	trace     restTrace // what the RPC level saw, see restTraceInterceptor
+	// contentType is the request's, to name it when it is refused.
+	contentType string
 }
 
 func (w *restWriter) WriteHeader(code int) {
@@ -142,16 +145,27 @@ func (w *restWriter) finish() {
 	if w.errStatus == 0 {
 		return
 	}
-	for name, vals := range w.errMeta {
+	for name, vals := range w.trace.meta {
 		if !neverForwarded(name) {
 			w.Header()[name] = vals
 		}
 	}
-	if ce := parseStatusJSON(w.Header().Get("Content-Type"), w.body.Bytes()); ce != nil {
+	ce := parseStatusJSON(w.Header().Get("Content-Type"), w.body.Bytes())
+	if !w.trace.reached && (ce != nil && serverSide(ce.Code()) || ce == nil && w.errStatus == http.StatusInternalServerError) {
+		// The transcoder could not map the request onto a message (a query
+		// parameter naming no field, a value that does not parse): the
+		// caller's mistake, though the transcoder reports it as internal.
+		writeRESTBody(w.ResponseWriter, http.StatusBadRequest, restErrorBody{Code: "VALIDATION_ERROR", Message: "invalid request: " + safeMessage(ce, w.body.String())})
+		return
+	}
+	if ce != nil {
 		writeRESTError(w.ResponseWriter, ce)
 		return
 	}
 	msg := strings.TrimSpace(w.body.String())
+	if w.errStatus == http.StatusUnsupportedMediaType {
+		msg = fmt.Sprintf("unsupported Content-Type %q: send application/json", w.contentType)
+	}
 	if w.errStatus >= 500 || strings.Contains(msg, "\n") || len(msg) > 200 {
 		msg = "" // never show a transcoder's internals
 	}
@@ -192,48 +206,80 @@ func parseStatusJSON(contentType string, body []byte) *connect.Error {
 	return ce
 }
 
-type restErrorMetaKey struct{}
+type restTraceKey struct{}
 
-// errorMetaInterceptor hands the metadata of a failed call to the REST
-// layer: the transcoder renders a REST error from the status alone and drops
-// its metadata, which carries what REST callers need too (Retry-After, an
-// upstream's headers).
-func errorMetaInterceptor() connect.Interceptor {
-	return errorMeta{}
+// restTrace is what the RPC level tells the REST layer about a call.
+type restTrace struct {
+	// reached is set once the call got through to the interceptors, that is
+	// once the transcoder had mapped the request onto a message.
+	reached bool
+	// meta is the metadata of the call's error: the transcoder renders a
+	// REST error from the status alone and drops its metadata, which
+	// carries what REST callers need too (Retry-After, an upstream's
+	// headers).
+	meta http.Header
 }
 
-type errorMeta struct{}
+// restTraceInterceptor fills in the REST layer's restTrace of a call.
+func restTraceInterceptor() connect.Interceptor {
+	return restTracer{}
+}
 
-func (errorMeta) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+type restTracer struct{}
+
+func (restTracer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		trace := traceOf(ctx)
 		res, err := next(ctx, req)
-		keepErrorMeta(ctx, err)
+		trace.record(err)
 		return res, err
 	}
 }
 
-func (errorMeta) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+func (restTracer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return next
 }
 
-func (errorMeta) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+func (restTracer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		trace := traceOf(ctx)
 		err := next(ctx, conn)
-		keepErrorMeta(ctx, err)
+		trace.record(err)
 		return err
 	}
 }
 
-func keepErrorMeta(ctx context.Context, err error) {
-	if err == nil {
-		return
-	}
-	holder, ok := ctx.Value(restErrorMetaKey{}).(*http.Header)
+// traceOf marks the call as reached and returns its trace, if the REST
+// layer asked for one.
+func traceOf(ctx context.Context) *restTrace {
+	trace, ok := ctx.Value(restTraceKey{}).(*restTrace)
 	if !ok {
-		return
+		return nil
 	}
+	trace.reached = true
+	return trace
+}
+
+func (t *restTrace) record(err error) {
 	var ce *connect.Error
-	if errors.As(err, &ce) && len(ce.Meta()) > 0 {
-		*holder = ce.Meta().Clone()
+	if t != nil && errors.As(err, &ce) && len(ce.Meta()) > 0 {
+		t.meta = ce.Meta().Clone()
 	}
+}
+
+func serverSide(code connect.Code) bool {
+	return code == connect.CodeInternal || code == connect.CodeUnknown
+}
+
+// safeMessage returns the message of a transcoder error when it is short
+// and plain enough to show.
+func safeMessage(ce *connect.Error, body string) string {
+	msg := strings.TrimSpace(body)
+	if ce != nil {
+		msg = ce.Message()
+	}
+	if msg == "" || len(msg) > 200 || strings.ContainsAny(msg, "\n\t") {
+		return "the request does not map onto the operation's parameters"
+	}
+	return msg
 }

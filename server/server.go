@@ -142,7 +142,7 @@ func New(cfg Config) (*Gateway, error) {
 func (g *Gateway) buildHandler() (http.Handler, error) {
 	access := interceptors.NewAccessLog(g.logger)
 	handlerOpts := []connect.HandlerOption{
-		connect.WithInterceptors(append([]connect.Interceptor{access.Interceptor(), errorMetaInterceptor()}, g.security.interceptors()...)...),
+		connect.WithInterceptors(append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor()}, g.security.interceptors()...)...),
 	}
 	upstreams := []Upstream{g.cfg.Agent, g.cfg.Runtime, g.cfg.Engine}
 	health := newHealthChecker()
