@@ -40,7 +40,6 @@ func main() {
 	}
 }
 
-
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("flowgate-backends", flag.ContinueOnError)
 	fs.SetOutput(stderr)

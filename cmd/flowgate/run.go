@@ -19,7 +19,6 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-
 // options is everything the command line and environment say.
 type options struct {
 	listen          string
