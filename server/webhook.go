@@ -1,10 +1,12 @@
 package server
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
@@ -38,9 +40,12 @@ func webhookRequest(in, out *connect.Request[frame]) error {
 		if len(vals) == 0 || neverForwarded(name) || strings.HasPrefix(name, "X-Flowgate-") && !isWebhookHeader(name) {
 			continue
 		}
-		key := strings.ToLower(name)
+		key, val := strings.ToLower(name), strings.Join(vals, ", ")
+		if !utf8.ValidString(val) {
+			return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("header %s is not valid UTF-8", name))
+		}
 		if _, set := msg.Headers[key]; !set {
-			msg.Headers[key] = strings.Join(vals, ", ")
+			msg.Headers[key] = val
 		}
 	}
 	if raw := in.Header().Get(webhookQueryHeader); raw != "" {
@@ -52,6 +57,9 @@ func webhookRequest(in, out *connect.Request[frame]) error {
 			msg.Query = make(map[string]string, len(values))
 		}
 		for key, vals := range values {
+			if !utf8.ValidString(key) || !utf8.ValidString(strings.Join(vals, "")) {
+				return connect.NewError(connect.CodeInvalidArgument, errorText("the query string is not valid UTF-8"))
+			}
 			if _, set := msg.Query[key]; !set && len(vals) > 0 {
 				msg.Query[key] = vals[0]
 			}
@@ -59,7 +67,8 @@ func webhookRequest(in, out *connect.Request[frame]) error {
 	}
 	data, err := proto.Marshal(&msg)
 	if err != nil {
-		return connect.NewError(connect.CodeInternal, errorText("internal error"))
+		// Only what the caller sent can fail to encode (invalid UTF-8).
+		return connect.NewError(connect.CodeInvalidArgument, errorText("the webhook request cannot be encoded: "+strings.TrimPrefix(err.Error(), "proto: ")))
 	}
 	out.Msg = &frame{data: data}
 	return nil
