@@ -12,10 +12,12 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	connectcors "connectrpc.com/cors"
 	"github.com/rs/cors"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	"github.com/flowgate/flowgate/interceptors"
 )
@@ -43,6 +45,10 @@ func (s *security) wrapHTTP(next http.Handler) http.Handler {
 		if ctx != r.Context() {
 			r = r.WithContext(ctx)
 		}
+		if err := checkRESTText(r); err != nil {
+			s.errs.write(w, r, err)
+			return
+		}
 		r, ok := s.limitBody(w, r)
 		if !ok {
 			return
@@ -53,6 +59,49 @@ func (s *security) wrapHTTP(next http.Handler) http.Handler {
 }
 
 type queryTokenKey struct{}
+
+// checkRESTText refuses REST and SSE requests whose path or query decode to
+// invalid UTF-8: they map onto proto string fields (a webhook's query onto
+// a string map), which cannot hold it, and must get a 400 rather than fail
+// deep inside the transcoder.
+func checkRESTText(r *http.Request) error {
+	if isRPCRequest(r) {
+		return nil
+	}
+	if !utf8.ValidString(r.URL.Path) {
+		return badRequest("path", "not valid UTF-8")
+	}
+	if r.URL.RawQuery == "" {
+		return nil
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	// A webhook's query belongs to its sender and is passed on as sent;
+	// elsewhere a query that does not parse cannot be mapped.
+	if err != nil && !strings.HasPrefix(r.URL.Path, webhookPrefix) {
+		return badRequest("query", "malformed query string")
+	}
+	for k, vals := range q {
+		if !utf8.ValidString(k) {
+			return badRequest("query", "not valid UTF-8")
+		}
+		for _, v := range vals {
+			if !utf8.ValidString(v) {
+				return badRequest(k, "not valid UTF-8")
+			}
+		}
+	}
+	return nil
+}
+
+func badRequest(field, reason string) error {
+	err := connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid %s: %s", field, reason))
+	if d, derr := connect.NewErrorDetail(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{
+		Field: field, Description: reason,
+	}}}); derr == nil {
+		err.AddDetail(d)
+	}
+	return err
+}
 
 // takeQueryToken removes access_token from r's URL in place and returns
 // it. Webhook URLs are left alone: their query belongs to the sender.

@@ -334,3 +334,52 @@ func TestAccessRulesFromProtoOptions(t *testing.T) {
 		}
 	}
 }
+
+// chunkedReader hides its length so the request is sent chunked.
+type chunkedReader struct{ r *strings.Reader }
+
+func (c chunkedReader) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func TestRESTInputLimits(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, nil)
+	auth := bearer(hsToken(t, nil))
+	m := marker("chunked", "big")
+	res := doREST(t, http.MethodPost, f.url+"/api/v1/workflow/execute", chunkedReader{strings.NewReader(executeJSON(m, true))}, auth)
+	if res.status != http.StatusRequestEntityTooLarge || res.code != "PAYLOAD_TOO_LARGE" {
+		t.Errorf("chunked oversized body: %d %s", res.status, res.code)
+	}
+	if len(f.rec.find(m)) != 0 {
+		t.Error("the backend saw the oversized call")
+	}
+	m = marker("chunked", "small")
+	if res := doREST(t, http.MethodPost, f.url+"/api/v1/workflow/execute", chunkedReader{strings.NewReader(executeJSON(m, false))}, auth); res.status != http.StatusOK {
+		t.Errorf("chunked body within the limit: %d %s", res.status, res.body)
+	}
+	for _, path := range []string{
+		"/api/v1/workflow/deployments/%ff",
+		"/api/v1/workflow/deployments?status=%c3%28",
+		"/api/v1/chat/stream?session_id=%ff&user_message=x",
+		"/api/v1/webhooks/hook?x=%fe",
+		"/api/v1/workflow/deployments?status=%zz",
+	} {
+		res := doREST(t, http.MethodGet, f.url+path, nil, auth)
+		if path == "/api/v1/webhooks/hook?x=%fe" {
+			res = doREST(t, http.MethodPost, f.url+path, strings.NewReader("{}"), auth)
+		}
+		if res.status != http.StatusBadRequest || res.code != "VALIDATION_ERROR" {
+			t.Errorf("%s: %d %s, want 400 VALIDATION_ERROR", path, res.status, res.code)
+		}
+	}
+	// Header size limit: the server refuses before any handler runs.
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, f.url+"/api/v1/health", nil)
+	req.Header.Set("X-Padding", strings.Repeat("p", defaultMaxHeaderBytes+4096))
+	resp, err := http1Client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("oversized headers: %d", resp.StatusCode)
+	}
+}
