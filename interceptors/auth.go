@@ -23,18 +23,46 @@ type APIKey struct {
 	Scopes  []string `json:"scopes,omitempty"`
 }
 
-// ParseAPIKeys decodes the API key configuration: a JSON array of
-// {"sha256": "<64 hex>", "subject": "...", "tenant": "...", "scopes": [...]}.
+// ParseAPIKeys decodes the API key configuration, in either of two forms:
+//
+//   - compact, for environment variables: entries separated by ";", each
+//     "sha256hex:subject:tenant:scope1 scope2" (subject and tenant cannot
+//     contain ":"; the scopes, last, may);
+//   - a JSON array of {"sha256", "subject", "tenant", "scopes": [...]}.
+//
 // An empty string means no API keys.
 func ParseAPIKeys(s string) ([]APIKey, error) {
-	if strings.TrimSpace(s) == "" {
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "":
 		return nil, nil
+	case strings.HasPrefix(s, "["):
+		dec := json.NewDecoder(strings.NewReader(s))
+		dec.DisallowUnknownFields()
+		var keys []APIKey
+		if err := dec.Decode(&keys); err != nil {
+			return nil, fmt.Errorf("api keys: %w", err)
+		}
+		return keys, nil
 	}
-	dec := json.NewDecoder(strings.NewReader(s))
-	dec.DisallowUnknownFields()
 	var keys []APIKey
-	if err := dec.Decode(&keys); err != nil {
-		return nil, fmt.Errorf("api keys: %w", err)
+	for i, entry := range strings.Split(s, ";") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		parts := strings.SplitN(entry, ":", 4)
+		if len(parts) < 2 {
+			return nil, fmt.Errorf("api key %d: want sha256hex:subject:tenant:scopes", i)
+		}
+		k := APIKey{SHA256: parts[0], Subject: parts[1]}
+		if len(parts) > 2 {
+			k.Tenant = parts[2]
+		}
+		if len(parts) > 3 {
+			k.Scopes = strings.Fields(parts[3])
+		}
+		keys = append(keys, k)
 	}
 	return keys, nil
 }

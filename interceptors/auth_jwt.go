@@ -63,6 +63,7 @@ func (c JWTConfig) Enabled() bool {
 // [Identity].
 type JWTVerifier struct {
 	keys                        *keySet
+	cache                       *tokenCache
 	parser                      *jwt.Parser
 	subject, scope, tenantClaim string
 }
@@ -111,6 +112,7 @@ func NewJWTVerifier(ctx context.Context, cfg JWTConfig) (*JWTVerifier, error) {
 	}
 	return &JWTVerifier{
 		keys:        ks,
+		cache:       newTokenCache(),
 		parser:      jwt.NewParser(opts...),
 		subject:     cmpOr(cfg.SubjectClaim, "sub"),
 		scope:       cmpOr(cfg.ScopeClaim, "scope"),
@@ -174,6 +176,10 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 	if len(token) > maxTokenBytes {
 		return Identity{}, unauthenticated("token too large")
 	}
+	now := v.keys.now()
+	if id, ok := v.cache.get(token, now); ok {
+		return id, nil
+	}
 	claims := jwt.MapClaims{}
 	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
 		kid, _ := t.Header["kid"].(string)
@@ -193,7 +199,14 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 	if err != nil {
 		return Identity{}, tokenError(err)
 	}
-	return v.identity(claims)
+	id, err := v.identity(claims)
+	if err != nil {
+		return Identity{}, err
+	}
+	if exp, err := claims.GetExpirationTime(); err == nil && exp != nil {
+		v.cache.put(token, id, exp.Time, now)
+	}
+	return id, nil
 }
 
 var errUnknownKey = errors.New("no key matches the token's kid and alg")

@@ -367,11 +367,13 @@ func TestJWKSPeriodicRefresh(t *testing.T) {
 	// the gateway stops accepting it.
 	srv.set(jwksDoc(jwkOf("b", &k.rsa2.PublicKey)))
 	clock.Add(int64(2 * time.Minute))
-	c := jwt.MapClaims{"sub": "svc", "exp": now().Add(time.Minute).Unix()}
+	c := jwt.MapClaims{"sub": "svc", "exp": now().Add(time.Hour).Unix()}
 	tokA := mint(t, jwt.SigningMethodRS256, k.rsa, "a", c)
 	_, _ = v.Verify(t.Context(), tokA) // triggers the background reload
 	deadline := time.Now().Add(5 * time.Second)
 	for {
+		// Past the verified-token cache's lifetime too.
+		clock.Add(int64(tokenCacheTTL + time.Second))
 		_, err := v.Verify(t.Context(), tokA)
 		if err != nil {
 			break
@@ -438,13 +440,20 @@ func TestAPIKeys(t *testing.T) {
 			t.Errorf("%s: err = %v", name, err)
 		}
 	}
+	compact, err := ParseAPIKeys(" " + HashAPIKey("a") + ":ci-bot:acme:workflows:read workflows:write ; " + HashAPIKey("b") + ":svc;")
+	if err != nil || len(compact) != 2 || compact[0].Subject != "ci-bot" || compact[0].Tenant != "acme" ||
+		strings.Join(compact[0].Scopes, ",") != "workflows:read,workflows:write" || compact[1].Subject != "svc" || compact[1].Tenant != "" {
+		t.Errorf("compact form: %+v, %v", compact, err)
+	}
 	for name, cfg := range map[string]string{
-		"not json":      `nope`,
-		"unknown field": `[{"sha256":"` + HashAPIKey("k") + `","subject":"a","key":"plaintext"}]`,
-		"short hash":    `[{"sha256":"abcd","subject":"a"}]`,
-		"no subject":    `[{"sha256":"` + HashAPIKey("k") + `"}]`,
-		"spaced scope":  `[{"sha256":"` + HashAPIKey("k") + `","subject":"a","scopes":["a b"]}]`,
-		"duplicate":     `[{"sha256":"` + HashAPIKey("k") + `","subject":"a"},{"sha256":"` + HashAPIKey("k") + `","subject":"b"}]`,
+		"not json":            `[nope`,
+		"no subject, compact": HashAPIKey("k"),
+		"bad hash, compact":   "zz:svc",
+		"unknown field":       `[{"sha256":"` + HashAPIKey("k") + `","subject":"a","key":"plaintext"}]`,
+		"short hash":          `[{"sha256":"abcd","subject":"a"}]`,
+		"no subject":          `[{"sha256":"` + HashAPIKey("k") + `"}]`,
+		"spaced scope":        `[{"sha256":"` + HashAPIKey("k") + `","subject":"a","scopes":["a b"]}]`,
+		"duplicate":           `[{"sha256":"` + HashAPIKey("k") + `","subject":"a"},{"sha256":"` + HashAPIKey("k") + `","subject":"b"}]`,
 	} {
 		keys, err := ParseAPIKeys(cfg)
 		if err == nil {
@@ -503,4 +512,38 @@ func FuzzJWTVerify(f *testing.F) {
 			t.Fatalf("err = %v, want unauthenticated", err)
 		}
 	})
+}
+
+// TestTokenCacheHonoursExpiry: a cached verification never outlives the
+// token's exp, nor the cache's own TTL.
+func TestTokenCacheHonoursExpiry(t *testing.T) {
+	t.Parallel()
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	v, err := NewJWTVerifier(t.Context(), JWTConfig{Secret: []byte(testSecret), Leeway: -1, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := mint(t, jwt.SigningMethodHS256, []byte(testSecret), "", jwt.MapClaims{"sub": "a", "exp": now().Add(10 * time.Second).Unix()})
+	if _, err := v.Verify(t.Context(), short); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(int64(11 * time.Second))
+	if _, err := v.Verify(t.Context(), short); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Errorf("expired token served from the cache: %v", err)
+	}
+	long := mint(t, jwt.SigningMethodHS256, []byte(testSecret), "", jwt.MapClaims{"sub": "b", "exp": now().Add(time.Hour).Unix()})
+	if _, err := v.Verify(t.Context(), long); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := v.cache.get(long, now()); !ok {
+		t.Error("verified token not cached")
+	}
+	if _, ok := v.cache.get(long, now().Add(tokenCacheTTL)); ok {
+		t.Error("cache entry outlived its TTL")
+	}
+	if _, ok := v.cache.get(long[:len(long)-1]+"A", now()); ok {
+		t.Error("a different token hit the cache")
+	}
 }

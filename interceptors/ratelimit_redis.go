@@ -77,6 +77,7 @@ func NewRedisLimiter(ctx context.Context, url, prefix string, logger *slog.Logge
 	opts.WriteTimeout = redisOpTimeout
 	opts.PoolTimeout = redisOpTimeout
 	opts.MaxRetries = -1 // a rate-limit check is cheap to fall back from, not to retry
+	opts.DialerRetries = 1
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}

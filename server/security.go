@@ -54,8 +54,8 @@ type SecurityConfig struct {
 	TenantClaim  string
 	// APIKeys are the accepted X-API-Key credentials, each configured by the
 	// hex SHA-256 of the key (never the key itself). Env FLOWGATE_API_KEYS,
-	// flag -api-keys, in the form parsed by interceptors.ParseAPIKeys:
-	// "sha256hex:subject:tenant:scope1 scope2;sha256hex:...".
+	// flag -api-keys, in a form parsed by interceptors.ParseAPIKeys:
+	// "sha256hex:subject:tenant:scope1 scope2;sha256hex:..." or a JSON array.
 	APIKeys string
 	// PublicReflection serves gRPC server reflection without credentials.
 	// Env FLOWGATE_PUBLIC_REFLECTION, flag -public-reflection.
