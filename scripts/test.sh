@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every check a change must pass: proto lint, generated code in step with
-# proto/, go vet, and the Go tests with the race detector.
+# Every check a change must pass: proto lint, generated code (Go and
+# TypeScript) in step with proto/, a type check of the TypeScript, go vet,
+# and the Go tests with the race detector.
 #
 # Tests that need PostgreSQL or Redis use FLOWGATE_TEST_DATABASE_URL and
 # FLOWGATE_TEST_REDIS_URL; when those are unset and the services answer on
@@ -10,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "npm ci (the TypeScript generator and type checker, pinned in package-lock.json)"
+npm ci --no-audit --no-fund --loglevel=error
 
 step "buf lint"
 go tool buf lint
@@ -22,6 +26,9 @@ if [ -n "$(git status --porcelain -- gen)" ]; then
   echo "gen/ differs from what proto/ generates: run 'go tool buf generate' and commit gen/" >&2
   exit 1
 fi
+
+step "tsc (the generated TypeScript and examples/browser-client.ts type-check)"
+npx --no-install tsc -p tsconfig.json
 
 step "go vet"
 go vet ./...
