@@ -281,9 +281,10 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-// Close releases the upstream connections.
+// Close releases the upstream connections and the rate limiter's Redis
+// connections.
 func (g *Gateway) Close() error {
 	g.stopStreams()
 	closeIdle(g.clients)
-	return nil
+	return g.security.Close()
 }
