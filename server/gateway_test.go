@@ -36,7 +36,11 @@ var rpcProtocols = []struct {
 }
 
 func engineClient(tb testing.TB, url string, opts []connect.ClientOption) enginev1connect.WorkflowEngineServiceClient {
-	return enginev1connect.NewWorkflowEngineServiceClient(h2cClient(tb), url, opts...)
+	return enginev1Client(h2cClient(tb), url, opts...)
+}
+
+func enginev1Client(client *http.Client, url string, opts ...connect.ClientOption) enginev1connect.WorkflowEngineServiceClient {
+	return enginev1connect.NewWorkflowEngineServiceClient(client, url, opts...)
 }
 
 func execute(name string) *connect.Request[enginev1.ExecuteWorkflowRequest] {
@@ -273,6 +277,30 @@ func TestUnknownProcedureEveryProtocol(t *testing.T) {
 				t.Errorf("code = %v (%v)", code, err)
 			}
 		})
+	}
+}
+
+func TestWrongMethodEveryProtocol(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	_, url := startGateway(t, b.cfg)
+	for _, ct := range []string{"application/grpc", "application/grpc-web+proto", "application/proto", "application/json"} {
+		t.Run(ct, func(t *testing.T) {
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPut, url+"/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow", strings.NewReader("{}"))
+			req.Header.Set("Content-Type", ct)
+			req.Header.Set("Connect-Protocol-Version", "1")
+			res, err := h2cClient(t).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != http.StatusMethodNotAllowed {
+				t.Errorf("status %d, want 405", res.StatusCode)
+			}
+		})
+	}
+	if n := b.engine.calls(); n != 0 {
+		t.Errorf("the backend saw %d calls with the wrong method", n)
 	}
 }
 
