@@ -103,9 +103,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		logger:      cfg.Logger,
 		poll:        cfg.PollInterval,
 		genLimit:    cfg.GenerationTimeout,
-		hub:         newHub(),
 		generations: map[sessionKey]*generationState{},
 	}
+	s.hub = newHub(st.eventsAfter)
 	if s.provider == nil {
 		s.provider = NewPlanner()
 	}

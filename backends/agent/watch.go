@@ -60,42 +60,89 @@ func (s *Service) WatchGeneration(ctx context.Context, req *connect.Request[agen
 	if err != nil {
 		return err
 	}
-	w := s.hub.watch(sess.key)
-	defer w.close()
+	t := s.hub.watch(sess.key)
+	defer s.hub.release(t)
 	var poll *time.Timer
 	if s.poll > 0 {
 		poll = time.NewTimer(s.poll)
 		defer poll.Stop()
 	}
+	w := &watch{s: s, t: t, stream: stream, after: after}
+	if err := w.catchUp(ctx); err != nil {
+		return err
+	}
 	for {
-		changed := w.changed()
-		events, err := s.store.eventsAfter(ctx, sess.key, after)
+		events, changed, covered, err := t.next(ctx, s.hub, w.after, s.poll)
 		if err != nil {
-			if ctx.Err() != nil {
-				return connect.NewError(connect.CodeCanceled, ctx.Err())
-			}
-			return internalError(s.logger, "read events", err)
+			return w.readError(ctx, err)
 		}
-		for _, e := range events {
-			msg, err := eventMessage(e)
-			if err != nil {
-				return internalError(s.logger, "decode event", err)
-			}
-			if err := stream.Send(msg); err != nil {
+		if !covered {
+			// Too far behind the shared tail: read the log directly.
+			if err := w.catchUp(ctx); err != nil {
 				return err
 			}
-			after = e.id
-		}
-		if len(events) == eventPage {
 			continue
 		}
-		if len(events) > 0 && terminal(events[len(events)-1].typ) && !s.generating(sess.key) {
+		if err := w.send(events); err != nil {
+			return err
+		}
+		if terminal(w.lastType) && !s.generating(sess.key) {
 			return nil
 		}
 		if err := s.wait(ctx, changed, poll); err != nil {
 			return err
 		}
 	}
+}
+
+// watch is one WatchGeneration call.
+type watch struct {
+	s        *Service
+	t        *topic
+	stream   *connect.ServerStream[agentv1.WatchGenerationResponse]
+	after    int64
+	lastType string // type of the last event sent
+}
+
+// catchUp sends the stored log after the watcher's position, read by this
+// watcher alone (a resume, or a watcher the shared tail has left behind),
+// and then joins the session's shared tail.
+func (w *watch) catchUp(ctx context.Context) error {
+	mark := w.t.mark()
+	for {
+		events, err := w.s.store.eventsAfter(ctx, w.t.key, w.after)
+		if err != nil {
+			return w.readError(ctx, err)
+		}
+		if err := w.send(events); err != nil {
+			return err
+		}
+		if len(events) < eventPage {
+			w.t.join(w.after, mark)
+			return nil
+		}
+	}
+}
+
+func (w *watch) send(events []storedEvent) error {
+	for _, e := range events {
+		msg, err := eventMessage(e)
+		if err != nil {
+			return internalError(w.s.logger, "decode event", err)
+		}
+		if err := w.stream.Send(msg); err != nil {
+			return err
+		}
+		w.after, w.lastType = e.id, e.typ
+	}
+	return nil
+}
+
+func (w *watch) readError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return connect.NewError(connect.CodeCanceled, ctx.Err())
+	}
+	return internalError(w.s.logger, "read events", err)
 }
 
 // wait blocks until the session changes, the poll interval passes (events
