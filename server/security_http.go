@@ -136,7 +136,12 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return r, true
 	}
-	if r.ContentLength > 0 || isRPCRequest(r) {
+	if r.ContentLength > 0 {
+		// Within the limit, and the server stops the body at its declared
+		// length (HTTP/1.1) or resets a stream that sends more (HTTP/2).
+		return r, true
+	}
+	if isRPCRequest(r) {
 		r.Body = http.MaxBytesReader(w, r.Body, limit)
 		return r, true
 	}

@@ -3,6 +3,9 @@ package server
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,6 +13,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -381,5 +385,64 @@ func TestRESTInputLimits(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("oversized headers: %d", resp.StatusCode)
+	}
+}
+
+func TestAuthDisabledWarnsLoudly(t *testing.T) {
+	t.Parallel()
+	var logs strings.Builder
+	sec, err := newSecurity(SecurityConfig{}, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "AUTHENTICATION IS DISABLED") {
+		t.Errorf("no loud warning: %s", logs.String())
+	}
+	if len(sec.interceptors()) != 0 {
+		t.Error("an open gateway without limits still runs interceptors")
+	}
+	logs.Reset()
+	if _, err := newSecurity(SecurityConfig{SecretKey: secTestSecret}, nil, slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "DISABLED") || !strings.Contains(logs.String(), "authentication enabled") {
+		t.Errorf("auth on: %s", logs.String())
+	}
+}
+
+// TestHTTP2StreamCap reads the gateway's HTTP/2 SETTINGS frame: the
+// concurrent stream cap is what the configuration says.
+func TestHTTP2StreamCap(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, func(c *Config) { c.Security.MaxConcurrentStreams = 17 })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		frame, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sf, ok := frame.(*http2.SettingsFrame)
+		if !ok || sf.IsAck() {
+			continue
+		}
+		if v, ok := sf.Value(http2.SettingMaxConcurrentStreams); !ok || v != 17 {
+			t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d (%v), want 17", v, ok)
+		}
+		if v, ok := sf.Value(http2.SettingMaxHeaderListSize); ok && v > 2*defaultMaxHeaderBytes {
+			t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE = %d", v)
+		}
+		return
 	}
 }
