@@ -216,7 +216,6 @@ func newSecFixture(tb testing.TB, tweak func(*Config)) *secFixture {
 		tweak(&cfg)
 	}
 	gw, url := startGateway(tb, cfg)
-	tb.Cleanup(func() { _ = gw.security.Close() })
 	return &secFixture{url: url, gw: gw, rec: rec, rsaPEM: rsaPEM}
 }
 

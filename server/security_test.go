@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -444,5 +446,62 @@ func TestHTTP2StreamCap(t *testing.T) {
 			t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE = %d", v)
 		}
 		return
+	}
+}
+
+// TestGatewayServicesUnderAuth: gRPC health is public; server reflection
+// needs credentials unless configured public.
+func TestGatewayServicesUnderAuth(t *testing.T) {
+	t.Parallel()
+	for _, public := range []bool{false, true} {
+		t.Run(fmt.Sprint("public reflection ", public), func(t *testing.T) {
+			t.Parallel()
+			f := newSecFixture(t, func(c *Config) { c.Security.PublicReflection = public })
+			// The recording backends serve no health service, so the answer
+			// is not serving; what matters is that it is an answer.
+			if _, err := grpchealth.NewClient(h2cClient(t), f.url, connect.WithGRPC()).Check(t.Context(), &grpchealth.CheckRequest{}); err != nil {
+				t.Errorf("health without credentials: %v", err)
+			}
+			list := func(h http.Header) error {
+				stream := grpcreflect.NewClient(h2cClient(t), f.url, connect.WithGRPC()).NewStream(t.Context(), grpcreflect.WithRequestHeaders(h))
+				defer stream.Close()
+				_, err := stream.ListServices()
+				return err
+			}
+			err = list(nil)
+			if public && err != nil {
+				t.Errorf("public reflection: %v", err)
+			}
+			if !public && connect.CodeOf(err) != connect.CodeUnauthenticated {
+				t.Errorf("reflection without credentials: %v", err)
+			}
+			if err := list(bearer(hsToken(t, jwt.MapClaims{"scope": ""}))); err != nil {
+				t.Errorf("reflection with credentials: %v", err)
+			}
+		})
+	}
+}
+
+// TestReadHeaderTimeout: a client that never finishes its headers is cut
+// off (slowloris).
+func TestReadHeaderTimeout(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, func(c *Config) { c.Security.ReadHeaderTimeout = 200 * time.Millisecond })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	_, err = io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("connection not closed by the server: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("closed after %v", d)
 	}
 }
