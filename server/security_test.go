@@ -468,7 +468,7 @@ func TestGatewayServicesUnderAuth(t *testing.T) {
 				_, err := stream.ListServices()
 				return err
 			}
-			err = list(nil)
+			err := list(nil)
 			if public && err != nil {
 				t.Errorf("public reflection: %v", err)
 			}
