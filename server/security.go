@@ -151,6 +151,7 @@ type security struct {
 	redis        *interceptors.RedisLimiter
 	chain        []connect.Interceptor
 	cors         *cors.Cors
+	corsWildcard bool
 	errs         errorWriter
 	needClientIP bool
 }
@@ -170,7 +171,7 @@ func newSecurity(cfg SecurityConfig, services []protoreflect.ServiceDescriptor, 
 	if s.proxies, err = interceptors.ParseTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("security: %w", err)
 	}
-	if s.cors, err = newCORS(cfg.AllowedOrigins, logger); err != nil {
+	if s.cors, s.corsWildcard, err = newCORS(cfg.AllowedOrigins, logger); err != nil {
 		return nil, fmt.Errorf("security: %w", err)
 	}
 	if err := s.buildAuth(); err != nil {

@@ -196,9 +196,10 @@ func (s *security) wrapSSE(next http.Handler) http.Handler {
 				next.ServeHTTP(w, r) // no credentials: the interceptor answers
 				return
 			}
-			// Browsers attach cookies to cross-site requests too; only an
-			// allowed origin (or none: same-origin) may ride on them.
-			if r.Header.Get("Origin") != "" && !s.cors.OriginAllowed(r) {
+			// Browsers attach cookies to cross-site requests too; only a
+			// listed origin (or none: same-origin) may ride on them. A "*"
+			// policy lists nobody in particular.
+			if r.Header.Get("Origin") != "" && (s.corsWildcard || !s.cors.OriginAllowed(r)) {
 				s.errs.write(w, r, connect.NewError(connect.CodeUnauthenticated,
 					errors.New("cookie credentials are not accepted from this origin")))
 				return
@@ -229,7 +230,7 @@ func (s *security) checkQueryToken(token string) error {
 // newCORS builds the CORS policy: Connect's and gRPC-Web's headers plus
 // the REST verbs and the gateway's own headers. Credentials are allowed
 // only with an explicit origin list, never with "*".
-func newCORS(origins []string, logger *slog.Logger) (*cors.Cors, error) {
+func newCORS(origins []string, logger *slog.Logger) (*cors.Cors, bool, error) {
 	wildcard := false
 	clean := make([]string, 0, len(origins))
 	for _, o := range origins {
@@ -242,7 +243,7 @@ func newCORS(origins []string, logger *slog.Logger) (*cors.Cors, error) {
 			continue
 		}
 		if err := validOrigin(o); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		clean = append(clean, strings.ToLower(strings.TrimSuffix(o, "/")))
 	}
@@ -261,7 +262,7 @@ func newCORS(origins []string, logger *slog.Logger) (*cors.Cors, error) {
 			"Retry-After", "X-Request-Id", "Www-Authenticate", "Location"),
 		AllowCredentials: !wildcard,
 		MaxAge:           7200,
-	}), nil
+	}), wildcard, nil
 }
 
 func validOrigin(o string) error {

@@ -143,3 +143,19 @@ func TestTakeQueryToken(t *testing.T) {
 		t.Error("a webhook's own query was altered")
 	}
 }
+
+// TestSSECookieWithWildcardCORS: a "*" origin policy never lets a
+// cross-origin page ride on the cookie.
+func TestSSECookieWithWildcardCORS(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, func(c *Config) { c.Security.AllowedOrigins = []string{"*"} })
+	tok := hsToken(t, jwt.MapClaims{"sub": "w"})
+	h := http.Header{"Cookie": {defaultSSECookie + "=" + tok}, "Origin": {"https://evil.test"}}
+	if status, body := secSSEGet(t, f.url+"/api/v1/chat/stream?session_id=wild&user_message=x", h); status != http.StatusUnauthorized {
+		t.Errorf("cross-origin cookie under a wildcard policy: %d %.200s", status, body)
+	}
+	h.Del("Origin")
+	if status, body := secSSEGet(t, f.url+"/api/v1/chat/stream?session_id=wild2&user_message=x", h); status != http.StatusOK {
+		t.Errorf("same-origin cookie: %d %.200s", status, body)
+	}
+}
