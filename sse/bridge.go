@@ -72,10 +72,17 @@ func (b *Bridge) innerRequest(r *http.Request, body []byte) *http.Request {
 	inner.Host = r.Host
 	inner.RemoteAddr = r.RemoteAddr
 	inner.TLS = r.TLS
-	inner.Header = make(http.Header, len(b.forward)+3)
+	// The map lives as long as the stream: size it to what is copied.
+	n := 2
 	for _, name := range b.forward {
-		if values := r.Header.Values(name); len(values) > 0 {
-			inner.Header[http.CanonicalHeaderKey(name)] = append([]string(nil), values...)
+		if len(r.Header[name]) > 0 {
+			n++
+		}
+	}
+	inner.Header = make(http.Header, n)
+	for _, name := range b.forward {
+		if values := r.Header[name]; len(values) > 0 {
+			inner.Header[name] = append([]string(nil), values...)
 		}
 	}
 	inner.Header.Set("Content-Type", "application/connect+proto")
@@ -85,10 +92,10 @@ func (b *Bridge) innerRequest(r *http.Request, body []byte) *http.Request {
 
 // finish ends the stream once the RPC handler has returned.
 func (s *stream) finish(r *http.Request) {
-	s.mu.Lock()
-	if s.timer != nil {
-		s.timer.Stop()
+	if s.b.beats != nil {
+		s.b.beats.remove(s)
 	}
+	s.mu.Lock()
 	committed, outErr := s.committed, s.outErr
 	s.mu.Unlock()
 	if outErr != nil || r.Context().Err() != nil {

@@ -87,6 +87,7 @@ type Bridge struct {
 	ignored    map[string]struct{}
 	logger     *slog.Logger
 	retryField []byte
+	beats      *heartbeats // nil without heartbeats
 }
 
 // New validates cfg and resolves the procedure's message types.
@@ -112,6 +113,9 @@ func New(cfg Config) (*Bridge, error) {
 	if b.heartbeat == 0 {
 		b.heartbeat = DefaultHeartbeat
 	}
+	if b.heartbeat > 0 {
+		b.beats = newHeartbeats(b.heartbeat)
+	}
 	if b.retry < 0 {
 		return nil, fmt.Errorf("sse: negative retry %v for %q", b.retry, cfg.Procedure)
 	}
@@ -121,6 +125,11 @@ func New(cfg Config) (*Bridge, error) {
 	if b.forward == nil {
 		b.forward = DefaultForwardHeaders
 	}
+	forward := make([]string, len(b.forward))
+	for i, name := range b.forward {
+		forward[i] = http.CanonicalHeaderKey(name)
+	}
+	b.forward = forward
 	for _, p := range append(append([]string{}, DefaultIgnoredParams...), cfg.IgnoredParams...) {
 		b.ignored[p] = struct{}{}
 	}

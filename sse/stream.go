@@ -56,9 +56,8 @@ type stream struct {
 	finished   bool
 	outErr     error // writing to the browser failed
 	lastWrite  time.Time
-	timer      *time.Timer
+	beating    bool // a heartbeat write is under way
 	noDeadline bool // the writer does not support deadlines
-	buf        []byte
 }
 
 func newStream(b *Bridge, w http.ResponseWriter) *stream {
@@ -66,10 +65,8 @@ func newStream(b *Bridge, w http.ResponseWriter) *stream {
 	// A server-wide write timeout would cut a long stream: replace it by
 	// a rolling deadline that every write (heartbeats included) renews.
 	s.renewDeadline()
-	if b.heartbeat > 0 {
-		s.mu.Lock()
-		s.timer = time.AfterFunc(b.heartbeat, s.beat)
-		s.mu.Unlock()
+	if b.beats != nil {
+		b.beats.add(s)
 	}
 	return s
 }
@@ -106,7 +103,9 @@ func (s *stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		s.pending = append(s.pending[:0], rest...)
+		if len(rest) > 0 {
+			s.pending = append(s.pending[:0], rest...)
+		}
 		return len(p), nil
 	}
 	s.pending = append(s.pending, p...)
@@ -115,9 +114,8 @@ func (s *stream) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	s.pending = s.pending[:copy(s.pending, rest)]
-	if len(s.pending) == 0 && cap(s.pending) > keepBufferCap {
-		// Drop a buffer that grew for one large message so that idle
-		// streams stay small.
+	if len(s.pending) == 0 {
+		// Idle streams hold no buffer while they wait for the next message.
 		s.pending = nil
 	}
 	return len(p), nil
@@ -216,7 +214,8 @@ func (s *stream) writeEvent(name, id string, data []byte) error {
 		return errStreamFinished
 	}
 	s.commitLocked()
-	buf := s.buf[:0]
+	bp := eventBuffers.Get().(*[]byte)
+	buf := (*bp)[:0]
 	if name != "" {
 		buf = append(append(append(buf, "event: "...), name...), '\n')
 	}
@@ -226,10 +225,15 @@ func (s *stream) writeEvent(name, id string, data []byte) error {
 	buf = append(append(append(buf, "data: "...), data...), "\n\n"...)
 	err := s.writeLocked(buf)
 	if cap(buf) <= keepBufferCap {
-		s.buf = buf[:0]
+		*bp = buf[:0]
+		eventBuffers.Put(bp)
 	}
 	return err
 }
+
+// eventBuffers are shared by all streams, so that a stream waiting for its
+// next message holds no buffer.
+var eventBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // commitLocked sends the stream's headers once: from then on, failures
 // are reported in the stream.
@@ -249,8 +253,7 @@ func (s *stream) commitLocked() {
 	h.Del("Content-Encoding")
 	s.out.WriteHeader(http.StatusOK)
 	if s.b.retryField != nil {
-		s.buf = append(s.buf[:0], s.b.retryField...)
-		_ = s.writeLocked(s.buf)
+		_ = s.writeLocked(s.b.retryField)
 	}
 }
 
@@ -291,21 +294,28 @@ func (s *stream) setDeadline(t time.Time) {
 	}
 }
 
-// beat runs on the heartbeat timer: a comment line when the stream has
-// been quiet for a whole interval.
+// quietSince reports whether the stream has written nothing for a whole
+// interval before now, and claims the heartbeat if so.
+func (s *stream) quietSince(now time.Time, interval time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished || s.outErr != nil || s.beating || now.Sub(s.lastWrite) < interval {
+		return false
+	}
+	s.beating = true
+	return true
+}
+
+// beat writes a comment line to a quiet stream.
 func (s *stream) beat() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.beating = false
 	if s.finished || s.outErr != nil {
-		return
-	}
-	if idle := time.Since(s.lastWrite); idle < s.b.heartbeat {
-		s.timer.Reset(s.b.heartbeat - idle)
 		return
 	}
 	s.commitLocked()
 	_ = s.writeLocked(heartbeatLine)
-	s.timer.Reset(s.b.heartbeat)
 }
 
 var (
