@@ -11,6 +11,11 @@
 //
 //	go build -o /tmp/flowgate ./cmd/flowgate
 //	go run ./cmd/flowgate-sseload -flowgate /tmp/flowgate -streams 5000
+//
+// Without -flowgate it runs its own copy of the gateway and also reports the
+// live heap and goroutine stacks per stream after a forced GC (independent
+// of GOGC and GOMEMLIMIT), and with -profile-dir saves a heap profile and a
+// goroutine dump. sse/README.md has the numbers.
 package main
 
 import (
@@ -40,6 +45,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	run := run
+	if len(os.Args) > 1 && os.Args[1] == serveGatewayFlag {
+		run = func(ctx context.Context, args []string, _, stderr io.Writer) error {
+			return serveGateway(ctx, args[1:], stderr)
+		}
+	}
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "flowgate-sseload:", err)
 		os.Exit(1)
@@ -48,6 +59,7 @@ func main() {
 
 type options struct {
 	flowgate  string
+	profile   string
 	streams   int
 	sessions  int
 	hold      time.Duration
@@ -59,7 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("flowgate-sseload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o := options{}
-	fs.StringVar(&o.flowgate, "flowgate", "", "path of the flowgate binary (go build ./cmd/flowgate)")
+	fs.StringVar(&o.flowgate, "flowgate", "", "path of the flowgate binary (go build ./cmd/flowgate); empty runs this binary's own copy of the gateway, which also reports live heap and stacks")
+	fs.StringVar(&o.profile, "profile-dir", "", "with no -flowgate: write the gateway's heap profile and goroutine dump here while the streams are open")
 	fs.IntVar(&o.streams, "streams", 5000, "concurrent SSE streams to hold")
 	fs.IntVar(&o.sessions, "sessions", 50, "sessions the streams watch")
 	fs.DurationVar(&o.hold, "hold", 20*time.Second, "how long to hold the streams open before sending events")
@@ -68,8 +81,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if o.flowgate == "" || o.streams <= 0 || o.sessions <= 0 {
-		return errors.New("-flowgate, a positive -streams and -sessions are required")
+	if o.streams <= 0 || o.sessions <= 0 {
+		return errors.New("-streams and -sessions must be positive")
 	}
 	dir, err := os.MkdirTemp("", "flowgate-sseload")
 	if err != nil {
@@ -96,30 +109,44 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // gateway is the gateway process under test.
 type gateway struct {
-	cmd  *exec.Cmd
-	base string
+	cmd   *exec.Cmd
+	base  string
+	debug string // the child gateway's debug listener, "" for -flowgate
 }
 
 func startGateway(ctx context.Context, o options, b *backends.Backends, stderr io.Writer) (*gateway, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	args := []string{"-listen", addr, "-sse-heartbeat", o.heartbeat.String(), "-log-format", "text"}
 	agent, runtime, engine := b.Addrs()
-	for name, a := range map[string]string{"agent": agent, "runtime": runtime, "engine": engine} {
-		host, port, _ := net.SplitHostPort(a)
-		args = append(args, "-"+name+"-host", host, "-"+name+"-port", port)
+	binary, debug := o.flowgate, ""
+	var args []string
+	if binary == "" {
+		if binary, err = os.Executable(); err != nil {
+			return nil, err
+		}
+		if debug, err = freeAddr(); err != nil {
+			return nil, err
+		}
+		args = selfGatewayArgs(addr, debug, agent, runtime, engine, o.heartbeat)
+	} else {
+		args = []string{"-listen", addr, "-sse-heartbeat", o.heartbeat.String(), "-log-format", "text"}
+		for name, a := range map[string]string{"agent": agent, "runtime": runtime, "engine": engine} {
+			host, port, _ := net.SplitHostPort(a)
+			args = append(args, "-"+name+"-host", host, "-"+name+"-port", port)
+		}
 	}
-	cmd := exec.CommandContext(ctx, o.flowgate, args...)
+	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Stderr = io.Discard
 	cmd.Stdout = stderr
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", o.flowgate, err)
+		return nil, fmt.Errorf("start %s: %w", binary, err)
 	}
 	g := &gateway{cmd: cmd, base: "http://" + addr}
+	if debug != "" {
+		g.debug = "http://" + debug
+	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if resp, err := http.Get(g.base + "/health"); err == nil {
 			_ = resp.Body.Close()
@@ -128,6 +155,15 @@ func startGateway(ctx context.Context, o options, b *backends.Backends, stderr i
 	}
 	g.stop()
 	return nil, errors.New("the gateway did not become healthy")
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 func (g *gateway) stop() {
@@ -170,6 +206,7 @@ func measure(ctx context.Context, o options, gw *gateway, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "gateway RSS before: %d KiB\n", before)
+	liveBefore, liveErr := gw.memStats(ctx)
 
 	var (
 		mu       sync.Mutex
@@ -219,6 +256,17 @@ func measure(ctx context.Context, o options, gw *gateway, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "gateway RSS with %d open streams: %d KiB (+%d KiB, %.1f KiB per stream)\n",
 		len(watchers), open, open-before, float64(open-before)/float64(max(1, len(watchers))))
+	if liveErr == nil {
+		if liveOpen, err := gw.memStats(ctx); err == nil {
+			n := float64(max(1, len(watchers)))
+			fmt.Fprintf(out, "gateway live memory after GC with %d open streams: heap in use +%.1f KiB, stacks +%.1f KiB, together %.1f KiB per stream; %.2f goroutines per stream\n",
+				len(watchers), float64(liveOpen.HeapInuse-liveBefore.HeapInuse)/1024/n, float64(liveOpen.StackInuse-liveBefore.StackInuse)/1024/n,
+				(float64(liveOpen.live())-float64(liveBefore.live()))/1024/n, float64(liveOpen.Goroutines-liveBefore.Goroutines)/n)
+		}
+		if err := gw.saveProfiles(ctx, o.profile, "open"); err != nil {
+			fmt.Fprintf(out, "could not save profiles: %v\n", err)
+		}
+	}
 
 	time.Sleep(o.hold)
 	held, _ := gw.rss()
