@@ -33,6 +33,9 @@ var rpcProtocols = []struct {
 	{"connect+json", []connect.ClientOption{connect.WithProtoJSON()}},
 	{"grpc", []connect.ClientOption{connect.WithGRPC()}},
 	{"grpcweb", []connect.ClientOption{connect.WithGRPCWeb()}},
+	// Callers that compress their requests.
+	{"grpc+gzip", []connect.ClientOption{connect.WithGRPC(), connect.WithSendGzip()}},
+	{"connect+gzip", []connect.ClientOption{connect.WithSendGzip()}},
 }
 
 func engineClient(tb testing.TB, url string, opts []connect.ClientOption) enginev1connect.WorkflowEngineServiceClient {

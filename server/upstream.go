@@ -57,7 +57,13 @@ func (u Upstream) baseURL() (*url.URL, error) {
 }
 
 func (u Upstream) clientOptions() ([]connect.ClientOption, error) {
-	opts := []connect.ClientOption{connect.WithCodec(passthroughCodec{})}
+	opts := []connect.ClientOption{
+		connect.WithCodec(passthroughCodec{}),
+		// Compressing between the gateway and its backends costs CPU on
+		// both sides of every call to save bandwidth a data center has:
+		// the gateway asks for plain responses.
+		connect.WithAcceptCompression("gzip", nil, nil),
+	}
 	switch u.Protocol {
 	case "", ProtocolGRPC:
 		opts = append(opts, connect.WithGRPC())
@@ -130,7 +136,17 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 			hooks:      hooks[procedure],
 			shutdown:   g.streams,
 		}
-		opts := append([]connect.HandlerOption{connect.WithSchema(method), connect.WithCodec(passthroughCodec{})}, handlerOpts...)
+		opts := append([]connect.HandlerOption{
+			connect.WithSchema(method),
+			connect.WithCodec(passthroughCodec{}),
+			// The forwarders neither take nor send compressed messages: the
+			// transcoder decompresses what a caller compressed, and the
+			// gateway answers uncompressed. The transcoder cannot mix the
+			// two (it marks every message of a response compressed once
+			// the response names an encoding), and compressing each message
+			// cost more CPU than the rest of the gateway's work on it.
+			connect.WithCompression("gzip", nil, nil),
+		}, handlerOpts...)
 		switch {
 		case method.IsStreamingClient():
 			return nil, fmt.Errorf("method %s: client streams are not forwarded", method.FullName())
@@ -149,6 +165,7 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 		// an empty message and forward.
 		vanguard.WithTargetProtocols(vanguard.ProtocolGRPC),
 		vanguard.WithTargetCodecs(vanguard.CodecProto),
+		vanguard.WithNoTargetCompression(),
 	), nil
 }
 

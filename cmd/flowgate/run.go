@@ -32,6 +32,7 @@ type options struct {
 	sseHeartbeat    time.Duration
 	sseRetry        time.Duration
 	tlsCert, tlsKey string
+	pprofListen     string
 	embedded        backends.Config
 	security        server.SecurityConfig
 }
@@ -69,6 +70,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.Duration(&o.sseRetry, "sse-retry", "FLOWGATE_SSE_RETRY", 3*time.Second, "reconnection delay advised to EventSource clients")
 	set.String(&o.tlsCert, "tls-cert", "FLOWGATE_TLS_CERT", "", "TLS certificate file (PEM); with -tls-key serves HTTPS with HTTP/2")
 	set.String(&o.tlsKey, "tls-key", "FLOWGATE_TLS_KEY", "", "TLS private key file (PEM)")
+	set.String(&o.pprofListen, "pprof-listen", "FLOWGATE_PPROF_LISTEN", "", "address of a separate listener serving /debug/pprof (keep it private; off when empty)")
 	embeddedFlags(set, &o.embedded)
 	securityFlags(set, &o.security)
 	if err := set.Parse(args); err != nil {
@@ -107,6 +109,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("could not listen on %s: %w", o.listen, err)
 	}
 	defer ln.Close()
+	if o.pprofListen != "" {
+		stop, err := servePprof(o.pprofListen, logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	if embedded {
 		if o.embedded.PublicURL == "" {
