@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/vanguard"
 	"github.com/rs/cors"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -342,6 +344,27 @@ func (s *security) newLimiter() (interceptors.Limiter, error) {
 // authorization and rate limits, in the order they must run. It is empty
 // when none of them is configured, so an open gateway pays nothing.
 func (s *security) interceptors() []connect.Interceptor { return s.chain }
+
+// transcodeBufferFactor sizes the transcoder's per-message buffer from the
+// body limit. Requests are held to the body limit by the handlers; the
+// transcoder's buffer also bounds responses, which may legitimately be
+// larger, and what a compressed request inflates to before a handler sees
+// it.
+const transcodeBufferFactor = 4
+
+// handlerOptions bound what a handler reads of one message after
+// decompression, so that a small compressed body cannot inflate past the
+// body limit (a gzip "bomb").
+func (s *security) handlerOptions() []connect.HandlerOption {
+	return []connect.HandlerOption{connect.WithReadMaxBytes(int(s.cfg.MaxBodyBytes))}
+}
+
+// transcoderOption bounds the transcoder's message buffers, which is where
+// requests of the protocols it converts are decompressed.
+func (s *security) transcoderOption() vanguard.TranscoderOption {
+	limit := min(s.cfg.MaxBodyBytes*transcodeBufferFactor, math.MaxUint32)
+	return vanguard.WithDefaultServiceOptions(vanguard.WithMaxMessageBufferBytes(uint32(limit)))
+}
 
 // configureServer applies the header size limit, timeouts and the HTTP/2
 // stream cap to srv. No WriteTimeout: streams are long.

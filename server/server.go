@@ -141,9 +141,9 @@ func New(cfg Config) (*Gateway, error) {
 // buildHandler assembles the routes and the middleware around them.
 func (g *Gateway) buildHandler() (http.Handler, error) {
 	access := interceptors.NewAccessLog(g.logger)
-	handlerOpts := []connect.HandlerOption{
+	handlerOpts := append([]connect.HandlerOption{
 		connect.WithInterceptors(append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor()}, g.security.interceptors()...)...),
-	}
+	}, g.security.handlerOptions()...)
 	upstreams := []Upstream{g.cfg.Agent, g.cfg.Runtime, g.cfg.Engine}
 	health := newHealthChecker()
 	hooks := webhookHooks()
@@ -165,6 +165,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	}
 	errs := newErrorWriter()
 	transcoder, err := vanguard.NewTranscoder(vgServices,
+		g.security.transcoderOption(),
 		vanguard.WithCodec(restJSONCodec),
 		vanguard.WithUnknownHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			code := connect.CodeNotFound
