@@ -1,11 +1,18 @@
 package server
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"connectrpc.com/connect"
+	"github.com/golang-jwt/jwt/v5"
+
+	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
+	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 )
 
 // BenchmarkWrapHTTP measures what the security middleware adds to every
@@ -52,4 +59,61 @@ func BenchmarkWrapHTTP(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkSecuredForward is BenchmarkForward's gateway path with the whole
+// security policy on: a bearer token (RS256, verified once and then
+// cached), per-IP and per-subject rate limits, and identity forwarding.
+func BenchmarkSecuredForward(b *testing.B) {
+	mux := http.NewServeMux()
+	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(nopEngine{}))
+	up := Upstream{Address: startH2C(b, mux).Listener.Addr().String()}
+	sec, _ := secConfig(b)
+	sec.RateLimitIP, sec.RateLimitSubject = 1e9, 1e9
+	_, gw := startGateway(b, Config{Engine: up, Agent: up, Runtime: up, Security: sec})
+	auth := "Bearer " + token(b, jwt.SigningMethodRS256, secKeys().rsa, "rsa1", nil)
+	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: "bench"}}
+	rpc := func(opts ...connect.ClientOption) func(b *testing.B) {
+		return func(b *testing.B) {
+			client := enginev1connect.NewWorkflowEngineServiceClient(h2cClient(b), gw, opts...)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					r := connect.NewRequest(req)
+					r.Header().Set("Authorization", auth)
+					if _, err := client.ExecuteWorkflow(context.Background(), r); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+	}
+	b.Run("grpc", rpc(connect.WithGRPC()))
+	b.Run("connect", rpc())
+	b.Run("rest", func(b *testing.B) {
+		client := h2cClient(b)
+		body := `{"workflow_definition":{"name":"bench"}}`
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				r, _ := http.NewRequest(http.MethodPost, gw+"/api/v1/workflow/execute", strings.NewReader(body))
+				r.Header.Set("Content-Type", "application/json")
+				r.Header.Set("Authorization", auth)
+				res, err := client.Do(r)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusOK {
+					b.Errorf("status %d", res.StatusCode)
+					return
+				}
+			}
+		})
+	})
 }
