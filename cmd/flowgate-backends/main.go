@@ -29,15 +29,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-	default:
-		fmt.Fprintln(os.Stderr, "flowgate-backends:", err)
-		if errors.Is(err, flagenv.ErrUsage) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
+	flagenv.Exit("flowgate-backends", err)
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

@@ -8,9 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,13 +19,5 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-	default:
-		fmt.Fprintln(os.Stderr, "flowgate:", err)
-		if errors.Is(err, flagenv.ErrUsage) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
+	flagenv.Exit("flowgate", err)
 }

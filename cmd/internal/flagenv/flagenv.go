@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -190,4 +191,18 @@ func (s *Set) Uint32(p *uint32, name, env string, def uint32, text string) {
 		}
 	}
 	s.Func(name, usage(text, env), parse)
+}
+
+// Exit ends a command after run returned err: silently with 0 for success
+// or -h, otherwise with the error on one line of stderr and 2 for a bad
+// command line, 1 for anything else.
+func Exit(name string, err error) {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+	if errors.Is(err, ErrUsage) {
+		os.Exit(2)
+	}
+	os.Exit(1)
 }
