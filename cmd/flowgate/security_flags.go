@@ -8,7 +8,7 @@ import (
 // securityFlags binds the security settings; server.SecurityConfig documents
 // what each one does.
 func securityFlags(set *flagenv.Set, c *server.SecurityConfig) {
-	set.String(&c.SecretKey, "secret-key", "SECRET_KEY", "", "HS256 secret for bearer tokens; enables authentication")
+	set.String(&c.SecretKey, "secret-key", "SECRET_KEY", "", "HS256 secret for bearer tokens, at least 32 bytes; enables authentication")
 	set.List(&c.PublicKeyFiles, "jwt-public-key", "FLOWGATE_JWT_PUBLIC_KEYS", nil, "PEM public key files for RS256/ES256/EdDSA tokens (key id: file base name); enables authentication")
 	set.String(&c.JWKSURL, "jwks-url", "FLOWGATE_JWKS_URL", "", "JWKS document (http(s) URL or file) for token keys; enables authentication")
 	set.Duration(&c.JWKSRefresh, "jwks-refresh", "FLOWGATE_JWKS_REFRESH", 0, "JWKS reload interval (default 5m)")
