@@ -148,6 +148,9 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	health := newHealthChecker()
 	hooks := webhookHooks()
 	var vgServices []*vanguard.Service
+	// forwarders serves the forwarding handlers without the transcoder, for
+	// in-process callers that already speak Connect (the SSE bridge).
+	forwarders := http.NewServeMux()
 	for i, svc := range services() {
 		base, err := upstreams[i].baseURL()
 		if err != nil {
@@ -155,10 +158,11 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		}
 		client := newUpstreamClient(base, g.cfg.DialTimeout)
 		g.clients = append(g.clients, client)
-		vs, err := g.buildService(upstreamService{name: svc.name, descriptor: svc.desc, httpClient: client}, upstreams[i], hooks, handlerOpts)
+		handlers, vs, err := g.buildService(upstreamService{name: svc.name, descriptor: svc.desc, httpClient: client}, upstreams[i], hooks, handlerOpts)
 		if err != nil {
 			return nil, err
 		}
+		forwarders.Handle("/"+string(svc.desc.FullName())+"/", handlers)
 		vgServices = append(vgServices, vs)
 		healthOpts, _ := upstreams[i].clientOptions()
 		health.add(string(svc.desc.FullName()), client, base.String(), healthOpts[1:]...)
@@ -191,7 +195,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if err := mountDocs(mux, g.cfg.Version); err != nil {
 		return nil, err
 	}
-	if err := mountSSE(mux, rpc, g.cfg.SSE, g.security.wrapSSE, g.logger); err != nil {
+	if err := mountSSE(mux, forwarders, g.cfg.SSE, g.security.wrapSSE, g.logger); err != nil {
 		return nil, err
 	}
 	return requestID(access.Middleware(callerProtocol, g.security.wrapHTTP(mux))), nil

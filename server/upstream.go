@@ -111,16 +111,16 @@ type upstreamService struct {
 	httpClient *http.Client
 }
 
-// buildService returns the transcoder's view of one upstream service: a
-// forwarding Connect handler for each of its methods.
-func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[string]methodHooks, handlerOpts []connect.HandlerOption) (*vanguard.Service, error) {
+// buildService returns the forwarding Connect handlers of one upstream
+// service's methods, and the transcoder's view of them.
+func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[string]methodHooks, handlerOpts []connect.HandlerOption) (*http.ServeMux, *vanguard.Service, error) {
 	base, err := up.baseURL()
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
+		return nil, nil, fmt.Errorf("upstream %s: %w", svc.name, err)
 	}
 	clientOpts, err := up.clientOptions()
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
+		return nil, nil, fmt.Errorf("upstream %s: %w", svc.name, err)
 	}
 	mux := http.NewServeMux()
 	methods := svc.descriptor.Methods()
@@ -149,14 +149,14 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 		}, handlerOpts...)
 		switch {
 		case method.IsStreamingClient():
-			return nil, fmt.Errorf("method %s: client streams are not forwarded", method.FullName())
+			return nil, nil, fmt.Errorf("method %s: client streams are not forwarded", method.FullName())
 		case method.IsStreamingServer():
 			mux.Handle(procedure, connect.NewServerStreamHandler(procedure, fwd.serverStream, opts...))
 		default:
 			mux.Handle(procedure, connect.NewUnaryHandler(procedure, fwd.unary, opts...))
 		}
 	}
-	return vanguard.NewServiceWithSchema(svc.descriptor, mux,
+	return mux, vanguard.NewServiceWithSchema(svc.descriptor, mux,
 		// The forwarders take gRPC with binary protobuf only: gRPC callers
 		// pass straight through, the transcoder re-frames Connect and
 		// gRPC-Web and turns JSON and REST into protobuf. A gRPC handler
