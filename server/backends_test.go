@@ -51,6 +51,12 @@ func (r *recorder) last(tb testing.TB) (http.Header, time.Duration) {
 	return r.headers[len(r.headers)-1], r.deadline[len(r.deadline)-1]
 }
 
+func (r *recorder) headersOf(tb testing.TB) http.Header {
+	tb.Helper()
+	h, _ := r.last(tb)
+	return h
+}
+
 func (r *recorder) calls() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -12,6 +12,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	agentv1 "github.com/flowgate/flowgate/gen/go/workflow/agent/v1"
+	"github.com/flowgate/flowgate/gen/go/workflow/agent/v1/agentv1connect"
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 )
@@ -283,5 +285,61 @@ func TestWebhookCarriesRawBodyHeadersAndQuery(t *testing.T) {
 	}
 	if got.GetQuery()["source"] != "shopify" || got.GetQuery()["x"] != "1" {
 		t.Errorf("query = %v", got.GetQuery())
+	}
+}
+
+// TestUpstreamProtocols forwards to backends over each protocol an upstream
+// may be configured to speak, unary and streaming.
+func TestUpstreamProtocols(t *testing.T) {
+	t.Parallel()
+	for _, proto := range []string{ProtocolGRPC, ProtocolConnect, ProtocolGRPCWeb} {
+		t.Run(proto, func(t *testing.T) {
+			t.Parallel()
+			b := startTestBackends(t)
+			cfg := b.cfg
+			cfg.Engine.Protocol, cfg.Agent.Protocol = proto, proto
+			_, url := startGateway(t, cfg)
+			res, err := engineClient(t, url, []connect.ClientOption{connect.WithGRPC()}).ExecuteWorkflow(t.Context(), execute("via-"+proto))
+			if err != nil || res.Msg.GetResult().GetOutput().GetStringValue() != "via-"+proto {
+				t.Fatalf("unary: %v %v", res, err)
+			}
+			if ct := b.engine.headersOf(t).Get("Content-Type"); !strings.HasPrefix(ct, map[string]string{
+				ProtocolGRPC: "application/grpc", ProtocolConnect: "application/proto", ProtocolGRPCWeb: "application/grpc-web",
+			}[proto]) {
+				t.Errorf("the backend was called with %q", ct)
+			}
+			_, err = engineClient(t, url, nil).ExecuteWorkflow(t.Context(), execute("invalid"))
+			if connect.CodeOf(err) != connect.CodeInvalidArgument {
+				t.Errorf("upstream error over %s: %v", proto, err)
+			}
+			stream, err := agentv1connect.NewWorkflowAgentServiceClient(h2cClient(t), url).Chat(t.Context(), connect.NewRequest(&agentv1.ChatRequest{SessionId: "s", UserMessage: "fail"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for stream.Receive() {
+				n++
+			}
+			if n != 2 || connect.CodeOf(stream.Err()) != connect.CodeInternal {
+				t.Errorf("stream over %s: %d messages, %v", proto, n, stream.Err())
+			}
+		})
+	}
+}
+
+func TestUpstreamConfigErrors(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	for _, bad := range []Upstream{
+		{Address: ""},
+		{Address: "no-port"},
+		{Address: "ftp://host:21"},
+		{Address: b.cfg.Engine.Address, Protocol: "carrier-pigeon"},
+	} {
+		cfg := b.cfg
+		cfg.Engine = bad
+		if _, err := New(cfg); err == nil {
+			t.Errorf("upstream %+v was accepted", bad)
+		}
 	}
 }
