@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"hash/fnv"
-	"strconv"
 )
 
 const (
@@ -87,4 +86,3 @@ func encodeCursor(filter string, page int32, order string, after int64) string {
 // enough to skip through.
 func (p paging) offset() int64 { return int64(p.page-1) * int64(p.size) }
 
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
