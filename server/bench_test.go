@@ -62,25 +62,39 @@ func BenchmarkForward(b *testing.B) {
 	b.Run("gateway/grpc", rpc(gatewayURL, connect.WithGRPC()))
 	b.Run("gateway/connect", rpc(gatewayURL))
 	b.Run("gateway/grpcweb", rpc(gatewayURL, connect.WithGRPCWeb()))
-	b.Run("gateway/rest", func(b *testing.B) {
-		client := h2cClient(b)
-		body := `{"workflow_definition":{"name":"bench"}}`
-		b.ReportAllocs()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				res, err := client.Post(gatewayURL+"/api/v1/workflow/execute", "application/json", strings.NewReader(body))
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				_, _ = io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				if res.StatusCode != http.StatusOK {
-					b.Errorf("status %d", res.StatusCode)
-					return
-				}
+	b.Run("gateway/rest", func(b *testing.B) { benchREST(b, gatewayURL, nil) })
+}
+
+// benchREST posts ExecuteWorkflow over REST in parallel, one call per
+// iteration, with the given extra headers.
+func benchREST(b *testing.B, base string, header http.Header) {
+	client := h2cClient(b)
+	body := `{"workflow_definition":{"name":"bench"}}`
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, err := http.NewRequest(http.MethodPost, base+"/api/v1/workflow/execute", strings.NewReader(body))
+			if err != nil {
+				b.Error(err)
+				return
 			}
-		})
+			req.Header = header.Clone()
+			if req.Header == nil {
+				req.Header = http.Header{}
+			}
+			req.Header.Set("Content-Type", "application/json")
+			res, err := client.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK {
+				b.Errorf("status %d", res.StatusCode)
+				return
+			}
+		}
 	})
 }

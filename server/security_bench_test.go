@@ -92,28 +92,5 @@ func BenchmarkSecuredForward(b *testing.B) {
 	}
 	b.Run("grpc", rpc(connect.WithGRPC()))
 	b.Run("connect", rpc())
-	b.Run("rest", func(b *testing.B) {
-		client := h2cClient(b)
-		body := `{"workflow_definition":{"name":"bench"}}`
-		b.ReportAllocs()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				r, _ := http.NewRequest(http.MethodPost, gw+"/api/v1/workflow/execute", strings.NewReader(body))
-				r.Header.Set("Content-Type", "application/json")
-				r.Header.Set("Authorization", auth)
-				res, err := client.Do(r)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				_, _ = io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				if res.StatusCode != http.StatusOK {
-					b.Errorf("status %d", res.StatusCode)
-					return
-				}
-			}
-		})
-	})
+	b.Run("rest", func(b *testing.B) { benchREST(b, gw, http.Header{"Authorization": {auth}}) })
 }
