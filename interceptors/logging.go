@@ -1,9 +1,11 @@
 package interceptors
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -38,7 +40,7 @@ type accessRecord struct {
 type accessKey struct{}
 
 // Middleware logs requests that no interceptor logged. protocol names the
-// caller's protocol (rest, connect, grpc, grpcweb), which the RPC level
+// caller's protocol (rest, sse, connect, grpc, grpcweb), which the RPC level
 // cannot see once the transcoder has translated the call.
 func (a *AccessLog) Middleware(protocol func(*http.Request) string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -46,7 +48,7 @@ func (a *AccessLog) Middleware(protocol func(*http.Request) string, next http.Ha
 		rec := &accessRecord{protocol: protocol(r)}
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), accessKey{}, rec)))
-		if rec.logged.Load() {
+		if rec.logged.Load() || sw.hijacked {
 			return
 		}
 		status := sw.status
@@ -103,9 +105,17 @@ func (i *accessInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFu
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		start := time.Now()
 		err := next(ctx, conn)
-		i.log.write(ctx, conn.Spec().Procedure, conn.Peer(), conn.RequestHeader(), start, err)
+		i.log.writeStream(ctx, conn, start, err)
 		return err
 	}
+}
+
+// writeStream logs a stream. It is apart from the interceptor, whose frame
+// stays on the stack of every open stream while this one's does not.
+//
+//go:noinline
+func (a *AccessLog) writeStream(ctx context.Context, conn connect.StreamingHandlerConn, start time.Time, err error) {
+	a.write(ctx, conn.Spec().Procedure, conn.Peer(), conn.RequestHeader(), start, err)
 }
 
 func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Peer, header http.Header, start time.Time, err error) {
@@ -161,7 +171,8 @@ func serverFault(c connect.Code) bool {
 // other abilities reachable through Unwrap, so that streams still flush.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status   int
+	hijacked bool
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -186,3 +197,13 @@ func (w *statusWriter) Flush() {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack hands the connection over, and the logging with it: the one
+// handler that takes connections (the SSE bridge) serves them through the
+// RPC interceptors, whose [AccessLog.Interceptor] logs the call when it
+// ends, long after this middleware returns.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	w.hijacked = err == nil
+	return conn, rw, err
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"connectrpc.com/connect"
@@ -54,37 +55,54 @@ func (f *forwarder) unary(ctx context.Context, in *connect.Request[frame]) (*con
 }
 
 // serverStream relays a server stream message by message as each arrives.
-// When the caller goes away its context is canceled, which cancels the
-// upstream call at once.
 func (f *forwarder) serverStream(ctx context.Context, in *connect.Request[frame], stream *connect.ServerStream[frame]) error {
+	out, err := f.outgoing(in)
+	if err != nil {
+		return err
+	}
+	return f.relay(ctx, out, stream)
+}
+
+// streamingHandler serves a server stream to a caller in process (the SSE
+// bridge), which hands over the request message and headers directly
+// rather than encoded in an HTTP request.
+func (f *forwarder) streamingHandler(ctx context.Context, conn connect.StreamingHandlerConn) error {
+	var msg frame
+	if err := conn.Receive(&msg); err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	out := connect.NewRequest(&msg)
+	f.headers.copyRequest(out.Header(), conn.RequestHeader())
+	return f.relay(ctx, out, connSink{conn})
+}
+
+// streamSink is the caller's side of a relayed stream.
+type streamSink interface {
+	Send(*frame) error
+	ResponseHeader() http.Header
+	ResponseTrailer() http.Header
+}
+
+type connSink struct{ connect.StreamingHandlerConn }
+
+func (c connSink) Send(msg *frame) error { return c.StreamingHandlerConn.Send(msg) }
+
+// relay sends out upstream and relays its stream to the caller. When the
+// caller goes away its context is canceled, which cancels the upstream
+// call at once.
+func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stream streamSink) error {
 	ctx, cancel := f.deadline(ctx, false)
 	defer cancel()
 	ctx, endStream := context.WithCancelCause(ctx)
 	defer endStream(nil)
 	defer context.AfterFunc(f.shutdown, func() { endStream(errShuttingDown) })()
-	out, err := f.outgoing(in)
-	if err != nil {
-		return err
-	}
 	upstream, err := f.client.CallServerStream(ctx, out)
 	if err != nil {
 		return f.upstreamError(err)
 	}
 	defer upstream.Close()
-	headersCopied := false
-	for upstream.Receive() {
-		if !headersCopied {
-			// The upstream's headers are known once its first message arrives;
-			// they must reach the caller before that message does.
-			copyResponse(stream.ResponseHeader(), upstream.ResponseHeader())
-			headersCopied = true
-		}
-		if err := stream.Send(upstream.Msg()); err != nil {
-			return err
-		}
-	}
-	if !headersCopied {
-		copyResponse(stream.ResponseHeader(), upstream.ResponseHeader())
+	if err := pump(upstream, stream); err != nil {
+		return err
 	}
 	if err := upstream.Err(); err != nil {
 		if errors.Is(context.Cause(ctx), errShuttingDown) {
@@ -92,8 +110,47 @@ func (f *forwarder) serverStream(ctx context.Context, in *connect.Request[frame]
 		}
 		return f.upstreamError(err)
 	}
-	copyResponse(stream.ResponseTrailer(), upstream.ResponseTrailer())
+	forwardTrailers(upstream, stream)
 	return nil
+}
+
+// pump sends the caller each message as it arrives. An idle stream waits
+// here, in a goroutine that every open stream keeps: pump is kept out of
+// relay so that its waiting frame stays small, and the runtime can shrink
+// the goroutine's stack once the first messages are sent.
+//
+//go:noinline
+func pump(upstream *connect.ServerStreamForClient[frame], stream streamSink) error {
+	headersCopied := false
+	for upstream.Receive() {
+		if !headersCopied {
+			// The upstream's headers are known once its first message arrives;
+			// they must reach the caller before that message does.
+			forwardHeaders(upstream, stream)
+			headersCopied = true
+		}
+		if err := stream.Send(upstream.Msg()); err != nil {
+			return err
+		}
+	}
+	if !headersCopied {
+		forwardHeaders(upstream, stream)
+	}
+	return nil
+}
+
+// forwardHeaders and forwardTrailers are not inlined: connect's accessors
+// build an empty header map in the caller's frame, which would then stay
+// on every open stream's stack.
+//
+//go:noinline
+func forwardHeaders(upstream *connect.ServerStreamForClient[frame], stream streamSink) {
+	copyResponse(stream.ResponseHeader(), upstream.ResponseHeader())
+}
+
+//go:noinline
+func forwardTrailers(upstream *connect.ServerStreamForClient[frame], stream streamSink) {
+	copyResponse(stream.ResponseTrailer(), upstream.ResponseTrailer())
 }
 
 var errShuttingDown = errors.New("the gateway is shutting down; reconnect")

@@ -42,7 +42,9 @@ func newHeaderPolicy(extra []string) headerPolicy {
 
 // copyRequest copies the allowlisted headers of an incoming call to an
 // outgoing one. Only allowlisted names are read, so the cost does not grow
-// with what a caller sends.
+// with what a caller sends. Not inlined, as copyResponse.
+//
+//go:noinline
 func (p headerPolicy) copyRequest(dst, src http.Header) {
 	for _, name := range p.request {
 		if vals, ok := src[name]; ok {
@@ -54,6 +56,11 @@ func (p headerPolicy) copyRequest(dst, src http.Header) {
 // copyResponse copies upstream response headers or trailers back to the
 // caller, leaving out whatever belongs to a protocol or a connection: the
 // gateway's own transport writes those for the caller's protocol.
+//
+// Not inlined: a map iterator in the frame of a function that waits for
+// stream messages would stay on every open stream's stack.
+//
+//go:noinline
 func copyResponse(dst, src http.Header) {
 	for name, vals := range src {
 		if len(vals) == 0 || neverForwarded(name) {

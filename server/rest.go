@@ -42,6 +42,8 @@ func callerProtocol(r *http.Request) string {
 		return "grpc"
 	case isRPCRequest(r):
 		return "connect"
+	case isSSERoute(r.URL.Path):
+		return "sse"
 	}
 	return "rest"
 }

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -22,25 +21,10 @@ import (
 // gateway with authentication on.
 func startReferenceGateway(t *testing.T) string {
 	t.Helper()
-	ls, err := backends.LoopbackListeners()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := backends.Start(t.Context(), backends.Config{DataDir: t.TempDir(), PublicURL: "http://gateway.test"}, ls)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = b.Shutdown(ctx)
-	})
-	agentAddr, runtimeAddr, engineAddr := b.Addrs()
 	sec, _ := secConfig(t)
-	_, url := startGateway(t, Config{
-		Agent: Upstream{Address: agentAddr}, Runtime: Upstream{Address: runtimeAddr}, Engine: Upstream{Address: engineAddr},
-		MaxTimeout: 30 * time.Second, Security: sec,
-	})
+	cfg := Config{MaxTimeout: 30 * time.Second, Security: sec}
+	cfg.Agent, cfg.Runtime, cfg.Engine = startBackends(t, backends.Config{})
+	_, url := startGateway(t, cfg)
 	return url
 }
 

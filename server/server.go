@@ -32,6 +32,7 @@ import (
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
 	"github.com/flowgate/flowgate/interceptors"
+	"github.com/flowgate/flowgate/sse"
 )
 
 // Config is everything a gateway needs; cmd/flowgate fills it from flags
@@ -74,6 +75,7 @@ type Gateway struct {
 	handler     http.Handler
 	clients     []*http.Client
 	security    *security
+	bridges     []*sse.Bridge
 	tlsConfig   *tls.Config
 	stopStreams context.CancelFunc
 	// streams ends when the gateway shuts down: open server streams end
@@ -141,16 +143,15 @@ func New(cfg Config) (*Gateway, error) {
 // buildHandler assembles the routes and the middleware around them.
 func (g *Gateway) buildHandler() (http.Handler, error) {
 	access := interceptors.NewAccessLog(g.logger)
-	handlerOpts := append([]connect.HandlerOption{
-		connect.WithInterceptors(append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor()}, g.security.interceptors()...)...),
-	}, g.security.handlerOptions()...)
+	chain := append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor()}, g.security.interceptors()...)
+	handlerOpts := append([]connect.HandlerOption{connect.WithInterceptors(chain...)}, g.security.handlerOptions()...)
 	upstreams := []Upstream{g.cfg.Agent, g.cfg.Runtime, g.cfg.Engine}
 	health := newHealthChecker()
 	hooks := webhookHooks()
 	var vgServices []*vanguard.Service
-	// forwarders serves the forwarding handlers without the transcoder, for
-	// in-process callers that already speak Connect (the SSE bridge).
-	forwarders := http.NewServeMux()
+	// streams are the server-streaming forwarders, for in-process callers
+	// (the SSE bridge).
+	streams := map[string]connect.StreamingHandlerFunc{}
 	for i, svc := range services() {
 		base, err := upstreams[i].baseURL()
 		if err != nil {
@@ -158,11 +159,10 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		}
 		client := newUpstreamClient(base, g.cfg.DialTimeout)
 		g.clients = append(g.clients, client)
-		handlers, vs, err := g.buildService(upstreamService{name: svc.name, descriptor: svc.desc, httpClient: client}, upstreams[i], hooks, handlerOpts)
+		vs, err := g.buildService(upstreamService{name: svc.name, descriptor: svc.desc, httpClient: client}, upstreams[i], hooks, handlerOpts, streams)
 		if err != nil {
 			return nil, err
 		}
-		forwarders.Handle("/"+string(svc.desc.FullName())+"/", handlers)
 		vgServices = append(vgServices, vs)
 		healthOpts, _ := upstreams[i].clientOptions()
 		health.add(string(svc.desc.FullName()), client, base.String(), healthOpts[1:]...)
@@ -195,9 +195,11 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if err := mountDocs(mux, g.cfg.Version); err != nil {
 		return nil, err
 	}
-	if err := mountSSE(mux, forwarders, g.cfg.SSE, g.security.wrapSSE, g.logger); err != nil {
+	bridges, err := mountSSE(mux, streams, chain, g.cfg.SSE, g.security.wrapSSE, g.logger)
+	if err != nil {
 		return nil, err
 	}
+	g.bridges = bridges
 	return requestID(access.Middleware(callerProtocol, g.security.wrapHTTP(mux))), nil
 }
 
@@ -281,6 +283,13 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	err := srv.Shutdown(shutdownCtx)
 	if err != nil {
 		_ = srv.Close()
+	}
+	// Streams on connections taken over from net/http end with the others
+	// (stopStreams ended their calls); wait for their final events.
+	for _, b := range g.bridges {
+		if berr := b.Shutdown(shutdownCtx); err == nil {
+			err = berr
+		}
 	}
 	<-errc
 	return err

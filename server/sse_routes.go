@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
+
+	"connectrpc.com/connect"
 
 	"github.com/flowgate/flowgate/gen/go/workflow/agent/v1/agentv1connect"
 	"github.com/flowgate/flowgate/sse"
@@ -42,17 +45,34 @@ var sseRoutes = []sseRoute{
 	},
 }
 
-// mountSSE registers the SSE routes on mux. Each stream is served by calling
-// rpc in process, so the RPC path's interceptors (auth, rate limits,
-// logging) apply once, exactly as for any other protocol; wrap adds the
-// browser credential handling the SSE routes need (may be nil).
-func mountSSE(mux *http.ServeMux, rpc http.Handler, cfg SSEConfig, wrap func(http.Handler) http.Handler, logger *slog.Logger) error {
+// isSSERoute reports whether path is the path of an SSE route.
+func isSSERoute(path string) bool {
+	for _, route := range sseRoutes {
+		if _, p, _ := strings.Cut(route.pattern, " "); p == path {
+			return true
+		}
+	}
+	return false
+}
+
+// mountSSE registers the SSE routes on mux. Each stream is served by the
+// procedure's forwarder, called in process through the same interceptors
+// (auth, rate limits, logging) as the procedure over any other protocol;
+// wrap adds the browser credential handling the SSE routes need (may be
+// nil). It returns the bridges, which the gateway shuts down.
+func mountSSE(mux *http.ServeMux, streams map[string]connect.StreamingHandlerFunc, chain []connect.Interceptor, cfg SSEConfig, wrap func(http.Handler) http.Handler, logger *slog.Logger) ([]*sse.Bridge, error) {
 	if wrap == nil {
 		wrap = func(h http.Handler) http.Handler { return h }
 	}
+	bridges := make([]*sse.Bridge, 0, len(sseRoutes))
 	for _, route := range sseRoutes {
+		handler, ok := streams[route.procedure]
+		if !ok {
+			return nil, fmt.Errorf("mount SSE route %q: no forwarder for %s", route.pattern, route.procedure)
+		}
 		bridge, err := sse.New(sse.Config{
-			RPC:          rpc,
+			Handler:      intercept(chain, handler),
+			Codec:        passthroughCodec{},
 			Procedure:    route.procedure,
 			EventIDField: route.eventID,
 			ResumeField:  route.resume,
@@ -61,9 +81,21 @@ func mountSSE(mux *http.ServeMux, rpc http.Handler, cfg SSEConfig, wrap func(htt
 			Logger:       logger,
 		})
 		if err != nil {
-			return fmt.Errorf("mount SSE route %q: %w", route.pattern, err)
+			return nil, fmt.Errorf("mount SSE route %q: %w", route.pattern, err)
 		}
 		mux.Handle(route.pattern, wrap(bridge))
+		bridges = append(bridges, bridge)
 	}
-	return nil
+	return bridges, nil
+}
+
+// intercept wraps h in chain as connect.WithInterceptors does: the first
+// interceptor is the outermost.
+func intercept(chain []connect.Interceptor, h connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	for i := len(chain) - 1; i >= 0; i-- {
+		if chain[i] != nil {
+			h = chain[i].WrapStreamingHandler(h)
+		}
+	}
+	return h
 }

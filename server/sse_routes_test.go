@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -84,8 +86,22 @@ func sseGet(tb testing.TB, client *http.Client, rawURL string, header http.Heade
 }
 
 // startEmbedded runs the reference backends and a gateway in front of
-// them, as cmd/flowgate does by default.
-func startEmbedded(tb testing.TB, bcfg backends.Config, sse SSEConfig) string {
+// them, as cmd/flowgate does by default; tweak adjusts the gateway's
+// configuration.
+func startEmbedded(tb testing.TB, bcfg backends.Config, sse SSEConfig, tweak ...func(*Config)) string {
+	tb.Helper()
+	cfg := Config{SSE: sse}
+	cfg.Agent, cfg.Runtime, cfg.Engine = startBackends(tb, bcfg)
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	_, base := startGateway(tb, cfg)
+	return base
+}
+
+// startBackends runs the reference backends (on SQLite in a temporary
+// directory unless bcfg says otherwise) until the test ends.
+func startBackends(tb testing.TB, bcfg backends.Config) (agentUp, runtimeUp, engineUp Upstream) {
 	tb.Helper()
 	ls, err := backends.LoopbackListeners()
 	if err != nil {
@@ -101,13 +117,13 @@ func startEmbedded(tb testing.TB, bcfg backends.Config, sse SSEConfig) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = b.Shutdown(context.Background()) })
-	a, r, e := b.Addrs()
-	_, base := startGateway(tb, Config{
-		Agent: Upstream{Address: a}, Runtime: Upstream{Address: r}, Engine: Upstream{Address: e},
-		SSE: sse,
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = b.Shutdown(ctx)
 	})
-	return base
+	a, r, e := b.Addrs()
+	return Upstream{Address: a}, Upstream{Address: r}, Upstream{Address: e}
 }
 
 func createSession(tb testing.TB, base string) string {
@@ -258,3 +274,88 @@ func mustHandler(path string, h http.Handler) http.Handler {
 }
 
 var _ = agent.NewPlanner
+
+// Each stream is one access-log line, written when it ends, whichever
+// protocol the browser speaks.
+func TestSSEAccessLogOneLinePerStream(t *testing.T) {
+	t.Parallel()
+	var log lockedBuffer
+	base := startEmbedded(t, backends.Config{}, SSEConfig{}, func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(&log, nil))
+	})
+	session := createSession(t, base)
+	for _, client := range []*http.Client{http1Client(t), h2cClient(t)} {
+		resp := sseGet(t, client, base+"/api/v1/chat/stream?"+url.Values{"session_id": {session}, "user_message": {"hello"}}.Encode(), nil)
+		if events := readSSE(t, resp.Body, nil); len(events) == 0 || events[len(events)-1].name != "end" {
+			t.Fatalf("%s stream: %+v", resp.Proto, events)
+		}
+	}
+	var chats int
+	for _, line := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+		var entry map[string]any
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if entry["path"] == "/api/v1/chat/stream" {
+			t.Errorf("the stream was also logged at the HTTP level: %v", entry)
+		}
+		if entry["procedure"] == agentv1connect.WorkflowAgentServiceChatProcedure {
+			chats++
+			if entry["protocol"] != "sse" || entry["code"] != "ok" {
+				t.Errorf("stream line %v, want protocol sse and code ok", entry)
+			}
+		}
+	}
+	if chats != 2 {
+		t.Errorf("%d log lines for 2 streams:\n%s", chats, log.String())
+	}
+}
+
+// Shutting down ends open streams with an error event, whichever protocol
+// carries them, and Serve returns once they have ended.
+func TestSSEStreamsEndAtShutdown(t *testing.T) {
+	t.Parallel()
+	cfg := Config{ShutdownTimeout: 10 * time.Second}
+	cfg.Agent, cfg.Runtime, cfg.Engine = startBackends(t, backends.Config{})
+	gw, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gw.Close() })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- gw.Serve(ctx, ln) }()
+	base := "http://" + ln.Addr().String()
+	session := createSession(t, base)
+	var streams []*http.Response
+	for _, client := range []*http.Client{http1Client(t), h2cClient(t)} {
+		resp := sseGet(t, client, base+"/api/v1/workflow_generation?session_id="+session, nil)
+		// The first event (waiting) says the stream is open.
+		readSSE(t, resp.Body, func(sseEvent) bool { return true })
+		streams = append(streams, resp)
+	}
+	start := time.Now()
+	stop()
+	for _, resp := range streams {
+		events := readSSE(t, resp.Body, nil)
+		if len(events) == 0 || events[len(events)-1].name != "error" {
+			t.Errorf("%s stream ended with %+v, want an error event", resp.Proto, events)
+		}
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("shutting down took %v with streams open", d)
+	}
+}

@@ -111,16 +111,17 @@ type upstreamService struct {
 	httpClient *http.Client
 }
 
-// buildService returns the forwarding Connect handlers of one upstream
-// service's methods, and the transcoder's view of them.
-func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[string]methodHooks, handlerOpts []connect.HandlerOption) (*http.ServeMux, *vanguard.Service, error) {
+// buildService returns the transcoder's view of the forwarding Connect
+// handlers of one upstream service's methods. The streaming methods'
+// forwarders are also added to streams, for in-process callers.
+func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[string]methodHooks, handlerOpts []connect.HandlerOption, streams map[string]connect.StreamingHandlerFunc) (*vanguard.Service, error) {
 	base, err := up.baseURL()
 	if err != nil {
-		return nil, nil, fmt.Errorf("upstream %s: %w", svc.name, err)
+		return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
 	}
 	clientOpts, err := up.clientOptions()
 	if err != nil {
-		return nil, nil, fmt.Errorf("upstream %s: %w", svc.name, err)
+		return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
 	}
 	mux := http.NewServeMux()
 	methods := svc.descriptor.Methods()
@@ -149,14 +150,18 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 		}, handlerOpts...)
 		switch {
 		case method.IsStreamingClient():
-			return nil, nil, fmt.Errorf("method %s: client streams are not forwarded", method.FullName())
+			return nil, fmt.Errorf("method %s: client streams are not forwarded", method.FullName())
 		case method.IsStreamingServer():
+			if fwd.hooks.request != nil {
+				return nil, fmt.Errorf("method %s: request hooks apply to unary methods only", method.FullName())
+			}
 			mux.Handle(procedure, connect.NewServerStreamHandler(procedure, fwd.serverStream, opts...))
+			streams[procedure] = fwd.streamingHandler
 		default:
 			mux.Handle(procedure, connect.NewUnaryHandler(procedure, fwd.unary, opts...))
 		}
 	}
-	return mux, vanguard.NewServiceWithSchema(svc.descriptor, mux,
+	return vanguard.NewServiceWithSchema(svc.descriptor, mux,
 		// The forwarders take gRPC with binary protobuf only: gRPC callers
 		// pass straight through, the transcoder re-frames Connect and
 		// gRPC-Web and turns JSON and REST into protobuf. A gRPC handler

@@ -1,15 +1,13 @@
 package sse
 
 import (
-	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/protobuf/proto"
 )
 
 // apiError is the contract's error shape with its HTTP status:
@@ -46,8 +44,10 @@ func (e *apiError) write(w http.ResponseWriter) {
 	if e.retryAfter != "" {
 		h.Set("Retry-After", e.retryAfter)
 	}
+	body := append(e.body(), '\n')
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(e.status)
-	_, _ = w.Write(append(e.body(), '\n'))
+	_, _ = w.Write(body)
 }
 
 func validationError(field, reason string) *apiError {
@@ -86,90 +86,51 @@ func codeShape(code connect.Code) (int, string, string, bool) {
 	}
 }
 
-// wireError is a Connect error as JSON, in an end-stream message or a
-// unary error body.
-type wireError struct {
-	Code    connect.Code `json:"code"`
-	Message string       `json:"message"`
-	Details []wireDetail `json:"details"`
-}
-
-type wireDetail struct {
-	Type  string `json:"type"`
-	Value string `json:"value"`
-}
-
-func fromWireError(we *wireError, meta http.Header) *apiError {
-	status, code, generic, showMessage := codeShape(we.Code)
-	e := &apiError{status: status, Code: code, Message: generic}
-	if showMessage && we.Message != "" {
-		e.Message = we.Message
+// fromError shapes the error a handler returned.
+func fromError(err error) *apiError {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return statusError(http.StatusInternalServerError)
 	}
-	if we.Code == connect.CodeInvalidArgument {
-		e.Details = badRequestDetails(we.Details)
+	status, code, generic, showMessage := codeShape(ce.Code())
+	e := &apiError{status: status, Code: code, Message: generic}
+	if showMessage && ce.Message() != "" {
+		e.Message = ce.Message()
+	}
+	if ce.Code() == connect.CodeInvalidArgument {
+		e.Details = badRequestDetails(ce.Details())
 		// The contract keeps the seed's fixed message and puts the
 		// specifics in details.
-		if e.Details != nil {
-			e.Message = generic
-		} else if we.Message != "" {
-			e.Details = &errorDetails{Reason: we.Message}
-			e.Message = generic
+		if e.Details == nil && ce.Message() != "" {
+			e.Details = &errorDetails{Reason: ce.Message()}
 		}
+		e.Message = generic
 	}
-	if we.Code == connect.CodeResourceExhausted && meta != nil {
-		e.retryAfter = meta.Get("Retry-After")
+	if ce.Code() == connect.CodeResourceExhausted {
+		e.retryAfter = ce.Meta().Get("Retry-After")
 	}
 	return e
 }
 
 // badRequestDetails turns the first field violation of a google.rpc.BadRequest
 // detail into the contract's {field, reason}.
-func badRequestDetails(details []wireDetail) *errorDetails {
+func badRequestDetails(details []*connect.ErrorDetail) *errorDetails {
 	for _, d := range details {
-		if strings.TrimPrefix(d.Type, "type.googleapis.com/") != "google.rpc.BadRequest" {
+		if d.Type() != "google.rpc.BadRequest" {
 			continue
 		}
-		raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(d.Value, "="))
+		v, err := d.Value()
 		if err != nil {
 			continue
 		}
-		var br errdetails.BadRequest
-		if proto.Unmarshal(raw, &br) != nil || len(br.GetFieldViolations()) == 0 {
+		br, ok := v.(*errdetails.BadRequest)
+		if !ok || len(br.GetFieldViolations()) == 0 {
 			continue
 		}
-		v := br.GetFieldViolations()[0]
-		return &errorDetails{Field: v.GetField(), Reason: v.GetDescription()}
+		fv := br.GetFieldViolations()[0]
+		return &errorDetails{Field: fv.GetField(), Reason: fv.GetDescription()}
 	}
 	return nil
-}
-
-// fromHTTPResponse shapes a non-stream response of the RPC handler (an
-// error written by HTTP middleware) into the contract's error.
-func fromHTTPResponse(status int, header http.Header, body []byte) *apiError {
-	// Already the contract's shape (the gateway's own middleware): keep it.
-	var shaped struct {
-		Error *struct {
-			Code    string        `json:"code"`
-			Message string        `json:"message"`
-			Details *errorDetails `json:"details"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(body, &shaped) == nil && shaped.Error != nil && shaped.Error.Code != "" &&
-		status >= 400 && shaped.Error.Code == strings.ToUpper(shaped.Error.Code) {
-		return &apiError{
-			status: status, Code: shaped.Error.Code, Message: shaped.Error.Message,
-			Details: shaped.Error.Details, retryAfter: header.Get("Retry-After"),
-		}
-	}
-	var we wireError
-	if json.Unmarshal(body, &we) == nil && we.Code != 0 {
-		e := fromWireError(&we, header)
-		e.retryAfter = header.Get("Retry-After")
-		return e
-	}
-	e := statusError(status)
-	e.retryAfter = header.Get("Retry-After")
-	return e
 }
 
 func statusError(status int) *apiError {
@@ -199,8 +160,7 @@ func statusError(status int) *apiError {
 	return &apiError{status: http.StatusInternalServerError, Code: "INTERNAL_ERROR", Message: "internal error"}
 }
 
-// brokenStream is what callers see when the upstream stream ends without
-// an end-of-stream message, or speaks something other than Connect.
+// brokenStream is what callers see when a message cannot become an event.
 func brokenStream() *apiError {
 	return &apiError{status: http.StatusBadGateway, Code: "BAD_GATEWAY", Message: "upstream stream ended unexpectedly"}
 }

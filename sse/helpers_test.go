@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,24 +92,22 @@ type tickServer struct {
 	cancelled chan time.Time
 }
 
-func newTickHandler(t testing.TB) (*tickServer, http.Handler) {
+func newTickHandler(t testing.TB) (*tickServer, connect.StreamingHandlerFunc) {
 	md := tickMethod(t)
 	ts := &tickServer{requests: make(chan *dynamicpb.Message, 16), cancelled: make(chan time.Time, 16)}
-	h := connect.NewServerStreamHandler(tickProcedure,
-		func(ctx context.Context, req *connect.Request[dynamicpb.Message], stream *connect.ServerStream[dynamicpb.Message]) error {
-			return ts.serve(ctx, md, req, stream)
-		},
-		connect.WithSchema(md),
-		connect.WithRequestInitializer(func(_ connect.Spec, msg any) error {
-			*msg.(*dynamicpb.Message) = *dynamicpb.NewMessage(md.Input())
-			return nil
-		}),
-	)
-	return ts, h
+	return ts, func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		in := dynamicpb.NewMessage(md.Input())
+		if err := conn.Receive(in); err != nil {
+			return err
+		}
+		if err := conn.Receive(dynamicpb.NewMessage(md.Input())); !errors.Is(err, io.EOF) {
+			return fmt.Errorf("a second request message: %v", err)
+		}
+		return ts.serve(ctx, md, in, conn)
+	}
 }
 
-func (ts *tickServer) serve(ctx context.Context, md protoreflect.MethodDescriptor, req *connect.Request[dynamicpb.Message], stream *connect.ServerStream[dynamicpb.Message]) error {
-	in := req.Msg
+func (ts *tickServer) serve(ctx context.Context, md protoreflect.MethodDescriptor, in *dynamicpb.Message, stream connect.StreamingHandlerConn) error {
 	select {
 	case ts.requests <- in:
 	default:
@@ -157,7 +154,9 @@ func (ts *tickServer) serve(ctx context.Context, md protoreflect.MethodDescripto
 		if err := c.UnmarshalText([]byte(code)); err != nil {
 			return err
 		}
-		return connect.NewError(c, errors.New("upstream says "+code+" at 10.0.0.7:9000"))
+		err := connect.NewError(c, errors.New("upstream says "+code+" at 10.0.0.7:9000"))
+		err.Meta().Set("Retry-After", "3")
+		return err
 	}
 	return nil
 }

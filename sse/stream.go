@@ -1,55 +1,54 @@
 package sse
 
 import (
-	"encoding/binary"
-	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 const (
-	envelopeHeaderLen   = 5
-	flagCompressed      = 0b01
-	flagEndStream       = 0b10
-	maxEnvelopeLen      = 4 << 20 // a generated workflow is far smaller
-	maxErrorBody        = 8 << 10
-	keepBufferCap       = 4 << 10
-	writeGrace          = 30 * time.Second
-	connectStreamPrefix = "application/connect+"
+	keepBufferCap = 4 << 10
+	writeGrace    = 30 * time.Second
 )
 
 var (
 	errStreamFinished = errors.New("sse: stream already finished")
-	errEnvelopeTooBig = errors.New("sse: upstream message too large")
-	errCompressed     = errors.New("sse: upstream sent a compressed message it was not asked for")
 	jsonOptions       = protojson.MarshalOptions{UseProtoNames: true}
 )
 
-// stream is the http.ResponseWriter the RPC handler writes its Connect
-// stream into. It decodes envelopes as they arrive and writes one SSE event
-// per message to the browser. The RPC handler writes from the request's
-// goroutine; heartbeats come from a timer; mu orders the two.
-type stream struct {
-	b      *Bridge
-	out    http.ResponseWriter
-	rc     *http.ResponseController
-	header http.Header
-	status int
-	isRPC  bool // the response is a Connect stream (vs. a middleware error)
+// Protocol is the protocol a stream's handler sees in [connect.Peer].
+const Protocol = "sse"
 
-	pending []byte // an envelope split across writes
-	errBody []byte // body of a non-stream response, bounded
-	events  uint64
-	end     *apiError // the upstream's end-of-stream error
-	sawEnd  bool
+// stream is one open stream: the connection its handler serves
+// ([connect.StreamingHandlerConn]) and the browser's response, one event per
+// message sent. The handler sends from its goroutine; heartbeats come from
+// the bridge's ticker; mu orders the two.
+type stream struct {
+	b        *Bridge
+	out      http.ResponseWriter
+	rc       *http.ResponseController
+	peer     connect.Peer
+	header   http.Header // the call's request headers
+	request  []byte      // the request message until the handler takes it
+	received bool
+	// The handler's response headers and trailers are never sent (they
+	// describe the call, not the SSE exchange); they are made on demand
+	// and dropped once the first message is out, when headers can no
+	// longer change anything.
+	resHeader  http.Header
+	resTrailer http.Header
+	events     uint64
+	broken     *apiError // a message could not become an event
 
 	mu         sync.Mutex
 	committed  bool // the browser has a 200 text/event-stream
@@ -60,8 +59,11 @@ type stream struct {
 	noDeadline bool // the writer does not support deadlines
 }
 
-func newStream(b *Bridge, w http.ResponseWriter) *stream {
-	s := &stream{b: b, out: w, rc: http.NewResponseController(w), header: make(http.Header, 2), lastWrite: time.Now()}
+func newStream(b *Bridge, w http.ResponseWriter, request []byte, header http.Header, peer connect.Peer) *stream {
+	s := &stream{
+		b: b, out: w, rc: http.NewResponseController(w),
+		peer: peer, header: header, request: request, lastWrite: time.Now(),
+	}
 	// A server-wide write timeout would cut a long stream: replace it by
 	// a rolling deadline that every write (heartbeats included) renews.
 	s.renewDeadline()
@@ -71,122 +73,80 @@ func newStream(b *Bridge, w http.ResponseWriter) *stream {
 	return s
 }
 
-// Header is the RPC response's header, never the browser's.
-func (s *stream) Header() http.Header { return s.header }
+func (s *stream) Spec() connect.Spec         { return s.b.spec }
+func (s *stream) Peer() connect.Peer         { return s.peer }
+func (s *stream) RequestHeader() http.Header { return s.header }
 
-func (s *stream) WriteHeader(code int) {
-	if s.status != 0 {
-		return
+// Receive hands the handler the request message built from the query
+// string, then io.EOF: a server stream has exactly one request message.
+func (s *stream) Receive(m any) error {
+	if s.received {
+		return io.EOF
 	}
-	s.status = code
-	s.isRPC = code == http.StatusOK && strings.HasPrefix(s.header.Get("Content-Type"), connectStreamPrefix)
+	s.received = true
+	data := s.request
+	s.request = nil
+	if s.b.codec != nil {
+		return s.b.codec.Unmarshal(data, m)
+	}
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return connect.NewError(connect.CodeInternal, fmt.Errorf("sse: cannot receive a request into %T", m))
+	}
+	return proto.Unmarshal(data, pm)
 }
 
-// Flush is a no-op: every event is flushed as it is written.
-func (s *stream) Flush() {}
+func (s *stream) ResponseHeader() http.Header {
+	if s.resHeader == nil {
+		s.resHeader = make(http.Header)
+	}
+	return s.resHeader
+}
 
-func (s *stream) Write(p []byte) (int, error) {
-	if s.status == 0 {
-		s.WriteHeader(http.StatusOK)
+func (s *stream) ResponseTrailer() http.Header {
+	if s.resTrailer == nil {
+		s.resTrailer = make(http.Header)
 	}
-	if !s.isRPC {
-		if room := maxErrorBody - len(s.errBody); room > 0 {
-			s.errBody = append(s.errBody, p[:min(room, len(p))]...)
-		}
-		return len(p), nil
-	}
-	if s.sawEnd {
-		return 0, errStreamFinished
-	}
-	if len(s.pending) == 0 {
-		rest, err := s.consume(p)
-		if err != nil {
-			return 0, err
-		}
-		if len(rest) > 0 {
-			s.pending = append(s.pending[:0], rest...)
-		}
-		return len(p), nil
-	}
-	s.pending = append(s.pending, p...)
-	rest, err := s.consume(s.pending)
+	return s.resTrailer
+}
+
+// Send writes m to the browser as one event.
+func (s *stream) Send(m any) error {
+	s.resHeader = nil
+	msg, err := s.b.decode(m)
 	if err != nil {
-		return 0, err
-	}
-	s.pending = s.pending[:copy(s.pending, rest)]
-	if len(s.pending) == 0 {
-		// Idle streams hold no buffer while they wait for the next message.
-		s.pending = nil
-	}
-	return len(p), nil
-}
-
-// consume handles every complete envelope in data and returns what is left.
-func (s *stream) consume(data []byte) ([]byte, error) {
-	for len(data) >= envelopeHeaderLen {
-		size := binary.BigEndian.Uint32(data[1:envelopeHeaderLen])
-		if size > maxEnvelopeLen {
-			s.fail(brokenStream())
-			return nil, errEnvelopeTooBig
-		}
-		total := envelopeHeaderLen + int(size)
-		if len(data) < total {
-			break
-		}
-		flags, payload := data[0], data[envelopeHeaderLen:total]
-		data = data[total:]
-		if flags&flagCompressed != 0 {
-			s.fail(brokenStream())
-			return nil, errCompressed
-		}
-		if flags&flagEndStream != 0 {
-			s.endStream(payload)
-			return nil, nil
-		}
-		if err := s.message(payload); err != nil {
-			return nil, err
-		}
-	}
-	return data, nil
-}
-
-func (s *stream) fail(e *apiError) {
-	if s.end == nil {
-		s.end = e
-	}
-	s.sawEnd = true
-}
-
-func (s *stream) endStream(payload []byte) {
-	s.sawEnd = true
-	var msg struct {
-		Error    *wireError  `json:"error"`
-		Metadata http.Header `json:"metadata"`
-	}
-	if err := json.Unmarshal(payload, &msg); err != nil {
-		s.end = brokenStream()
-		return
-	}
-	if msg.Error != nil {
-		s.end = fromWireError(msg.Error, msg.Metadata)
-	}
-}
-
-func (s *stream) message(payload []byte) error {
-	msg := s.b.respType.New()
-	if err := proto.Unmarshal(payload, msg.Interface()); err != nil {
-		s.b.logger.Error("sse: undecodable upstream message", "procedure", s.b.procedure, "error", err)
-		s.fail(brokenStream())
-		return err
+		s.b.logger.Error("sse: undecodable message", "procedure", s.b.procedure, "error", err)
+		s.broken = brokenStream()
+		return connect.NewError(connect.CodeInternal, err)
 	}
 	data, err := jsonOptions.Marshal(msg.Interface())
 	if err != nil {
-		s.b.logger.Error("sse: could not encode upstream message", "procedure", s.b.procedure, "error", err)
-		s.fail(brokenStream())
-		return err
+		s.b.logger.Error("sse: could not encode message", "procedure", s.b.procedure, "error", err)
+		s.broken = brokenStream()
+		return connect.NewError(connect.CodeInternal, err)
 	}
 	s.events++
 	return s.writeEvent("", s.eventID(msg), data)
+}
+
+// decode returns the protobuf view of a message the handler sent.
+func (b *Bridge) decode(m any) (protoreflect.Message, error) {
+	if b.codec == nil {
+		pm, ok := m.(proto.Message)
+		if !ok {
+			return nil, fmt.Errorf("%T is not a proto.Message", m)
+		}
+		return pm.ProtoReflect(), nil
+	}
+	data, err := b.codec.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	msg := b.respType.New()
+	if err := proto.Unmarshal(data, msg.Interface()); err != nil {
+		return nil, err
+	}
+	return msg, nil
 }
 
 func (s *stream) eventID(msg protoreflect.Message) string {
