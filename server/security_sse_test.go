@@ -105,6 +105,36 @@ func TestSSECredentials(t *testing.T) {
 	}
 }
 
+// TestSSEAPIKey: services read streams with an API key header too.
+func TestSSEAPIKey(t *testing.T) {
+	t.Parallel()
+	const chatKey = "chat-key-0123456789abcdef"
+	f := newSecFixture(t, func(c *Config) {
+		c.Security.APIKeys = `[{"sha256":"` + interceptors.HashAPIKey(testAPIKey) + `","subject":"svc","tenant":"ops","scopes":["workflows:read"]},` +
+			`{"sha256":"` + interceptors.HashAPIKey(chatKey) + `","subject":"chat-svc","tenant":"ops","scopes":["agent:chat"]}]`
+	})
+	for _, tc := range []struct {
+		key    string
+		status int
+		want   string
+	}{
+		{chatKey, http.StatusOK, `"content":"chat-svc"`},
+		{testAPIKey, http.StatusForbidden, `"FORBIDDEN"`},
+		{"not-a-key", http.StatusUnauthorized, `"UNAUTHORIZED"`},
+	} {
+		session := marker("sse-key", tc.key)
+		status, body := secSSEGet(t, f.url+"/api/v1/chat/stream?session_id="+session+"&user_message=hi", http.Header{interceptors.HeaderAPIKey: {tc.key}})
+		if status != tc.status || !strings.Contains(body, tc.want) {
+			t.Errorf("key %q: %d %.300s, want %d with %s", tc.key, status, body, tc.status, tc.want)
+		}
+		if seen := f.rec.find(session); (len(seen) == 1) != (tc.status == http.StatusOK) {
+			t.Errorf("key %q: the backend saw %d streams", tc.key, len(seen))
+		} else if len(seen) == 1 && seen[0].header.Get(interceptors.HeaderAPIKey) != "" {
+			t.Errorf("key %q: the key reached the backend", tc.key)
+		}
+	}
+}
+
 // TestQueryTokenOnlyForStreams: outside the SSE routes an access_token
 // parameter is removed and never honoured.
 func TestQueryTokenOnlyForStreams(t *testing.T) {

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 
 	"github.com/flowgate/flowgate/gen/go/workflow/agent/v1/agentv1connect"
+	"github.com/flowgate/flowgate/interceptors"
 	"github.com/flowgate/flowgate/sse"
 )
 
@@ -78,7 +80,9 @@ func mountSSE(mux *http.ServeMux, streams map[string]connect.StreamingHandlerFun
 			ResumeField:  route.resume,
 			Heartbeat:    cfg.Heartbeat,
 			Retry:        cfg.Retry,
-			Logger:       logger,
+			// Services read streams with an API key rather than a token.
+			ForwardHeaders: append(slices.Clone(sse.DefaultForwardHeaders), interceptors.HeaderAPIKey),
+			Logger:         logger,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("mount SSE route %q: %w", route.pattern, err)
