@@ -40,7 +40,7 @@ func (m memStats) live() uint64 { return m.HeapInuse + m.StackInuse }
 func serveGateway(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("flowgate-sseload "+serveGatewayFlag, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var listen, debugListen, agent, runtimeAddr, engine string
+	var listen, debugListen, agent, runtimeAddr, engine, apiKeys string
 	var heartbeat time.Duration
 	fs.StringVar(&listen, "listen", "", "gateway address")
 	fs.StringVar(&debugListen, "debug-listen", "", "pprof and memstats address")
@@ -48,6 +48,7 @@ func serveGateway(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&runtimeAddr, "runtime", "", "runtime address")
 	fs.StringVar(&engine, "engine", "", "engine address")
 	fs.DurationVar(&heartbeat, "sse-heartbeat", 15*time.Second, "SSE heartbeat interval")
+	fs.StringVar(&apiKeys, "api-keys", "", "accepted API keys, as flowgate's -api-keys")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,7 +59,7 @@ func serveGateway(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxTimeout:  time.Minute,
 		DialTimeout: 5 * time.Second,
 		SSE:         server.SSEConfig{Heartbeat: heartbeat, Retry: 3 * time.Second},
-		Security:    server.SecurityConfig{MaxBodyBytes: 4 << 20},
+		Security:    server.SecurityConfig{MaxBodyBytes: 4 << 20, APIKeys: apiKeys},
 	})
 	if err != nil {
 		return err

@@ -15,12 +15,16 @@
 // Without -flowgate it runs its own copy of the gateway and also reports the
 // live heap and goroutine stacks per stream after a forced GC (independent
 // of GOGC and GOMEMLIMIT), and with -profile-dir saves a heap profile and a
-// goroutine dump. sse/README.md has the numbers.
+// goroutine dump. With -auth every call carries an API key that the gateway
+// checks. sse/README.md has the numbers.
 package main
 
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -65,6 +69,8 @@ type options struct {
 	hold      time.Duration
 	heartbeat time.Duration
 	parallel  int
+	auth      bool
+	apiKey    string // with auth: the key callers send
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -78,11 +84,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.hold, "hold", 20*time.Second, "how long to hold the streams open before sending events")
 	fs.DurationVar(&o.heartbeat, "heartbeat", 15*time.Second, "the gateway's SSE heartbeat interval")
 	fs.IntVar(&o.parallel, "parallel", 200, "streams opened at once")
+	fs.BoolVar(&o.auth, "auth", false, "require an API key of every call (X-Api-Key), as a production gateway would, so that authentication is part of what is measured")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.streams <= 0 || o.sessions <= 0 {
 		return errors.New("-streams and -sessions must be positive")
+	}
+	if o.auth {
+		key := make([]byte, 16)
+		_, _ = rand.Read(key)
+		o.apiKey = hex.EncodeToString(key)
 	}
 	dir, err := os.MkdirTemp("", "flowgate-sseload")
 	if err != nil {
@@ -130,11 +142,15 @@ func startGateway(ctx context.Context, o options, b *backends.Backends, stderr i
 			return nil, err
 		}
 		args = selfGatewayArgs(addr, debug, agent, runtime, engine, o.heartbeat)
+		args = append(args, "-api-keys", apiKeys(o.apiKey))
 	} else {
 		args = []string{"-listen", addr, "-sse-heartbeat", o.heartbeat.String(), "-log-format", "text"}
 		for name, a := range map[string]string{"agent": agent, "runtime": runtime, "engine": engine} {
 			host, port, _ := net.SplitHostPort(a)
 			args = append(args, "-"+name+"-host", host, "-"+name+"-port", port)
+		}
+		if o.apiKey != "" {
+			args = append(args, "-api-keys", apiKeys(o.apiKey))
 		}
 	}
 	cmd := exec.CommandContext(ctx, binary, args...)
@@ -155,6 +171,31 @@ func startGateway(ctx context.Context, o options, b *backends.Backends, stderr i
 	}
 	g.stop()
 	return nil, errors.New("the gateway did not become healthy")
+}
+
+// apiKeys is the gateway's -api-keys value accepting key ("" for none):
+// one tenant, allowed to chat with the agent.
+func apiKeys(key string) string {
+	if key == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:]) + ":load:load:agent:chat"
+}
+
+// withAPIKey sends an API key with every request.
+type withAPIKey struct {
+	key  string
+	next http.RoundTripper
+}
+
+func (t withAPIKey) RoundTrip(r *http.Request) (*http.Response, error) {
+	if t.key == "" {
+		return t.next.RoundTrip(r)
+	}
+	r = r.Clone(r.Context())
+	r.Header.Set("X-Api-Key", t.key)
+	return t.next.RoundTrip(r)
 }
 
 func freeAddr() (string, error) {
@@ -192,7 +233,7 @@ type watcher struct {
 }
 
 func measure(ctx context.Context, o options, gw *gateway, out io.Writer) error {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.parallel, MaxConnsPerHost: 0}}
+	client := &http.Client{Transport: withAPIKey{key: o.apiKey, next: &http.Transport{MaxIdleConnsPerHost: o.parallel, MaxConnsPerHost: 0}}}
 	sessions := make([]string, o.sessions)
 	for i := range sessions {
 		id, err := createSession(ctx, client, gw.base)
@@ -213,6 +254,7 @@ func measure(ctx context.Context, o options, gw *gateway, out io.Writer) error {
 		firsts   []time.Duration
 		watchers []*watcher
 		failed   atomic.Int64
+		firstErr atomic.Pointer[error]
 		beats    atomic.Int64
 		sem      = make(chan struct{}, o.parallel)
 		wg       sync.WaitGroup
@@ -228,10 +270,13 @@ func measure(ctx context.Context, o options, gw *gateway, out io.Writer) error {
 			w := &watcher{session: sessions[i%len(sessions)], events: make(chan time.Time, 16)}
 			opened := time.Now()
 			first := make(chan struct{})
+			ended := make(chan struct{})
 			go func() {
+				defer close(ended)
 				err := w.read(streamCtx, client, gw.base, first, &beats)
 				if err != nil && streamCtx.Err() == nil {
 					failed.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
 				}
 			}()
 			select {
@@ -240,6 +285,7 @@ func measure(ctx context.Context, o options, gw *gateway, out io.Writer) error {
 				firsts = append(firsts, time.Since(opened))
 				watchers = append(watchers, w)
 				mu.Unlock()
+			case <-ended:
 			case <-time.After(30 * time.Second):
 				failed.Add(1)
 			}
@@ -249,6 +295,9 @@ func measure(ctx context.Context, o options, gw *gateway, out io.Writer) error {
 	wg.Wait()
 	fmt.Fprintf(out, "opened %d streams in %v (%d failed); time to first event %s\n",
 		len(watchers), time.Since(start).Round(time.Millisecond), failed.Load(), summary(firsts))
+	if err := firstErr.Load(); err != nil {
+		fmt.Fprintf(out, "first failure: %v\n", *err)
+	}
 	time.Sleep(2 * time.Second)
 	open, err := gw.rss()
 	if err != nil {
