@@ -85,4 +85,3 @@ func encodeCursor(filter string, page int32, order string, after int64) string {
 // offset is the number of items before the page, for listings small
 // enough to skip through.
 func (p paging) offset() int64 { return int64(p.page-1) * int64(p.size) }
-
