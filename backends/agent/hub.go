@@ -115,8 +115,15 @@ func (t *topic) next(ctx context.Context, h *hub, after int64, maxAge time.Durat
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	changed = t.ch
+	if t.loaded != t.changes {
+		// A change was announced while the tail was read (the read
+		// replaced the channel that announced it): read again at once
+		// rather than wait for a change that may never come.
+		changed = closedChan
+	}
 	if after < t.floor {
-		return nil, t.ch, false, nil
+		return nil, changed, false, nil
 	}
 	for i, e := range t.tail {
 		if e.id > after {
@@ -124,8 +131,15 @@ func (t *topic) next(ctx context.Context, h *hub, after int64, maxAge time.Durat
 			break
 		}
 	}
-	return events, t.ch, true, nil
+	return events, changed, true, nil
 }
+
+// closedChan is ready at once.
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
 
 // refresh reads the log after the tail's cursor when a change was
 // announced since the last read, or when the last read is older than

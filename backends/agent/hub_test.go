@@ -118,3 +118,37 @@ func TestHubTailLeavesSlowWatcherToTheLog(t *testing.T) {
 		t.Fatalf("next after 20: %d events (first %v), covered %v, %v", len(evs), evs, covered, err)
 	}
 }
+
+// An event appended while the tail is being read must not wait for the
+// next change: the watcher that read is told to read again at once.
+func TestHubEventDuringReadIsNotLost(t *testing.T) {
+	t.Parallel()
+	log := &memLog{}
+	var h *hub
+	key := sessionKey{tenant: "t", id: "s"}
+	var once sync.Once
+	h = newHub(func(ctx context.Context, k sessionKey, after int64) ([]storedEvent, error) {
+		events, err := log.after(ctx, k, after)
+		// Another goroutine appends right after this read's snapshot.
+		once.Do(func() { log.append(h, key, eventDebugging) })
+		return events, err
+	})
+	tp := h.watch(key)
+	defer h.release(tp)
+	tp.join(0, tp.mark())
+	log.append(h, key, eventDraft)
+
+	events, changed, _, err := tp.next(t.Context(), h, 0, 0)
+	if err != nil || len(events) != 1 || events[0].typ != eventDraft {
+		t.Fatalf("first read: %v %v", events, err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(time.Second):
+		t.Fatal("the event appended during the read was not announced")
+	}
+	events, _, _, err = tp.next(t.Context(), h, 1, 0)
+	if err != nil || len(events) != 1 || events[0].typ != eventDebugging {
+		t.Fatalf("second read: %v %v", events, err)
+	}
+}
