@@ -2,7 +2,6 @@ package sse
 
 import (
 	"context"
-	"errors"
 	"net/http"
 
 	"connectrpc.com/connect"
@@ -32,20 +31,15 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	msg, err := b.buildRequest(r.URL.Query(), lastEventID)
-	if err != nil {
-		var fe *fieldError
-		if errors.As(err, &fe) {
-			validationError(fe.field, fe.reason).write(w)
-			return
-		}
-		statusError(http.StatusBadRequest).write(w)
+	msg, fe := b.buildRequest(r.URL.Query(), lastEventID)
+	if fe != nil {
+		validationError(fe.field, fe.reason).write(w)
 		return
 	}
 	request, err := proto.Marshal(msg.Interface())
 	if err != nil {
 		b.logger.Error("sse: could not encode request", "procedure", b.procedure, "error", err)
-		statusError(http.StatusInternalServerError).write(w)
+		internalError().write(w)
 		return
 	}
 	header := b.requestHeader(r)

@@ -90,7 +90,7 @@ func codeShape(code connect.Code) (int, string, string, bool) {
 func fromError(err error) *apiError {
 	var ce *connect.Error
 	if !errors.As(err, &ce) {
-		return statusError(http.StatusInternalServerError)
+		return internalError()
 	}
 	status, code, generic, showMessage := codeShape(ce.Code())
 	e := &apiError{status: status, Code: code, Message: generic}
@@ -133,30 +133,9 @@ func badRequestDetails(details []*connect.ErrorDetail) *errorDetails {
 	return nil
 }
 
-func statusError(status int) *apiError {
-	switch status {
-	case http.StatusBadRequest:
-		return &apiError{status: status, Code: "VALIDATION_ERROR", Message: "Invalid request parameters"}
-	case http.StatusUnauthorized:
-		return &apiError{status: status, Code: "UNAUTHORIZED", Message: "authentication required"}
-	case http.StatusForbidden:
-		return &apiError{status: status, Code: "FORBIDDEN", Message: "permission denied"}
-	case http.StatusNotFound:
-		return &apiError{status: status, Code: "NOT_FOUND", Message: "not found"}
-	case http.StatusConflict:
-		return &apiError{status: status, Code: "CONFLICT", Message: "already exists"}
-	case http.StatusRequestEntityTooLarge:
-		return &apiError{status: status, Code: "PAYLOAD_TOO_LARGE", Message: "request too large"}
-	case http.StatusTooManyRequests:
-		return &apiError{status: status, Code: "RATE_LIMITED", Message: "too many requests"}
-	case http.StatusBadGateway, http.StatusServiceUnavailable:
-		return &apiError{status: http.StatusBadGateway, Code: "BAD_GATEWAY", Message: "upstream service unavailable"}
-	case http.StatusGatewayTimeout:
-		return &apiError{status: status, Code: "GATEWAY_TIMEOUT", Message: "upstream deadline exceeded"}
-	}
-	if status >= 400 && status < 500 {
-		return &apiError{status: http.StatusBadRequest, Code: "VALIDATION_ERROR", Message: "request rejected (HTTP " + strconv.Itoa(status) + ")"}
-	}
+// internalError is what callers see when the gateway itself fails; the
+// cause is logged, not shown.
+func internalError() *apiError {
 	return &apiError{status: http.StatusInternalServerError, Code: "INTERNAL_ERROR", Message: "internal error"}
 }
 

@@ -19,12 +19,11 @@ type fieldError struct {
 	reason string
 }
 
-func (e *fieldError) Error() string { return e.field + ": " + e.reason }
 
 // buildRequest fills a new request message from the query string. Field
 // names are the proto names; repeated fields take repeated parameters.
 // Message-typed fields cannot be expressed in a query and are rejected.
-func (b *Bridge) buildRequest(query url.Values, lastEventID string) (protoreflect.Message, error) {
+func (b *Bridge) buildRequest(query url.Values, lastEventID string) (protoreflect.Message, *fieldError) {
 	msg := b.reqType.New()
 	fields := msg.Descriptor().Fields()
 	for name, values := range query {
