@@ -71,9 +71,8 @@ func (f *forwarder) streamingHandler(ctx context.Context, conn connect.Streaming
 	if err := conn.Receive(&msg); err != nil {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	out := connect.NewRequest(&msg)
-	f.headers.copyRequest(out.Header(), conn.RequestHeader())
-	return f.relay(ctx, out, connSink{conn})
+	// Request hooks are for unary methods only (buildService checks).
+	return f.relay(ctx, f.request(&msg, conn.RequestHeader()), connSink{conn})
 }
 
 // streamSink is the caller's side of a relayed stream.
@@ -159,14 +158,21 @@ var errShuttingDown = errors.New("the gateway is shutting down; reconnect")
 // request would carry the caller's protocol headers, authority and encoding
 // along with it.
 func (f *forwarder) outgoing(in *connect.Request[frame]) (*connect.Request[frame], error) {
-	out := connect.NewRequest(in.Msg)
-	f.headers.copyRequest(out.Header(), in.Header())
+	out := f.request(in.Msg, in.Header())
 	if f.hooks.request != nil {
 		if err := f.hooks.request(in, out); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// request is an upstream request for msg carrying the allowlisted headers
+// of the caller's.
+func (f *forwarder) request(msg *frame, header http.Header) *connect.Request[frame] {
+	out := connect.NewRequest(msg)
+	f.headers.copyRequest(out.Header(), header)
+	return out
 }
 
 // deadline caps the caller's deadline at the configured maximum. Unary calls

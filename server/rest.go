@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/flowgate/flowgate/sse"
 )
 
 // isRPCRequest reports whether a request speaks Connect, gRPC or gRPC-Web,
@@ -42,8 +44,8 @@ func callerProtocol(r *http.Request) string {
 		return "grpc"
 	case isRPCRequest(r):
 		return "connect"
-	case isSSERoute(r.URL.Path):
-		return "sse"
+	case ssePaths[r.URL.Path]:
+		return sse.Protocol
 	}
 	return "rest"
 }

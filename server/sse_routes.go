@@ -47,15 +47,15 @@ var sseRoutes = []sseRoute{
 	},
 }
 
-// isSSERoute reports whether path is the path of an SSE route.
-func isSSERoute(path string) bool {
+// ssePaths are the SSE routes' paths: the access log names their protocol.
+var ssePaths = func() map[string]bool {
+	paths := make(map[string]bool, len(sseRoutes))
 	for _, route := range sseRoutes {
-		if _, p, _ := strings.Cut(route.pattern, " "); p == path {
-			return true
-		}
+		_, path, _ := strings.Cut(route.pattern, " ")
+		paths[path] = true
 	}
-	return false
-}
+	return paths
+}()
 
 // mountSSE registers the SSE routes on mux. Each stream is served by the
 // procedure's forwarder, called in process through the same interceptors
