@@ -15,7 +15,7 @@ import (
 // method at start-up; a call allocates only its outgoing request.
 type forwarder struct {
 	upstream   string // the upstream's name, for error messages and logs
-	client     *connect.Client[frame, frame]
+	call       upstreamCaller
 	headers    headerPolicy
 	maxTimeout time.Duration
 	logger     *slog.Logger
@@ -39,13 +39,10 @@ func (f *forwarder) unary(ctx context.Context, in *connect.Request[frame]) (*con
 	if err != nil {
 		return nil, err
 	}
-	res, err := f.client.CallUnary(ctx, out)
+	reply, err := f.call.unary(ctx, out)
 	if err != nil {
-		return nil, f.upstreamError(err)
+		return nil, f.upstreamError(ctx, err)
 	}
-	reply := connect.NewResponse(res.Msg)
-	copyResponse(reply.Header(), res.Header())
-	copyResponse(reply.Trailer(), res.Trailer())
 	if f.hooks.response != nil {
 		if err := f.hooks.response(reply); err != nil {
 			return nil, err
@@ -95,9 +92,9 @@ func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stre
 	ctx, endStream := context.WithCancelCause(ctx)
 	defer endStream(nil)
 	defer context.AfterFunc(f.shutdown, func() { endStream(errShuttingDown) })()
-	upstream, err := f.client.CallServerStream(ctx, out)
+	upstream, err := f.call.serverStream(ctx, out)
 	if err != nil {
-		return f.upstreamError(err)
+		return f.upstreamError(ctx, err)
 	}
 	defer upstream.Close()
 	if err := pump(upstream, stream); err != nil {
@@ -107,7 +104,7 @@ func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stre
 		if errors.Is(context.Cause(ctx), errShuttingDown) {
 			return connect.NewError(connect.CodeUnavailable, errShuttingDown)
 		}
-		return f.upstreamError(err)
+		return f.upstreamError(ctx, err)
 	}
 	forwardTrailers(upstream, stream)
 	return nil
@@ -119,7 +116,7 @@ func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stre
 // the goroutine's stack once the first messages are sent.
 //
 //go:noinline
-func pump(upstream *connect.ServerStreamForClient[frame], stream streamSink) error {
+func pump(upstream upstreamStream, stream streamSink) error {
 	headersCopied := false
 	for upstream.Receive() {
 		if !headersCopied {
@@ -143,12 +140,12 @@ func pump(upstream *connect.ServerStreamForClient[frame], stream streamSink) err
 // on every open stream's stack.
 //
 //go:noinline
-func forwardHeaders(upstream *connect.ServerStreamForClient[frame], stream streamSink) {
+func forwardHeaders(upstream upstreamStream, stream streamSink) {
 	copyResponse(stream.ResponseHeader(), upstream.ResponseHeader())
 }
 
 //go:noinline
-func forwardTrailers(upstream *connect.ServerStreamForClient[frame], stream streamSink) {
+func forwardTrailers(upstream upstreamStream, stream streamSink) {
 	copyResponse(stream.ResponseTrailer(), upstream.ResponseTrailer())
 }
 
@@ -195,8 +192,18 @@ func (f *forwarder) deadline(ctx context.Context, unary bool) (context.Context, 
 // caller gets. An error the upstream sent (a wire error) keeps its code,
 // message, details and metadata; connect would drop the metadata of a wire
 // error returned as is, so it is rebuilt. A transport failure says which
-// upstream failed and nothing of the gateway's internals.
-func (f *forwarder) upstreamError(err error) error {
+// upstream failed and nothing of the gateway's internals. A call canceled
+// while its caller is still there was canceled by the upstream's side (a
+// backend shutting down, a connection lost): Unavailable, which tells the
+// caller that trying again may work, where Canceled would not.
+func (f *forwarder) upstreamError(ctx context.Context, err error) error {
+	if ctx.Err() == nil && connect.CodeOf(err) == connect.CodeCanceled {
+		f.logger.Warn("upstream canceled a call", slog.String("upstream", f.upstream), slog.Any("error", err))
+		return f.unavailable()
+	}
+	if we := (*wireError)(nil); errors.As(err, &we) {
+		return we.err
+	}
 	var ce *connect.Error
 	if !errors.As(err, &ce) {
 		f.logger.Error("upstream call failed", slog.String("upstream", f.upstream), slog.Any("error", err))
@@ -217,6 +224,10 @@ func (f *forwarder) upstreamError(err error) error {
 		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("%s did not answer in time", f.upstream))
 	default:
 		f.logger.Warn("upstream unreachable", slog.String("upstream", f.upstream), slog.String("error", ce.Message()))
-		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s is unavailable", f.upstream))
+		return f.unavailable()
 	}
+}
+
+func (f *forwarder) unavailable() error {
+	return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s is unavailable", f.upstream))
 }

@@ -362,8 +362,14 @@ func (s *security) handlerOptions() []connect.HandlerOption {
 // transcoderOption bounds the transcoder's message buffers, which is where
 // requests of the protocols it converts are decompressed.
 func (s *security) transcoderOption() vanguard.TranscoderOption {
-	limit := min(s.cfg.MaxBodyBytes*transcodeBufferFactor, math.MaxUint32)
-	return vanguard.WithDefaultServiceOptions(vanguard.WithMaxMessageBufferBytes(uint32(limit)))
+	return vanguard.WithDefaultServiceOptions(vanguard.WithMaxMessageBufferBytes(uint32(s.maxMessageBytes())))
+}
+
+// maxMessageBytes is the largest message the gateway holds: the
+// transcoder's buffer, and what the gRPC upstream clients accept, so that a
+// response too large for one protocol is too large for all.
+func (s *security) maxMessageBytes() int {
+	return int(min(s.cfg.MaxBodyBytes*transcodeBufferFactor, math.MaxUint32, math.MaxInt32))
 }
 
 // configureServer applies the header size limit, timeouts and the HTTP/2

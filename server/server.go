@@ -21,6 +21,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 	"connectrpc.com/vanguard"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -74,6 +75,7 @@ type Gateway struct {
 	headers     headerPolicy
 	handler     http.Handler
 	clients     []*http.Client
+	grpcConns   []*grpc.ClientConn
 	security    *security
 	bridges     []*sse.Bridge
 	tlsConfig   *tls.Config
@@ -159,7 +161,16 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		}
 		client := newUpstreamClient(base, g.cfg.DialTimeout)
 		g.clients = append(g.clients, client)
-		vs, err := g.buildService(upstreamService{name: svc.name, descriptor: svc.desc, httpClient: client}, upstreams[i], hooks, handlerOpts, streams)
+		us := upstreamService{name: svc.name, descriptor: svc.desc, httpClient: client}
+		if upstreams[i].speaksGRPC() && base.Path == "" {
+			conn, err := dialGRPC(base, g.cfg.DialTimeout, g.security.maxMessageBytes())
+			if err != nil {
+				return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
+			}
+			g.grpcConns = append(g.grpcConns, conn)
+			us.grpcConn = conn
+		}
+		vs, err := g.buildService(us, upstreams[i], hooks, handlerOpts, streams)
 		if err != nil {
 			return nil, err
 		}
@@ -300,5 +311,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 func (g *Gateway) Close() error {
 	g.stopStreams()
 	closeIdle(g.clients)
+	for _, conn := range g.grpcConns {
+		_ = conn.Close()
+	}
 	return g.security.Close()
 }

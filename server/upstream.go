@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/vanguard"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -55,6 +57,9 @@ func (u Upstream) baseURL() (*url.URL, error) {
 	parsed.Path = strings.TrimSuffix(parsed.Path, "/")
 	return parsed, nil
 }
+
+// speaksGRPC reports whether calls to the upstream use the gRPC protocol.
+func (u Upstream) speaksGRPC() bool { return u.Protocol == "" || u.Protocol == ProtocolGRPC }
 
 func (u Upstream) clientOptions() ([]connect.ClientOption, error) {
 	opts := []connect.ClientOption{
@@ -109,6 +114,8 @@ type upstreamService struct {
 	name       string
 	descriptor protoreflect.ServiceDescriptor
 	httpClient *http.Client
+	// grpcConn, when set, carries the forwarded calls instead of httpClient.
+	grpcConn *grpc.ClientConn
 }
 
 // buildService returns the transcoder's view of the forwarding Connect
@@ -128,9 +135,13 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 	for i := range methods.Len() {
 		method := methods.Get(i)
 		procedure := "/" + string(svc.descriptor.FullName()) + "/" + string(method.Name())
+		var call upstreamCaller = connectCaller{connect.NewClient[frame, frame](svc.httpClient, base.String()+procedure, append(clientOpts, connect.WithSchema(method))...)}
+		if svc.grpcConn != nil {
+			call = grpcCaller{conn: svc.grpcConn, procedure: procedure}
+		}
 		fwd := &forwarder{
 			upstream:   svc.name,
-			client:     connect.NewClient[frame, frame](svc.httpClient, base.String()+procedure, append(clientOpts, connect.WithSchema(method))...),
+			call:       call,
 			headers:    g.headers,
 			maxTimeout: g.cfg.MaxTimeout,
 			logger:     g.logger,
@@ -179,4 +190,43 @@ func closeIdle(clients []*http.Client) {
 	for _, c := range clients {
 		c.CloseIdleConnections()
 	}
+}
+
+// upstreamCaller makes the calls of one upstream method: over grpc-go for
+// gRPC upstreams, over connect-go for Connect and gRPC-Web ones. Responses
+// and errors come back already stripped of what must not cross the gateway.
+type upstreamCaller interface {
+	unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error)
+	serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error)
+}
+
+// upstreamStream is the forwarder's view of an upstream server stream;
+// connect's client streams have this shape.
+type upstreamStream interface {
+	Receive() bool
+	Msg() *frame
+	Err() error
+	ResponseHeader() http.Header
+	ResponseTrailer() http.Header
+	Close() error
+}
+
+// connectCaller calls one method of an upstream with connect-go.
+type connectCaller struct {
+	client *connect.Client[frame, frame]
+}
+
+func (c connectCaller) unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error) {
+	res, err := c.client.CallUnary(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	reply := connect.NewResponse(res.Msg)
+	copyResponse(reply.Header(), res.Header())
+	copyResponse(reply.Trailer(), res.Trailer())
+	return reply, nil
+}
+
+func (c connectCaller) serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error) {
+	return c.client.CallServerStream(ctx, in)
 }

@@ -1,0 +1,303 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// upstreamStreamWindow is the HTTP/2 receive window of each upstream stream.
+// It bounds what the gateway buffers for a server stream whose caller reads
+// nothing: the upstream stops sending once the window is full. 64 KiB is
+// HTTP/2's default and grpc-go's minimum; a fixed window also turns off
+// grpc-go's bandwidth estimation, which would grow it to megabytes.
+const upstreamStreamWindow = 64 << 10
+
+// upstreamConnWindow is the receive window of each upstream connection. grpc-go
+// returns connection window as data arrives, whether or not a stream's reader
+// took it, so streams that are not read do not stall the others.
+const upstreamConnWindow = 16 << 20
+
+// dialGRPC opens the grpc-go client connection of one upstream. grpc-go's
+// transport writes a call as one batched flush of few frames, which costs
+// both the gateway and the backend about half of what net/http's HTTP/2
+// client costs per call. The connection is opened lazily and reopened with
+// a short backoff, so a backend that restarts is reachable again within
+// seconds.
+func dialGRPC(base *url.URL, dialTimeout time.Duration, maxRecv int) (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if base.Scheme == "https" {
+		creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
+	}
+	return grpc.NewClient("passthrough:///"+base.Host,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithAuthority(base.Host),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: dialTimeout,
+		}),
+		// Notice a dead upstream connection instead of waiting on it.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.WithInitialWindowSize(upstreamStreamWindow),
+		grpc.WithInitialConnWindowSize(upstreamConnWindow),
+		grpc.WithSharedWriteBuffer(true),
+		// Retries are the caller's decision: the gateway does not know which
+		// calls are safe to repeat.
+		grpc.WithDisableRetry(),
+		grpc.WithUserAgent("flowgate"),
+		grpc.WithDefaultCallOptions(
+			grpc.ForceCodecV2(frameCodec{}),
+			grpc.MaxCallRecvMsgSize(maxRecv),
+			grpc.MaxCallSendMsgSize(maxRecv),
+		),
+	)
+}
+
+// grpcCaller calls one method of an upstream over a grpc-go connection.
+type grpcCaller struct {
+	conn      *grpc.ClientConn
+	procedure string
+}
+
+var serverStreamDesc = &grpc.StreamDesc{ServerStreams: true}
+
+func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error) {
+	ctx, err := outgoingMetadata(ctx, in.Header())
+	if err != nil {
+		return nil, err
+	}
+	var header, trailer metadata.MD
+	out := new(frame)
+	if err := c.conn.Invoke(ctx, c.procedure, in.Msg, out, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
+		return nil, grpcError(ctx, err, trailer)
+	}
+	res := connect.NewResponse(out)
+	copyMetadata(res.Header(), header)
+	copyMetadata(res.Trailer(), trailer)
+	return res, nil
+}
+
+func (c grpcCaller) serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error) {
+	ctx, err := outgoingMetadata(ctx, in.Header())
+	if err != nil {
+		return nil, err
+	}
+	stream, err := c.conn.NewStream(ctx, serverStreamDesc, c.procedure)
+	if err != nil {
+		return nil, grpcError(ctx, err, nil)
+	}
+	if err := stream.SendMsg(in.Msg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, grpcError(ctx, err, nil)
+	}
+	if err := stream.CloseSend(); err != nil {
+		return nil, grpcError(ctx, err, nil)
+	}
+	return &grpcStream{ctx: ctx, stream: stream}, nil
+}
+
+// grpcStream adapts a grpc-go client stream to the forwarder's view of an
+// upstream stream, the one connect's client streams also have.
+type grpcStream struct {
+	ctx     context.Context //nolint:containedctx // the call's, for error classification
+	stream  grpc.ClientStream
+	msg     frame
+	err     error
+	header  http.Header
+	trailer http.Header
+}
+
+func (s *grpcStream) Receive() bool {
+	if s.err != nil {
+		return false
+	}
+	s.msg = frame{}
+	if err := s.stream.RecvMsg(&s.msg); err != nil {
+		if !errors.Is(err, io.EOF) {
+			s.err = grpcError(s.ctx, err, s.stream.Trailer())
+		}
+		return false
+	}
+	return true
+}
+
+func (s *grpcStream) Msg() *frame { return &s.msg }
+func (s *grpcStream) Err() error  { return s.err }
+
+func (s *grpcStream) ResponseHeader() http.Header {
+	if s.header == nil {
+		s.header = make(http.Header)
+		md, _ := s.stream.Header()
+		copyMetadata(s.header, md)
+	}
+	return s.header
+}
+
+func (s *grpcStream) ResponseTrailer() http.Header {
+	if s.trailer == nil {
+		s.trailer = make(http.Header)
+		copyMetadata(s.trailer, s.stream.Trailer())
+	}
+	return s.trailer
+}
+
+// Close is a no-op: the forwarder ends the call's context when it is done
+// with the stream, which releases it in grpc-go.
+func (s *grpcStream) Close() error { return nil }
+
+// outgoingMetadata puts the forwarded request headers into the context as
+// gRPC metadata. Binary (-bin) values arrive base64-encoded in HTTP headers;
+// grpc-go wants them raw and encodes them itself.
+func outgoingMetadata(ctx context.Context, header http.Header) (context.Context, error) {
+	if len(header) == 0 {
+		return ctx, nil
+	}
+	md := make(metadata.MD, len(header))
+	for name, vals := range header {
+		key := strings.ToLower(name)
+		if !strings.HasSuffix(key, "-bin") {
+			md[key] = vals
+			continue
+		}
+		decoded := make([]string, len(vals))
+		for i, v := range vals {
+			raw, err := connect.DecodeBinaryHeader(v)
+			if err != nil {
+				return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("header %s: invalid binary value", name))
+			}
+			decoded[i] = string(raw)
+		}
+		md[key] = decoded
+	}
+	return metadata.NewOutgoingContext(ctx, md), nil
+}
+
+// copyMetadata copies upstream response metadata into HTTP headers under
+// the same rules as [copyResponse], base64-encoding binary values again.
+func copyMetadata(dst http.Header, md metadata.MD) {
+	for key, vals := range md {
+		if len(vals) == 0 {
+			continue
+		}
+		name := http.CanonicalHeaderKey(key)
+		if neverForwarded(name) {
+			continue
+		}
+		if strings.HasSuffix(key, "-bin") {
+			for _, v := range vals {
+				dst[name] = append(dst[name], connect.EncodeBinaryHeader([]byte(v)))
+			}
+			continue
+		}
+		dst[name] = append(dst[name], vals...)
+	}
+}
+
+// grpcError turns what grpc-go returned into the forwarder's terms: an
+// error the upstream sent becomes a [wireError] carrying its code, message,
+// details and trailers; a failure of the call itself (context, connection,
+// transport) becomes a plain connect error of the matching code, which the
+// forwarder words without the transport's internals.
+func grpcError(ctx context.Context, err error, trailer metadata.MD) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		if errors.Is(ctxErr, context.DeadlineExceeded) {
+			return connect.NewError(connect.CodeDeadlineExceeded, ctxErr)
+		}
+		return connect.NewError(connect.CodeCanceled, ctxErr)
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	if isTransportStatus(st) {
+		return connect.NewError(connect.Code(st.Code()), errors.New(st.Message()))
+	}
+	ce := connect.NewError(connect.Code(st.Code()), errorText(st.Message()))
+	for _, detail := range st.Proto().GetDetails() {
+		if d, err := connect.NewErrorDetail(detail); err == nil {
+			ce.AddDetail(d)
+		}
+	}
+	copyMetadata(ce.Meta(), trailer)
+	return &wireError{ce}
+}
+
+// isTransportStatus reports whether grpc-go made a status up for a call
+// that failed in the client or on the connection, rather than receiving it
+// from the upstream. grpc-go marks neither apart, but words its own
+// failures in a few fixed ways.
+func isTransportStatus(st *status.Status) bool {
+	switch st.Code() {
+	case codes.Unavailable, codes.Internal, codes.Unknown, codes.Canceled, codes.DeadlineExceeded, codes.ResourceExhausted:
+	default:
+		return false
+	}
+	msg := st.Message()
+	for _, prefix := range transportMessagePrefixes {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+var transportMessagePrefixes = []string{
+	"connection error",
+	"error reading from server",
+	"transport:",
+	"grpc:",
+	"closing transport",
+	"last connection error",
+	"last resolver error",
+	"name resolver error",
+	"stream terminated by RST_STREAM",
+	"unexpected HTTP status code",
+	"server closed the stream without sending trailers",
+	"context canceled",
+	"context deadline exceeded",
+}
+
+// wireError is an error an upstream sent, rebuilt for the caller.
+type wireError struct{ err *connect.Error }
+
+func (w *wireError) Error() string { return w.err.Error() }
+func (w *wireError) Unwrap() error { return w.err }
+
+// frameCodec is grpc-go's side of [passthroughCodec]: frames go out as the
+// bytes they hold, without a copy, and come in as a copy of what arrived.
+type frameCodec struct{}
+
+func (frameCodec) Name() string { return "proto" }
+
+func (frameCodec) Marshal(v any) (mem.BufferSlice, error) {
+	f, ok := v.(*frame)
+	if !ok {
+		return nil, fmt.Errorf("frame codec: cannot marshal %T", v)
+	}
+	return mem.BufferSlice{mem.SliceBuffer(f.data)}, nil
+}
+
+func (frameCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	f, ok := v.(*frame)
+	if !ok {
+		return fmt.Errorf("frame codec: cannot unmarshal into %T", v)
+	}
+	f.data = data.Materialize()
+	return nil
+}
