@@ -90,7 +90,7 @@ func restLayer(next http.Handler) http.Handler {
 const maxErrorBody = 64 << 10
 
 // restWriter holds back an error response so that it can be rewritten in the
-// contract's shape; successful responses stream through, flushes included.
+// contract's shape; successful responses pass through.
 type restWriter struct {
 	http.ResponseWriter
 	errStatus int // the error status held back; 0 while passing through
@@ -132,15 +132,11 @@ func (w *restWriter) Write(p []byte) (int, error) {
 	return w.ResponseWriter.Write(p)
 }
 
-func (w *restWriter) Flush() {
-	if w.errStatus != 0 {
-		return
-	}
-	if !w.wrote {
-		w.WriteHeader(http.StatusOK)
-	}
-	http.NewResponseController(w.ResponseWriter).Flush() //nolint:errcheck // nothing to do about a failed flush
-}
+// Flush is held back. A REST response is one message, written whole before
+// the handler returns; flushing it early, as the transcoder does, would make
+// net/http send it chunked in two writes where it otherwise sends one with a
+// Content-Length.
+func (w *restWriter) Flush() {}
 
 func (w *restWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
