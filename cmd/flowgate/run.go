@@ -13,6 +13,7 @@ import (
 
 	"github.com/flowgate/flowgate/backends"
 	"github.com/flowgate/flowgate/cmd/internal/flagenv"
+	"github.com/flowgate/flowgate/cmd/internal/logbuf"
 	"github.com/flowgate/flowgate/server"
 )
 
@@ -33,6 +34,7 @@ type options struct {
 	sseRetry        time.Duration
 	tlsCert, tlsKey string
 	pprofListen     string
+	gogc            string
 	embedded        backends.Config
 	security        server.SecurityConfig
 }
@@ -71,6 +73,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.String(&o.tlsCert, "tls-cert", "FLOWGATE_TLS_CERT", "", "TLS certificate file (PEM); with -tls-key serves HTTPS with HTTP/2")
 	set.String(&o.tlsKey, "tls-key", "FLOWGATE_TLS_KEY", "", "TLS private key file (PEM)")
 	set.String(&o.pprofListen, "pprof-listen", "FLOWGATE_PPROF_LISTEN", "", "address of a separate listener serving /debug/pprof (keep it private; off when empty)")
+	set.String(&o.gogc, "gogc", "GOGC", defaultGOGC, "garbage collector target percentage, as Go's GOGC, or off")
 	embeddedFlags(set, &o.embedded)
 	securityFlags(set, &o.security)
 	if err := set.Parse(args); err != nil {
@@ -96,7 +99,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	logger, err := newLogger(stderr, o.logFormat, o.debug)
+	if err := applyGOGC(o.gogc); err != nil {
+		return err
+	}
+	// The log, an access log line per call among it, is written in batches
+	// at most logFlushInterval apart.
+	logOut := logbuf.New(stderr, 64<<10, logFlushInterval)
+	defer logOut.Close()
+	logger, err := newLogger(logOut, o.logFormat, o.debug)
 	if err != nil {
 		return err
 	}
@@ -214,6 +224,9 @@ func defaultPublicURL(addr net.Addr, tls bool) string {
 	_, port, _ := net.SplitHostPort(addr.String())
 	return scheme + "://localhost:" + port
 }
+
+// logFlushInterval bounds how long a log line waits to be written.
+const logFlushInterval = 100 * time.Millisecond
 
 func newLogger(w io.Writer, format string, debug bool) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
