@@ -8,7 +8,10 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/structpb"
 
+	agentv1 "github.com/flowgate/flowgate/gen/go/workflow/agent/v1"
+	"github.com/flowgate/flowgate/gen/go/workflow/agent/v1/agentv1connect"
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 )
@@ -97,4 +100,94 @@ func benchREST(b *testing.B, base string, header http.Header) {
 			}
 		}
 	})
+}
+
+// echoEngine answers with the workflow's name as the output, so that the
+// response is as large as the request.
+type echoEngine struct {
+	enginev1connect.UnimplementedWorkflowEngineServiceHandler
+}
+
+func (echoEngine) ExecuteWorkflow(_ context.Context, req *connect.Request[enginev1.ExecuteWorkflowRequest]) (*connect.Response[enginev1.ExecuteWorkflowResponse], error) {
+	name := req.Msg.GetWorkflowDefinition().GetName()
+	return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: &enginev1.ExecutionResult{
+		Status: "succeeded", Output: structpb.NewStringValue(name),
+	}}), nil
+}
+
+// streamAgent answers Chat with 100 messages of 1 KiB.
+type streamAgent struct {
+	agentv1connect.UnimplementedWorkflowAgentServiceHandler
+}
+
+var streamMessage = &agentv1.ChatResponse{Type: "message", Content: strings.Repeat("m", 1<<10)}
+
+func (streamAgent) Chat(_ context.Context, _ *connect.Request[agentv1.ChatRequest], stream *connect.ServerStream[agentv1.ChatResponse]) error {
+	for range 100 {
+		if err := stream.Send(streamMessage); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BenchmarkForwardLarge forwards 1 MiB each way per call, directly and
+// through the gateway, so that a change to buffering shows.
+func BenchmarkForwardLarge(b *testing.B) {
+	mux := http.NewServeMux()
+	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(echoEngine{}))
+	backend := startH2C(b, mux)
+	up := Upstream{Address: backend.Listener.Addr().String()}
+	_, gatewayURL := startGateway(b, Config{Engine: up, Agent: up, Runtime: up})
+	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: strings.Repeat("x", 1<<20)}}
+	rpc := func(url string, opts ...connect.ClientOption) func(b *testing.B) {
+		return func(b *testing.B) {
+			client := enginev1connect.NewWorkflowEngineServiceClient(h2cClient(b), url, opts...)
+			b.SetBytes(2 << 20)
+			b.ReportAllocs()
+			for b.Loop() {
+				res, err := client.ExecuteWorkflow(context.Background(), connect.NewRequest(req))
+				if err != nil || len(res.Msg.GetResult().GetOutput().GetStringValue()) != 1<<20 {
+					b.Fatalf("%v", err)
+				}
+			}
+		}
+	}
+	b.Run("direct/grpc", rpc(backend.URL, connect.WithGRPC()))
+	b.Run("gateway/grpc", rpc(gatewayURL, connect.WithGRPC()))
+	b.Run("gateway/connect", rpc(gatewayURL))
+}
+
+// BenchmarkForwardStream relays a server stream of 100 messages of 1 KiB per
+// iteration, directly and through the gateway.
+func BenchmarkForwardStream(b *testing.B) {
+	mux := http.NewServeMux()
+	mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(streamAgent{}))
+	backend := startH2C(b, mux)
+	up := Upstream{Address: backend.Listener.Addr().String()}
+	_, gatewayURL := startGateway(b, Config{Engine: up, Agent: up, Runtime: up})
+	rpc := func(url string, opts ...connect.ClientOption) func(b *testing.B) {
+		return func(b *testing.B) {
+			client := agentv1connect.NewWorkflowAgentServiceClient(h2cClient(b), url, opts...)
+			b.SetBytes(100 << 10)
+			b.ReportAllocs()
+			for b.Loop() {
+				stream, err := client.Chat(context.Background(), connect.NewRequest(&agentv1.ChatRequest{SessionId: "s", UserMessage: "m"}))
+				if err != nil {
+					b.Fatal(err)
+				}
+				n := 0
+				for stream.Receive() {
+					n++
+				}
+				if err := stream.Err(); err != nil || n != 100 {
+					b.Fatalf("%d messages, %v", n, err)
+				}
+				stream.Close()
+			}
+		}
+	}
+	b.Run("direct/grpc", rpc(backend.URL, connect.WithGRPC()))
+	b.Run("gateway/grpc", rpc(gatewayURL, connect.WithGRPC()))
+	b.Run("gateway/connect", rpc(gatewayURL))
 }
