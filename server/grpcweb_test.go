@@ -8,12 +8,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
-	"testing/iotest"
 	"time"
 
 	"connectrpc.com/connect"
@@ -391,84 +388,5 @@ func TestGRPCWebCORS(t *testing.T) {
 	exposed := strings.ToLower(r.res.Header.Get("Access-Control-Expose-Headers"))
 	if r.res.Header.Get("Access-Control-Allow-Origin") != origin || !strings.Contains(exposed, "grpc-status") || !strings.Contains(exposed, "grpc-message") {
 		t.Errorf("CORS headers of the call: %v", r.res.Header)
-	}
-}
-
-// TestGRPCWebWriterSplitWrites feeds a response to the writer in every
-// split a transcoder might write it in, flushing between pieces: data
-// frames pass unchanged (even when they hold a trailer-like text), trailer
-// names are lower-cased and their values kept.
-func TestGRPCWebWriterSplitWrites(t *testing.T) {
-	t.Parallel()
-	frame := func(flags byte, payload string) []byte {
-		return append(binary.BigEndian.AppendUint32([]byte{flags}, uint32(len(payload))), payload...) //nolint:gosec // small
-	}
-	body := slices.Concat(frame(0, "Grpc-Status: Data"), frame(0, ""), frame(0x80, "Grpc-Status: 13\r\nGrpc-Message: Model Went Away\r\nX-Trace: A:B\r\n"))
-	want := slices.Concat(frame(0, "Grpc-Status: Data"), frame(0, ""), frame(0x80, "grpc-status: 13\r\ngrpc-message: Model Went Away\r\nx-trace: A:B\r\n"))
-	for _, text := range []bool{false, true} {
-		for piece := 1; piece <= len(body); piece++ {
-			rec := httptest.NewRecorder()
-			rec.Header().Set("Content-Type", "application/grpc-web+proto")
-			w := &grpcWebWriter{ResponseWriter: rec, text: text}
-			written := bytes.Clone(body)
-			for rest := written; len(rest) > 0; rest = rest[min(piece, len(rest)):] {
-				if _, err := w.Write(rest[:min(piece, len(rest))]); err != nil {
-					t.Fatal(err)
-				}
-				w.Flush()
-			}
-			w.finish()
-			if !bytes.Equal(written, body) {
-				t.Fatalf("the writer changed the caller's bytes: %q", written)
-			}
-			got := rec.Body.Bytes()
-			if text {
-				if rec.Header().Get("Content-Type") != "application/grpc-web-text+proto" {
-					t.Fatalf("Content-Type %q", rec.Header().Get("Content-Type"))
-				}
-				got = decodeChunkedBase64(t, got)
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("text %t, pieces of %d: got %q, want %q", text, piece, got, want)
-			}
-		}
-	}
-}
-
-// TestBase64BodyChunks reads text-mode request bodies of several padded
-// chunks, a byte at a time and whole.
-func TestBase64BodyChunks(t *testing.T) {
-	t.Parallel()
-	enc := base64.StdEncoding.EncodeToString
-	payload := []byte("\x00\x00\x00\x00\x07message and more")
-	var chunked string
-	for _, cut := range [][2]int{{0, 1}, {1, 3}, {3, 8}, {8, len(payload)}} {
-		chunked += enc(payload[cut[0]:cut[1]])
-	}
-	long := bytes.Repeat([]byte("0123456789"), 2000)
-	for name, c := range map[string]struct {
-		body string
-		want []byte
-	}{
-		"padded chunks": {chunked, payload},
-		"one chunk":     {enc(long), long},
-		"empty":         {"", nil},
-		"white space":   {"AAAA\r\nAAUK\n A2N \tyZQ==\n", []byte("\x00\x00\x00\x00\x05\n\x03cre")},
-	} {
-		for _, oneByte := range []bool{false, true} {
-			var src io.Reader = strings.NewReader(c.body)
-			if oneByte {
-				src = iotest.OneByteReader(src)
-			}
-			got, err := io.ReadAll(&base64Body{src: io.NopCloser(src)})
-			if err != nil || !bytes.Equal(got, c.want) {
-				t.Errorf("%s (byte by byte %t): %q, %v", name, oneByte, got, err)
-			}
-		}
-	}
-	for _, bad := range []string{"AA", "AAAAA", "A===", "AA=A", "****"} {
-		if _, err := io.ReadAll(&base64Body{src: io.NopCloser(strings.NewReader(bad))}); connect.CodeOf(err) != connect.CodeInvalidArgument {
-			t.Errorf("%q: %v, want InvalidArgument", bad, err)
-		}
 	}
 }
