@@ -6,13 +6,14 @@
 # Tests that need PostgreSQL or Redis use FLOWGATE_TEST_DATABASE_URL and
 # FLOWGATE_TEST_REDIS_URL; when those are unset and the services answer on
 # their usual local ports, they are used. Browser tests need Debian's
-# chromium; without it they skip, except in CI (CI=true), where they fail.
+# chromium, and the grpc-web client test Node and the npm packages; without
+# them they skip, except in CI (CI=true), where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "npm ci (the TypeScript generator and type checker, pinned in package-lock.json)"
+step "npm ci (the TypeScript generator, type checker and grpc-web client, pinned in package-lock.json)"
 npm ci --no-audit --no-fund --loglevel=error
 
 step "buf lint"
@@ -27,7 +28,7 @@ if [ -n "$(git status --porcelain -- gen)" ]; then
   exit 1
 fi
 
-step "tsc (the generated TypeScript and examples/browser-client.ts type-check)"
+step "tsc (the generated TypeScript, examples/browser-client.ts and the e2e grpc-web client type-check)"
 npx --no-install tsc -p tsconfig.json
 
 step "go vet"

@@ -211,7 +211,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		return nil, err
 	}
 	g.bridges = bridges
-	return requestID(access.Middleware(callerProtocol, g.security.wrapHTTP(mux))), nil
+	return requestID(access.Middleware(callerProtocol, grpcWebLayer(g.security.wrapHTTP(mux)))), nil
 }
 
 // reflectedServices are the services server reflection lists.
