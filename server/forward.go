@@ -16,6 +16,7 @@ import (
 type forwarder struct {
 	upstream   string // the upstream's name, for error messages and logs
 	call       upstreamCaller
+	guard      *upstreamGuard
 	headers    headerPolicy
 	maxTimeout time.Duration
 	logger     *slog.Logger
@@ -39,7 +40,11 @@ func (f *forwarder) unary(ctx context.Context, in *connect.Request[frame]) (*con
 	if err != nil {
 		return nil, err
 	}
+	if err := f.guard.admit(); err != nil {
+		return nil, err
+	}
 	reply, err := f.call.unary(ctx, out)
+	f.guard.done(ctx, err)
 	if err != nil {
 		return nil, f.upstreamError(ctx, err)
 	}
@@ -92,7 +97,11 @@ func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stre
 	ctx, endStream := context.WithCancelCause(ctx)
 	defer endStream(nil)
 	defer context.AfterFunc(f.shutdown, func() { endStream(errShuttingDown) })()
+	if err := f.guard.check(); err != nil {
+		return err
+	}
 	upstream, err := f.call.serverStream(ctx, out)
+	f.guard.record(ctx, err)
 	if err != nil {
 		return f.upstreamError(ctx, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -47,6 +48,9 @@ type Config struct {
 	// DialTimeout bounds connecting to an upstream (default 5s), so that an
 	// unreachable upstream is an error, not a hang.
 	DialTimeout time.Duration
+	// MaxInFlight caps the unary calls in flight to each upstream (default
+	// 1024); calls over it fail at once with Unavailable.
+	MaxInFlight int
 	// ForwardHeaders are request headers forwarded to upstreams in addition
 	// to the defaults (request id, trace context, idempotency key, the
 	// gateway's identity headers).
@@ -136,6 +140,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.security = sec
 	handler, err := g.buildHandler()
 	if err != nil {
+		_ = g.Close()
 		return nil, err
 	}
 	g.handler = handler
@@ -159,6 +164,9 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
 		}
+		if _, err := upstreams[i].clientOptions(); err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
+		}
 		client := newUpstreamClient(base, g.cfg.DialTimeout)
 		g.clients = append(g.clients, client)
 		us := upstreamService{name: svc.name, descriptor: svc.desc, httpClient: client}
@@ -170,6 +178,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 			g.grpcConns = append(g.grpcConns, conn)
 			us.grpcConn = conn
 		}
+		us.guard = g.newGuard(svc.name, string(svc.desc.FullName()), us, base, upstreams[i])
 		vs, err := g.buildService(us, upstreams[i], hooks, handlerOpts, streams)
 		if err != nil {
 			return nil, err
@@ -212,6 +221,21 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	}
 	g.bridges = bridges
 	return requestID(access.Middleware(callerProtocol, grpcWebLayer(g.security.wrapHTTP(mux)))), nil
+}
+
+// newGuard builds the in-flight limit and outlier detection of one
+// upstream, watching it for the gateway's lifetime.
+func (g *Gateway) newGuard(name, service string, us upstreamService, base *url.URL, up Upstream) *upstreamGuard {
+	var probe func(context.Context) error
+	if us.grpcConn != nil {
+		probe = grpcProbe(us.grpcConn, service)
+	} else {
+		opts, _ := up.clientOptions()
+		probe = connectProbe(grpchealth.NewClient(us.httpClient, base.String(), opts[1:]...), service)
+	}
+	guard := newUpstreamGuard(name, g.cfg.MaxInFlight, probe, g.logger)
+	go guard.run(g.streams)
+	return guard
 }
 
 // reflectedServices are the services server reflection lists.

@@ -116,6 +116,8 @@ type upstreamService struct {
 	httpClient *http.Client
 	// grpcConn, when set, carries the forwarded calls instead of httpClient.
 	grpcConn *grpc.ClientConn
+	// guard fails calls fast while the upstream is full or ejected.
+	guard *upstreamGuard
 }
 
 // buildService returns the transcoder's view of the forwarding Connect
@@ -142,6 +144,7 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 		fwd := &forwarder{
 			upstream:   svc.name,
 			call:       call,
+			guard:      svc.guard,
 			headers:    g.headers,
 			maxTimeout: g.cfg.MaxTimeout,
 			logger:     g.logger,

@@ -21,15 +21,18 @@ import (
 
 // hangingEngine holds every call until its backend goes away; a call named
 // "cancel" is canceled by the backend, as a backend shutting down cancels
-// the calls it still has.
+// the calls it still has, and one named "ok" succeeds at once.
 type hangingEngine struct {
 	enginev1connect.UnimplementedWorkflowEngineServiceHandler
 	started chan struct{}
 }
 
 func (e *hangingEngine) ExecuteWorkflow(ctx context.Context, req *connect.Request[enginev1.ExecuteWorkflowRequest]) (*connect.Response[enginev1.ExecuteWorkflowResponse], error) {
-	if req.Msg.GetWorkflowDefinition().GetName() == "cancel" {
+	switch req.Msg.GetWorkflowDefinition().GetName() {
+	case "cancel":
 		return nil, connect.NewError(connect.CodeCanceled, context.Canceled)
+	case "ok":
+		return connect.NewResponse(nopResult), nil
 	}
 	e.started <- struct{}{}
 	<-ctx.Done()

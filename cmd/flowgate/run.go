@@ -28,6 +28,7 @@ type options struct {
 	upstreams       [3]upstreamFlags // agent, runtime, engine
 	maxTimeout      time.Duration
 	dialTimeout     time.Duration
+	maxInFlight     int
 	shutdownTimeout time.Duration
 	forwardHeaders  []string
 	sseHeartbeat    time.Duration
@@ -66,6 +67,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	}
 	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
 	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
+	set.Int(&o.maxInFlight, "upstream-max-in-flight", "FLOWGATE_UPSTREAM_MAX_IN_FLIGHT", 1024, "unary calls in flight to one upstream beyond which calls fail at once")
 	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM")
 	set.List(&o.forwardHeaders, "forward-headers", "FLOWGATE_FORWARD_HEADERS", nil, "extra request headers forwarded to upstreams")
 	set.Duration(&o.sseHeartbeat, "sse-heartbeat", "FLOWGATE_SSE_HEARTBEAT", 15*time.Second, "interval of comment heartbeats on SSE streams")
@@ -155,6 +157,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Agent: upstreams[0], Runtime: upstreams[1], Engine: upstreams[2],
 		MaxTimeout:      o.maxTimeout,
 		DialTimeout:     o.dialTimeout,
+		MaxInFlight:     o.maxInFlight,
 		ForwardHeaders:  o.forwardHeaders,
 		SSE:             server.SSEConfig{Heartbeat: o.sseHeartbeat, Retry: o.sseRetry},
 		Security:        o.security,
