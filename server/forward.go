@@ -34,12 +34,17 @@ type methodHooks struct {
 }
 
 func (f *forwarder) unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error) {
-	ctx, cancel := f.deadline(ctx, true)
-	defer cancel()
 	out, err := f.outgoing(in)
 	if err != nil {
 		return nil, err
 	}
+	return f.callUnary(ctx, out)
+}
+
+// callUnary sends out upstream and returns the caller's response.
+func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) (*connect.Response[frame], error) {
+	ctx, cancel := f.deadline(ctx, true)
+	defer cancel()
 	if err := f.guard.admit(); err != nil {
 		return nil, err
 	}
@@ -54,6 +59,39 @@ func (f *forwarder) unary(ctx context.Context, in *connect.Request[frame]) (*con
 		}
 	}
 	return reply, nil
+}
+
+// unaryConn serves a unary call handed over as a stream connection (the
+// grpc-go path for gRPC callers).
+func (f *forwarder) unaryConn(ctx context.Context, conn connect.StreamingHandlerConn) error {
+	var msg frame
+	if err := conn.Receive(&msg); err != nil {
+		return err
+	}
+	out := f.request(&msg, conn.RequestHeader())
+	if f.hooks.request != nil {
+		in := connect.NewRequest(&msg)
+		copyAll(in.Header(), conn.RequestHeader())
+		if err := f.hooks.request(in, out); err != nil {
+			return err
+		}
+	}
+	reply, err := f.callUnary(ctx, out)
+	if err != nil {
+		return err
+	}
+	copyAll(conn.ResponseHeader(), reply.Header())
+	if err := conn.Send(reply.Msg); err != nil {
+		return err
+	}
+	copyAll(conn.ResponseTrailer(), reply.Trailer())
+	return nil
+}
+
+func copyAll(dst, src http.Header) {
+	for name, vals := range src {
+		dst[name] = append(dst[name], vals...)
+	}
 }
 
 // serverStream relays a server stream message by message as each arrives.

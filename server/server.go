@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -63,6 +64,10 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile, when both set, serve TLS with HTTP/2 by
 	// ALPN instead of cleartext HTTP/1.1 and HTTP/2.
 	TLSCertFile, TLSKeyFile string
+	// NetHTTPGRPC serves gRPC callers with net/http, as every other caller,
+	// instead of with grpc-go on connections whose first request is gRPC.
+	// grpc-go costs a third of the CPU per call; this is the way back.
+	NetHTTPGRPC bool
 	// ShutdownTimeout bounds draining in-flight calls (default 15s).
 	ShutdownTimeout time.Duration
 	// Version is reported by the health endpoints.
@@ -74,12 +79,16 @@ type Config struct {
 
 // Gateway is a configured gateway, ready to serve.
 type Gateway struct {
-	cfg         Config
-	logger      *slog.Logger
-	headers     headerPolicy
-	handler     http.Handler
-	clients     []*http.Client
-	grpcConns   []*grpc.ClientConn
+	cfg       Config
+	logger    *slog.Logger
+	headers   headerPolicy
+	handler   http.Handler
+	clients   []*http.Client
+	grpcConns []*grpc.ClientConn
+	// chain is the interceptors every call passes, in order.
+	chain []connect.Interceptor
+	// fast serves gRPC callers' connections with grpc-go; nil when off.
+	fast        *grpcFast
 	security    *security
 	bridges     []*sse.Bridge
 	tlsConfig   *tls.Config
@@ -151,6 +160,10 @@ func New(cfg Config) (*Gateway, error) {
 func (g *Gateway) buildHandler() (http.Handler, error) {
 	access := interceptors.NewAccessLog(g.logger)
 	chain := append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor()}, g.security.interceptors()...)
+	g.chain = chain
+	if !g.cfg.NetHTTPGRPC {
+		g.fast = newGRPCFast(g.security, g.security.maxMessageBytes())
+	}
 	handlerOpts := append([]connect.HandlerOption{connect.WithInterceptors(chain...)}, g.security.handlerOptions()...)
 	upstreams := []Upstream{g.cfg.Agent, g.cfg.Runtime, g.cfg.Engine}
 	health := newHealthChecker()
@@ -210,6 +223,10 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	mux.Handle("/api/v1/health", health.serveHTTP(g.cfg.Version))
 	mux.Handle(grpchealth.NewHandler(health, handlerOpts...))
 	reflector := grpcreflect.NewStaticReflector(reflectedServices()...)
+	if g.fast != nil {
+		g.fast.addHealth(health, chain)
+		g.fast.addReflection(reflectedServices(), chain)
+	}
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, handlerOpts...))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, handlerOpts...))
 	if err := mountDocs(mux, g.cfg.Version); err != nil {
@@ -298,13 +315,23 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelDebug),
 	}
 	g.security.configureServer(srv)
+	httpLn := ln
+	var fastDone chan error
+	if g.fast != nil && g.tlsConfig == nil {
+		// The splitter owns ln; net/http and grpc-go get what it routes.
+		split := newConnSplitter(ln, srv.ReadHeaderTimeout, settingsFrame(g.security.cfg.MaxConcurrentStreams, uint32(min(g.security.cfg.MaxHeaderBytes, math.MaxUint32)))) //nolint:gosec // bounded
+		go split.run()
+		httpLn = split.http
+		fastDone = make(chan error, 1)
+		go func() { fastDone <- g.fast.serveOn(split.grpc) }()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if g.tlsConfig != nil {
 			errc <- srv.ServeTLS(ln, "", "")
 			return
 		}
-		errc <- srv.Serve(ln)
+		errc <- srv.Serve(httpLn)
 	}()
 	select {
 	case err := <-errc:
@@ -315,9 +342,18 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	g.stopStreams()
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
 	defer cancel()
+	if fastDone != nil {
+		_ = ln.Close()
+		go g.fast.stop(shutdownCtx)
+	}
 	err := srv.Shutdown(shutdownCtx)
 	if err != nil {
 		_ = srv.Close()
+	}
+	if fastDone != nil {
+		if ferr := <-fastDone; err == nil {
+			err = ferr
+		}
 	}
 	// Streams on connections taken over from net/http end with the others
 	// (stopStreams ended their calls); wait for their final events.

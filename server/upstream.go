@@ -171,8 +171,14 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 			}
 			mux.Handle(procedure, connect.NewServerStreamHandler(procedure, fwd.serverStream, opts...))
 			streams[procedure] = fwd.streamingHandler
+			if g.fast != nil {
+				g.fast.add(procedure, method, g.chain, fwd.streamingHandler)
+			}
 		default:
 			mux.Handle(procedure, connect.NewUnaryHandler(procedure, fwd.unary, opts...))
+			if g.fast != nil {
+				g.fast.add(procedure, method, g.chain, fwd.unaryConn)
+			}
 		}
 	}
 	return vanguard.NewServiceWithSchema(svc.descriptor, mux,

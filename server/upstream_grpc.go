@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // upstreamStreamWindow is the HTTP/2 receive window of each upstream stream.
@@ -286,18 +287,25 @@ type frameCodec struct{}
 func (frameCodec) Name() string { return "proto" }
 
 func (frameCodec) Marshal(v any) (mem.BufferSlice, error) {
-	f, ok := v.(*frame)
-	if !ok {
-		return nil, fmt.Errorf("frame codec: cannot marshal %T", v)
+	switch m := v.(type) {
+	case *frame:
+		return mem.BufferSlice{mem.SliceBuffer(m.data)}, nil
+	case proto.Message:
+		// The gateway's own services on the grpc-go path (health,
+		// reflection) speak real messages.
+		data, err := proto.Marshal(m)
+		return mem.BufferSlice{mem.SliceBuffer(data)}, err
 	}
-	return mem.BufferSlice{mem.SliceBuffer(f.data)}, nil
+	return nil, fmt.Errorf("frame codec: cannot marshal %T", v)
 }
 
 func (frameCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	f, ok := v.(*frame)
-	if !ok {
-		return fmt.Errorf("frame codec: cannot unmarshal into %T", v)
+	switch m := v.(type) {
+	case *frame:
+		m.data = data.Materialize()
+		return nil
+	case proto.Message:
+		return proto.Unmarshal(data.Materialize(), m)
 	}
-	f.data = data.Materialize()
-	return nil
+	return fmt.Errorf("frame codec: cannot unmarshal into %T", v)
 }

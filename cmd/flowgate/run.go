@@ -29,6 +29,7 @@ type options struct {
 	maxTimeout      time.Duration
 	dialTimeout     time.Duration
 	maxInFlight     int
+	netHTTPGRPC     bool
 	shutdownTimeout time.Duration
 	forwardHeaders  []string
 	sseHeartbeat    time.Duration
@@ -67,6 +68,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	}
 	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
 	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
+	set.Bool(&o.netHTTPGRPC, "grpc-net-http", "FLOWGATE_GRPC_NET_HTTP", false, "serve gRPC callers with net/http like every other caller, instead of with grpc-go on connections whose first request is gRPC")
 	set.Int(&o.maxInFlight, "upstream-max-in-flight", "FLOWGATE_UPSTREAM_MAX_IN_FLIGHT", 1024, "unary calls in flight to one upstream beyond which calls fail at once")
 	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM")
 	set.List(&o.forwardHeaders, "forward-headers", "FLOWGATE_FORWARD_HEADERS", nil, "extra request headers forwarded to upstreams")
@@ -158,6 +160,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxTimeout:      o.maxTimeout,
 		DialTimeout:     o.dialTimeout,
 		MaxInFlight:     o.maxInFlight,
+		NetHTTPGRPC:     o.netHTTPGRPC,
 		ForwardHeaders:  o.forwardHeaders,
 		SSE:             server.SSEConfig{Heartbeat: o.sseHeartbeat, Retry: o.sseRetry},
 		Security:        o.security,

@@ -1,0 +1,341 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/reflection"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/flowgate/flowgate/interceptors"
+)
+
+// grpcFast serves gRPC callers' connections with grpc-go instead of
+// net/http (see connSplitter). Every call still passes the gateway's one
+// policy: the same Connect interceptors (access log, authentication,
+// authorization, rate limits) run around the same forwarders, through an
+// adapter that gives a grpc-go stream the shape of a Connect handler
+// connection; identity headers are stripped, request ids minted and client
+// addresses resolved as the HTTP middleware does for other callers.
+type grpcFast struct {
+	methods  map[string]fastMethod
+	security *security
+	server   *grpc.Server
+	served   atomic.Int64 // calls, for tests
+}
+
+// fastMethod is one procedure the fast path serves: its spec and its
+// handler, already wrapped in the interceptors.
+type fastMethod struct {
+	spec    connect.Spec
+	handler connect.StreamingHandlerFunc
+}
+
+func newGRPCFast(sec *security, maxRecv int) *grpcFast {
+	f := &grpcFast{methods: map[string]fastMethod{}, security: sec}
+	cfg := sec.cfg
+	f.server = grpc.NewServer(
+		grpc.UnknownServiceHandler(f.serve),
+		grpc.ForceServerCodecV2(frameCodec{}),
+		grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes)),
+		grpc.MaxSendMsgSize(maxRecv),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(uint32(min(cfg.MaxHeaderBytes, math.MaxUint32))), //nolint:gosec // bounded
+		grpc.ConnectionTimeout(cfg.ReadHeaderTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.IdleTimeout}),
+		// Callers' keepalive pings are welcome at the rate net/http took them.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.SharedWriteBuffer(true),
+		// Calls run on long-lived workers whose stacks have grown to what a
+		// call needs, instead of a new goroutine growing its stack each time.
+		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))), //nolint:gosec // small
+	)
+	return f
+}
+
+// add serves procedure with handler wrapped in chain, first interceptor
+// outermost, as connect applies them.
+func (f *grpcFast) add(procedure string, method protoreflect.MethodDescriptor, chain []connect.Interceptor, handler connect.StreamingHandlerFunc) {
+	for i := len(chain) - 1; i >= 0; i-- {
+		handler = chain[i].WrapStreamingHandler(handler)
+	}
+	streamType := connect.StreamTypeUnary
+	switch {
+	case method.IsStreamingClient() && method.IsStreamingServer():
+		streamType = connect.StreamTypeBidi
+	case method.IsStreamingServer():
+		streamType = connect.StreamTypeServer
+	case method.IsStreamingClient():
+		streamType = connect.StreamTypeClient
+	}
+	f.methods[procedure] = fastMethod{
+		spec:    connect.Spec{Procedure: procedure, StreamType: streamType, Schema: method, IdempotencyLevel: connect.IdempotencyLevel(method.Options().ProtoReflect().Get(idempotencyField(method)).Enum())},
+		handler: handler,
+	}
+}
+
+// idempotencyField is the idempotency_level field of a method's options.
+func idempotencyField(method protoreflect.MethodDescriptor) protoreflect.FieldDescriptor {
+	return method.Options().ProtoReflect().Descriptor().Fields().ByName("idempotency_level")
+}
+
+// serve handles every call on a gRPC caller's connection.
+func (f *grpcFast) serve(_ any, stream grpc.ServerStream) error {
+	f.served.Add(1)
+	procedure, _ := grpc.MethodFromServerStream(stream)
+	m, ok := f.methods[procedure]
+	if !ok {
+		return status.Error(codes.Unimplemented, "unknown procedure "+procedure)
+	}
+	ctx := stream.Context()
+	conn := newFastConn(stream, m.spec)
+	header := conn.RequestHeader()
+	interceptors.StripIdentityHeaders(header)
+	id := header.Get(requestIDHeader)
+	if !validRequestID(id) {
+		id = newRequestID()
+		header.Set(requestIDHeader, id)
+	}
+	conn.ResponseHeader().Set(requestIDHeader, id)
+	if f.security.needClientIP {
+		ctx = interceptors.WithClientIP(ctx, f.security.proxies.ClientIP(conn.peer.Addr, header.Values("X-Forwarded-For")))
+	}
+	err := m.handler(ctx, conn)
+	conn.flushHeader()
+	if err != nil {
+		return conn.fail(err)
+	}
+	conn.setTrailer(conn.trailer)
+	return nil
+}
+
+// fastConn is a grpc-go server stream as a Connect handler connection.
+type fastConn struct {
+	stream     grpc.ServerStream
+	spec       connect.Spec
+	peer       connect.Peer
+	reqHeader  http.Header
+	header     http.Header
+	trailer    http.Header
+	headerSent bool
+}
+
+func newFastConn(stream grpc.ServerStream, spec connect.Spec) *fastConn {
+	c := &fastConn{stream: stream, spec: spec, header: http.Header{}, trailer: http.Header{}}
+	c.peer.Protocol = connect.ProtocolGRPC
+	if p, ok := peer.FromContext(stream.Context()); ok && p.Addr != nil {
+		c.peer.Addr = p.Addr.String()
+	}
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	c.reqHeader = make(http.Header, len(md))
+	for key, vals := range md {
+		if strings.HasPrefix(key, ":") {
+			continue
+		}
+		name := http.CanonicalHeaderKey(key)
+		if strings.HasSuffix(key, "-bin") {
+			for _, v := range vals {
+				c.reqHeader[name] = append(c.reqHeader[name], connect.EncodeBinaryHeader([]byte(v)))
+			}
+			continue
+		}
+		c.reqHeader[name] = vals
+	}
+	return c
+}
+
+func (c *fastConn) Spec() connect.Spec           { return c.spec }
+func (c *fastConn) Peer() connect.Peer           { return c.peer }
+func (c *fastConn) RequestHeader() http.Header   { return c.reqHeader }
+func (c *fastConn) ResponseHeader() http.Header  { return c.header }
+func (c *fastConn) ResponseTrailer() http.Header { return c.trailer }
+
+func (c *fastConn) Receive(msg any) error {
+	if err := c.stream.RecvMsg(msg); err != nil {
+		return fastError(err)
+	}
+	return nil
+}
+
+func (c *fastConn) Send(msg any) error {
+	c.flushHeader()
+	if err := c.stream.SendMsg(msg); err != nil {
+		return fastError(err)
+	}
+	return nil
+}
+
+// flushHeader hands the response headers to grpc-go, which sends them with
+// the first message or the status.
+func (c *fastConn) flushHeader() {
+	if c.headerSent {
+		return
+	}
+	c.headerSent = true
+	if md := headerMetadata(c.header); len(md) > 0 {
+		_ = c.stream.SetHeader(md)
+	}
+}
+
+func (c *fastConn) setTrailer(h http.Header) {
+	if md := headerMetadata(h); len(md) > 0 {
+		c.stream.SetTrailer(md)
+	}
+}
+
+// fail turns a handler's error into the status grpc-go sends: code,
+// message and details as the caller would get them from the gateway's
+// other gRPC path, and the error's metadata as trailers.
+func (c *fastConn) fail(err error) error {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return status.Error(codes.Unknown, err.Error())
+	}
+	trailer := c.trailer
+	for name, vals := range ce.Meta() {
+		trailer[name] = append(trailer[name], vals...)
+	}
+	c.setTrailer(trailer)
+	st := &spb.Status{Code: int32(ce.Code()), Message: ce.Message()} //nolint:gosec // codes are small
+	for _, d := range ce.Details() {
+		st.Details = append(st.Details, &anypb.Any{TypeUrl: "type.googleapis.com/" + d.Type(), Value: d.Bytes()})
+	}
+	return status.FromProto(st).Err()
+}
+
+// fastError gives stream errors the Connect form the forwarders expect.
+func fastError(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return connect.NewError(connect.CodeOf(err), err)
+	}
+	if st, ok := status.FromError(err); ok {
+		return connect.NewError(connect.Code(st.Code()), errors.New(st.Message()))
+	}
+	return err
+}
+
+// headerMetadata is h as gRPC metadata, leaving out what grpc-go writes
+// itself; binary values are decoded for grpc-go to encode.
+func headerMetadata(h http.Header) metadata.MD {
+	if len(h) == 0 {
+		return nil
+	}
+	md := make(metadata.MD, len(h))
+	for name, vals := range h {
+		if len(vals) == 0 || neverForwarded(name) && name != "Grpc-Status-Details-Bin" {
+			continue
+		}
+		key := strings.ToLower(name)
+		if strings.HasPrefix(key, "grpc-") {
+			continue
+		}
+		if strings.HasSuffix(key, "-bin") {
+			for _, v := range vals {
+				if raw, err := connect.DecodeBinaryHeader(v); err == nil {
+					md[key] = append(md[key], string(raw))
+				}
+			}
+			continue
+		}
+		md[key] = append(md[key], vals...)
+	}
+	return md
+}
+
+// health serves grpc.health.v1.Health/Check from the gateway's checker;
+// Watch is not offered, as on the gateway's other gRPC path.
+func (f *grpcFast) addHealth(checker *healthChecker, chain []connect.Interceptor) {
+	check := healthpb.File_grpc_health_v1_health_proto.Services().Get(0).Methods().ByName("Check")
+	f.add(healthpb.Health_Check_FullMethodName, check, chain, func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		var req healthpb.HealthCheckRequest
+		if err := conn.Receive(&req); err != nil {
+			return err
+		}
+		res, err := checker.Check(ctx, &grpchealth.CheckRequest{Service: req.GetService()})
+		if err != nil {
+			return err
+		}
+		return conn.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_ServingStatus(res.Status)}) //nolint:gosec // same enum
+	})
+}
+
+// addReflection serves server reflection, v1 and v1alpha, listing names.
+func (f *grpcFast) addReflection(names []string, chain []connect.Interceptor) {
+	opts := reflection.ServerOptions{Services: serviceNames(names)}
+	v1 := reflection.NewServerV1(opts)
+	v1alpha := reflection.NewServer(opts)
+	for _, svc := range []protoreflect.ServiceDescriptor{
+		reflectionv1.File_grpc_reflection_v1_reflection_proto.Services().Get(0),
+		reflectionv1alpha.File_grpc_reflection_v1alpha_reflection_proto.Services().Get(0),
+	} {
+		method := svc.Methods().Get(0)
+		procedure := "/" + string(svc.FullName()) + "/" + string(method.Name())
+		alpha := strings.Contains(procedure, "v1alpha")
+		f.add(procedure, method, chain, func(_ context.Context, conn connect.StreamingHandlerConn) error {
+			fc, ok := conn.(*fastConn)
+			if !ok {
+				return connect.NewError(connect.CodeInternal, errors.New("reflection: unexpected connection"))
+			}
+			stream := fc.stream
+			if alpha {
+				return v1alpha.ServerReflectionInfo(&grpc.GenericServerStream[reflectionv1alpha.ServerReflectionRequest, reflectionv1alpha.ServerReflectionResponse]{ServerStream: stream})
+			}
+			return v1.ServerReflectionInfo(&grpc.GenericServerStream[reflectionv1.ServerReflectionRequest, reflectionv1.ServerReflectionResponse]{ServerStream: stream})
+		})
+	}
+}
+
+// serviceNames lists services for reflection.
+type serviceNames []string
+
+func (s serviceNames) GetServiceInfo() map[string]grpc.ServiceInfo {
+	m := make(map[string]grpc.ServiceInfo, len(s))
+	for _, name := range s {
+		m[name] = grpc.ServiceInfo{}
+	}
+	return m
+}
+
+// serve runs the grpc-go server on the connections ln delivers.
+func (f *grpcFast) serveOn(ln net.Listener) error {
+	err := f.server.Serve(ln)
+	if errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// stop lets calls in flight finish until ctx ends, then cuts them.
+func (f *grpcFast) stop(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		f.server.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		f.server.Stop()
+		<-done
+	}
+}

@@ -1,0 +1,280 @@
+package server
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+)
+
+// The connection splitter hands each cleartext connection whose first
+// request is gRPC to the gateway's grpc-go server, and every other
+// connection (HTTP/1.1, HTTP/2 carrying REST, Connect or gRPC-Web) to
+// net/http. gRPC callers keep a connection for gRPC alone, and grpc-go
+// serves it at a fraction of what net/http's HTTP/2 server costs per call.
+//
+// The protocol is known only from the first request's headers, which a
+// gRPC client may send after waiting for the server's SETTINGS. The
+// splitter therefore answers the connection preface with an empty SETTINGS
+// frame of its own, reads frames up to the first HEADERS, and replays them
+// to the chosen server, dropping the client's acknowledgement of that
+// extra SETTINGS frame, which the chosen server never sent.
+
+const (
+	h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	// maxSniffBytes bounds what is read of a connection to classify it.
+	maxSniffBytes = 64 << 10
+
+	frameHeaders      = 0x1
+	frameSettings     = 0x4
+	frameContinuation = 0x9
+	flagAck           = 0x1
+	flagEndHeaders    = 0x4
+	flagPadded        = 0x8
+	flagPriority      = 0x20
+
+	settingMaxConcurrentStreams = 0x3
+	settingMaxHeaderListSize    = 0x6
+)
+
+// settingsFrame is the splitter's SETTINGS frame. It states the limits
+// both servers state, so that a client is held to them from its first
+// request; the chosen server then sends its own.
+func settingsFrame(maxStreams, maxHeaderList uint32) []byte {
+	f := []byte{0, 0, 12, frameSettings, 0, 0, 0, 0, 0}
+	f = binary.BigEndian.AppendUint16(f, settingMaxConcurrentStreams)
+	f = binary.BigEndian.AppendUint32(f, maxStreams)
+	f = binary.BigEndian.AppendUint16(f, settingMaxHeaderListSize)
+	return binary.BigEndian.AppendUint32(f, maxHeaderList)
+}
+
+// connSplitter accepts connections from ln and routes them.
+type connSplitter struct {
+	ln       net.Listener
+	settings []byte
+	http     *chanListener
+	grpc     *chanListener
+	timeout  time.Duration
+	wg       sync.WaitGroup
+}
+
+func newConnSplitter(ln net.Listener, timeout time.Duration, settings []byte) *connSplitter {
+	return &connSplitter{ln: ln, settings: settings, http: newChanListener(ln.Addr()), grpc: newChanListener(ln.Addr()), timeout: timeout}
+}
+
+// run accepts until the listener closes, then closes both outputs.
+func (s *connSplitter) run() {
+	defer func() {
+		s.wg.Wait()
+		s.http.Close()
+		s.grpc.Close()
+	}()
+	for {
+		conn, err := s.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		s.wg.Go(func() { s.route(conn) })
+	}
+}
+
+// route classifies one connection and hands it over.
+func (s *connSplitter) route(conn net.Conn) {
+	_ = conn.SetReadDeadline(time.Now().Add(s.timeout))
+	prefix, grpc, dropAck, err := sniff(conn, s.settings)
+	_ = conn.SetReadDeadline(time.Time{})
+	if err != nil && len(prefix) == 0 {
+		_ = conn.Close()
+		return
+	}
+	wrapped := &replayConn{Conn: conn, prefix: prefix, dropAck: dropAck}
+	if grpc && err == nil {
+		s.grpc.deliver(wrapped)
+		return
+	}
+	s.http.deliver(wrapped)
+}
+
+// sniff reads the start of a connection. It returns what it read, to be
+// replayed; whether the first request is gRPC; and whether the client's
+// acknowledgement of the splitter's SETTINGS is still to come.
+func sniff(conn net.Conn, settings []byte) (prefix []byte, grpc, dropAck bool, err error) {
+	var buf bytes.Buffer
+	head := make([]byte, len(h2Preface))
+	n, err := io.ReadFull(conn, head)
+	buf.Write(head[:n])
+	if err != nil || string(head) != h2Preface {
+		return buf.Bytes(), false, false, err
+	}
+	if _, err := conn.Write(settings); err != nil {
+		return buf.Bytes(), false, false, err
+	}
+	dropAck = true
+	var block []byte
+	for buf.Len() < maxSniffBytes {
+		hdr, payload, err := readFrame(conn, maxSniffBytes)
+		if err != nil {
+			return buf.Bytes(), false, dropAck, err
+		}
+		typ, flags := hdr[3], hdr[4]
+		if dropAck && typ == frameSettings && flags&flagAck != 0 {
+			dropAck = false
+			continue
+		}
+		buf.Write(hdr)
+		buf.Write(payload)
+		switch typ {
+		case frameHeaders:
+			block = append(block, headerFragment(flags, payload)...)
+		case frameContinuation:
+			block = append(block, payload...)
+		default:
+			continue
+		}
+		if flags&flagEndHeaders != 0 {
+			return buf.Bytes(), isGRPCHeaderBlock(block), dropAck, nil
+		}
+	}
+	return buf.Bytes(), false, dropAck, nil
+}
+
+// readFrame reads one HTTP/2 frame of at most limit payload bytes.
+func readFrame(r io.Reader, limit int) (hdr, payload []byte, err error) {
+	hdr = make([]byte, 9)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return nil, nil, err
+	}
+	length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+	if length > limit {
+		return nil, nil, errors.New("frame too large to classify")
+	}
+	payload = make([]byte, length)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return nil, nil, err
+	}
+	return hdr, payload, nil
+}
+
+// headerFragment is the header block fragment of a HEADERS frame's payload,
+// without padding and priority fields.
+func headerFragment(flags byte, p []byte) []byte {
+	pad := 0
+	if flags&flagPadded != 0 && len(p) > 0 {
+		pad = int(p[0])
+		p = p[1:]
+	}
+	if flags&flagPriority != 0 && len(p) >= 5 {
+		p = p[5:]
+	}
+	if pad > len(p) {
+		return nil
+	}
+	return p[:len(p)-pad]
+}
+
+// isGRPCHeaderBlock reports whether the first request is gRPC (not
+// gRPC-Web) with uncompressed messages. Callers that compress are left to
+// net/http, whose decompression the gateway bounds. The first header block
+// of a connection is decoded with an empty dynamic table, as the client
+// encoded it.
+func isGRPCHeaderBlock(block []byte) bool {
+	fields, err := hpack.NewDecoder(4096, nil).DecodeFull(block)
+	if err != nil {
+		return false
+	}
+	grpc := false
+	for _, f := range fields {
+		switch f.Name {
+		case "content-type":
+			ct := strings.ToLower(f.Value)
+			grpc = ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+proto") || strings.HasPrefix(ct, "application/grpc;")
+		case "grpc-encoding":
+			if f.Value != "identity" {
+				return false
+			}
+		}
+	}
+	return grpc
+}
+
+// replayConn gives its reader the bytes sniffing consumed, then the
+// connection's, leaving out the client's acknowledgement of the splitter's
+// SETTINGS frame if it had not arrived yet.
+type replayConn struct {
+	net.Conn
+	prefix  []byte
+	dropAck bool
+	frame   []byte // a frame read while looking for the acknowledgement
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	for len(c.frame) == 0 && c.dropAck {
+		hdr, payload, err := readFrame(c.Conn, 1<<24)
+		if err != nil {
+			return 0, err
+		}
+		if hdr[3] == frameSettings && hdr[4]&flagAck != 0 {
+			c.dropAck = false
+			continue
+		}
+		c.frame = append(hdr, payload...)
+	}
+	if len(c.frame) > 0 {
+		n := copy(p, c.frame)
+		c.frame = c.frame[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// chanListener is a net.Listener fed connections by the splitter.
+type chanListener struct {
+	addr   net.Addr
+	conns  chan net.Conn
+	done   chan struct{}
+	closer sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) deliver(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		_ = c.Close()
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.closer.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
