@@ -67,7 +67,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM")
 	set.List(&o.forwardHeaders, "forward-headers", "FLOWGATE_FORWARD_HEADERS", nil, "extra request headers forwarded to upstreams")
 	set.Duration(&o.sseHeartbeat, "sse-heartbeat", "FLOWGATE_SSE_HEARTBEAT", 15*time.Second, "interval of comment heartbeats on SSE streams")
-	set.Duration(&o.sseRetry, "sse-retry", "FLOWGATE_SSE_RETRY", 3*time.Second, "reconnection delay advised to EventSource clients")
+	set.Duration(&o.sseRetry, "sse-retry", "FLOWGATE_SSE_RETRY", 3*time.Second, "reconnection delay advised to EventSource clients (0: none, except 3s with a retryable error)")
 	set.String(&o.tlsCert, "tls-cert", "FLOWGATE_TLS_CERT", "", "TLS certificate file (PEM); with -tls-key serves HTTPS with HTTP/2")
 	set.String(&o.tlsKey, "tls-key", "FLOWGATE_TLS_KEY", "", "TLS private key file (PEM)")
 	set.String(&o.pprofListen, "pprof-listen", "FLOWGATE_PPROF_LISTEN", "", "address of a separate listener serving /debug/pprof (keep it private; off when empty)")
