@@ -248,7 +248,9 @@ func invalidJSON(err error) error {
 func (g *Gateway) Handler() http.Handler { return g.handler }
 
 // Serve serves on ln until ctx ends, then stops accepting, ends open
-// streams and waits up to the shutdown timeout for in-flight calls.
+// streams and waits up to the shutdown timeout for in-flight calls, cuts
+// what remains and returns nil. It returns an error only when serving
+// fails.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -263,6 +265,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelDebug),
 	}
 	g.security.configureServer(srv)
+	drain := newDrainTracker()
+	drain.track(srv)
 	errc := make(chan error, 1)
 	go func() {
 		if g.tlsConfig != nil {
@@ -276,23 +280,9 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	g.logger.Info("shutting down", slog.Duration("timeout", g.cfg.ShutdownTimeout))
-	g.stopStreams()
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
-	defer cancel()
-	err := srv.Shutdown(shutdownCtx)
-	if err != nil {
-		_ = srv.Close()
-	}
-	// Streams on connections taken over from net/http end with the others
-	// (stopStreams ended their calls); wait for their final events.
-	for _, b := range g.bridges {
-		if berr := b.Shutdown(shutdownCtx); err == nil {
-			err = berr
-		}
-	}
-	<-errc
-	return err
+	g.shutdown(ctx, srv, drain)
+	<-errc // http.ErrServerClosed
+	return nil
 }
 
 // Close releases the upstream connections and the rate limiter's Redis

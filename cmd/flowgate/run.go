@@ -64,7 +64,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	}
 	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
 	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
-	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM")
+	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM; what outlives it is cut, and the process still exits 0")
 	set.List(&o.forwardHeaders, "forward-headers", "FLOWGATE_FORWARD_HEADERS", nil, "extra request headers forwarded to upstreams")
 	set.Duration(&o.sseHeartbeat, "sse-heartbeat", "FLOWGATE_SSE_HEARTBEAT", 15*time.Second, "interval of comment heartbeats on SSE streams")
 	set.Duration(&o.sseRetry, "sse-retry", "FLOWGATE_SSE_RETRY", 3*time.Second, "reconnection delay advised to EventSource clients (0: none, except 3s with a retryable error)")
