@@ -42,6 +42,7 @@ type grpcFast struct {
 	security *security
 	server   *grpc.Server
 	served   atomic.Int64 // calls, for tests
+	active   atomic.Int64 // calls in flight, for shutdown
 }
 
 // fastMethod is one procedure the fast path serves: its spec and its
@@ -102,6 +103,8 @@ func idempotencyField(method protoreflect.MethodDescriptor) protoreflect.FieldDe
 // serve handles every call on a gRPC caller's connection.
 func (f *grpcFast) serve(_ any, stream grpc.ServerStream) error {
 	f.served.Add(1)
+	f.active.Add(1)
+	defer f.active.Add(-1)
 	procedure, _ := grpc.MethodFromServerStream(stream)
 	m, ok := f.methods[procedure]
 	if !ok {
@@ -325,8 +328,12 @@ func (f *grpcFast) serveOn(ln net.Listener) error {
 	return err
 }
 
-// stop lets calls in flight finish until ctx ends, then cuts them.
-func (f *grpcFast) stop(ctx context.Context) {
+// stop lets calls in flight finish until ctx ends, then cuts them and
+// says how many it cut. A gateway without the grpc-go path has none.
+func (f *grpcFast) stop(ctx context.Context) int {
+	if f == nil {
+		return 0
+	}
 	done := make(chan struct{})
 	go func() {
 		f.server.GracefulStop()
@@ -334,8 +341,11 @@ func (f *grpcFast) stop(ctx context.Context) {
 	}()
 	select {
 	case <-done:
+		return 0
 	case <-ctx.Done():
+		cut := int(f.active.Load())
 		f.server.Stop()
 		<-done
+		return cut
 	}
 }

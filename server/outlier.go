@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -29,23 +28,27 @@ const (
 	stallAfter         = 2 * time.Second
 	probeTimeout       = time.Second
 	probeInterval      = 500 * time.Millisecond
-	// ejectAfterFailures is how many calls in a row must fail to reach the
-	// upstream at all (refused or lost connections) to eject it.
-	ejectAfterFailures = 5
+	// redialEvery bounds how often a refused upstream is redialled at once
+	// rather than after grpc-go's backoff.
+	redialEvery = 100 * time.Millisecond
 )
 
 // upstreamGuard fails calls to one upstream fast when it cannot take them:
-// when it already has MaxInFlight unary calls, and while it is ejected. An
-// ejected upstream is probed until it answers again.
+// when it already has MaxInFlight unary calls, and while it is ejected for
+// not answering. An ejected upstream is probed until it answers again.
 type upstreamGuard struct {
 	name        string
 	maxInFlight int64
 	probe       func(context.Context) error
-	logger      *slog.Logger
+	// redial, when set, reconnects at once to an upstream that refused
+	// its last connection, so that calls resume as soon as it is back.
+	redial func()
+	logger *slog.Logger
 
 	inFlight     atomic.Int64
 	lastDone     atomic.Int64 // unix nanoseconds of the last call that got an answer
 	failures     atomic.Int32 // calls in a row that got no answer
+	redialed     atomic.Int64 // unix nanoseconds of the last redial
 	ejected      atomic.Bool
 	ejectedSince atomic.Int64
 	ejections    atomic.Int64 // total, for logs
@@ -76,7 +79,11 @@ func (g *upstreamGuard) run(ctx context.Context) {
 
 // watch probes an ejected upstream, and one that looks stalled: calls in
 // flight and none answered for stallAfter. Idle upstreams are not probed.
+// An upstream whose last calls could not reach it is redialled.
 func (g *upstreamGuard) watch(ctx context.Context) {
+	if g.failures.Load() > 0 {
+		g.redialNow()
+	}
 	ejected := g.ejected.Load()
 	stalled := g.inFlight.Load() > 0 && time.Since(time.Unix(0, g.lastDone.Load())) > stallAfter
 	if !ejected && !stalled {
@@ -99,6 +106,19 @@ func (g *upstreamGuard) watch(ctx context.Context) {
 	case !ejected:
 		g.eject("no answer to a health probe while calls wait", err)
 	}
+}
+
+// redialNow reconnects to the upstream unless that was just done.
+func (g *upstreamGuard) redialNow() {
+	if g.redial == nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := g.redialed.Load()
+	if now-last < int64(redialEvery) || !g.redialed.CompareAndSwap(last, now) {
+		return
+	}
+	g.redial()
 }
 
 func (g *upstreamGuard) eject(reason string, err error) {
@@ -151,16 +171,20 @@ func (g *upstreamGuard) done(ctx context.Context, err error) {
 	g.record(ctx, err)
 }
 
-// record counts calls that got no answer at all, and notes answers as signs
-// of life. A call its caller gave up on tells neither.
+// record notes answers as signs of life, and has an upstream that could
+// not be reached redialled. A call its caller gave up on tells neither.
+// Refused connections do not eject: they fail fast by themselves.
 func (g *upstreamGuard) record(ctx context.Context, err error) {
 	switch {
 	case ctx.Err() != nil:
 	case err == nil || !noAnswer(err):
-		g.failures.Store(0)
+		if g.failures.Load() != 0 {
+			g.failures.Store(0)
+		}
 		g.lastDone.Store(time.Now().UnixNano())
-	case g.failures.Add(1) >= ejectAfterFailures:
-		g.eject(strconv.Itoa(ejectAfterFailures)+" calls in a row could not reach it", err)
+	default:
+		g.failures.Add(1)
+		g.redialNow()
 	}
 }
 

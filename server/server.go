@@ -189,7 +189,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 				return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
 			}
 			g.grpcConns = append(g.grpcConns, conn)
-			us.grpcConn = conn
+			us.grpcUp = &grpcUpstream{conn: conn}
 		}
 		us.guard = g.newGuard(svc.name, string(svc.desc.FullName()), us, base, upstreams[i])
 		vs, err := g.buildService(us, upstreams[i], hooks, handlerOpts, streams)
@@ -244,13 +244,16 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 // upstream, watching it for the gateway's lifetime.
 func (g *Gateway) newGuard(name, service string, us upstreamService, base *url.URL, up Upstream) *upstreamGuard {
 	var probe func(context.Context) error
-	if us.grpcConn != nil {
-		probe = grpcProbe(us.grpcConn, service)
+	if us.grpcUp != nil {
+		probe = grpcProbe(us.grpcUp.conn, service)
 	} else {
 		opts, _ := up.clientOptions()
 		probe = connectProbe(grpchealth.NewClient(us.httpClient, base.String(), opts[1:]...), service)
 	}
 	guard := newUpstreamGuard(name, g.cfg.MaxInFlight, probe, g.logger)
+	if us.grpcUp != nil {
+		guard.redial = us.grpcUp.conn.ResetConnectBackoff
+	}
 	go guard.run(g.streams)
 	return guard
 }
@@ -300,7 +303,9 @@ func invalidJSON(err error) error {
 func (g *Gateway) Handler() http.Handler { return g.handler }
 
 // Serve serves on ln until ctx ends, then stops accepting, ends open
-// streams and waits up to the shutdown timeout for in-flight calls.
+// streams and waits up to the shutdown timeout for in-flight calls, cuts
+// what remains and returns nil. It returns an error only when serving
+// fails.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -315,6 +320,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelDebug),
 	}
 	g.security.configureServer(srv)
+	drain := newDrainTracker()
+	drain.track(srv)
 	httpLn := ln
 	var fastDone chan error
 	if g.fast != nil && g.tlsConfig == nil {
@@ -338,32 +345,15 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	g.logger.Info("shutting down", slog.Duration("timeout", g.cfg.ShutdownTimeout))
-	g.stopStreams()
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
-	defer cancel()
 	if fastDone != nil {
 		_ = ln.Close()
-		go g.fast.stop(shutdownCtx)
 	}
-	err := srv.Shutdown(shutdownCtx)
-	if err != nil {
-		_ = srv.Close()
-	}
+	g.shutdown(ctx, srv, drain)
+	<-errc // http.ErrServerClosed
 	if fastDone != nil {
-		if ferr := <-fastDone; err == nil {
-			err = ferr
-		}
+		<-fastDone
 	}
-	// Streams on connections taken over from net/http end with the others
-	// (stopStreams ended their calls); wait for their final events.
-	for _, b := range g.bridges {
-		if berr := b.Shutdown(shutdownCtx); err == nil {
-			err = berr
-		}
-	}
-	<-errc
-	return err
+	return nil
 }
 
 // Close releases the upstream connections and the rate limiter's Redis

@@ -84,7 +84,13 @@ type cutter struct {
 
 func newCutter(tb testing.TB, target string) *cutter {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return listenCutter(tb, "127.0.0.1:0", target)
+}
+
+// listenCutter is a cutter listening on addr.
+func listenCutter(tb testing.TB, addr, target string) *cutter {
+	tb.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -130,12 +136,7 @@ type logEntry struct {
 
 func TestBrowserEventSource(t *testing.T) {
 	t.Parallel()
-	if _, err := os.Stat(chromiumPath); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI must run the browser test, but %s is missing: %v", chromiumPath, err)
-		}
-		t.Skipf("%s is not installed (apt-get install chromium)", chromiumPath)
-	}
+	requireChromium(t)
 	model := &slowModel{release: make(chan struct{})}
 	modelSrv := httptest.NewServer(model)
 	t.Cleanup(modelSrv.Close)
@@ -192,6 +193,18 @@ func TestBrowserEventSource(t *testing.T) {
 	})
 	checkChat(t, log)
 	checkGeneration(t, log)
+}
+
+// requireChromium skips a browser test where Chromium is not installed,
+// except in CI, which must run it.
+func requireChromium(tb testing.TB) {
+	tb.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("CI must run the browser tests, but %s is missing: %v", chromiumPath, err)
+		}
+		tb.Skipf("%s is not installed (apt-get install chromium)", chromiumPath)
+	}
 }
 
 // browser starts headless Chromium for the test.

@@ -20,7 +20,8 @@ type SSEConfig struct {
 	// Heartbeat is the interval of comment heartbeats (default 15s; negative
 	// disables them).
 	Heartbeat time.Duration
-	// Retry is the reconnection delay advised to browsers (0: none sent).
+	// Retry is the reconnection delay advised to browsers (0: none, but
+	// sse.DefaultRetry with a retryable error).
 	Retry time.Duration
 }
 

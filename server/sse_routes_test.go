@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -311,26 +310,13 @@ func TestSSEAccessLogOneLinePerStream(t *testing.T) {
 	}
 }
 
-// Shutting down ends open streams with an error event, whichever protocol
-// carries them, and Serve returns once they have ended.
+// Shutting down ends open streams with an error event that says so,
+// whichever protocol carries them, and Serve returns once they have ended.
 func TestSSEStreamsEndAtShutdown(t *testing.T) {
 	t.Parallel()
-	cfg := Config{ShutdownTimeout: 10 * time.Second}
+	var cfg Config
 	cfg.Agent, cfg.Runtime, cfg.Engine = startBackends(t, backends.Config{})
-	gw, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = gw.Close() })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	served := make(chan error, 1)
-	go func() { served <- gw.Serve(ctx, ln) }()
-	base := "http://" + ln.Addr().String()
+	log, base, stop, served := serveLogged(t, cfg, 10*time.Second)
 	session := createSession(t, base)
 	var streams []*http.Response
 	for _, client := range []*http.Client{http1Client(t), h2cClient(t)} {
@@ -344,7 +330,13 @@ func TestSSEStreamsEndAtShutdown(t *testing.T) {
 	for _, resp := range streams {
 		events := readSSE(t, resp.Body, nil)
 		if len(events) == 0 || events[len(events)-1].name != "error" {
-			t.Errorf("%s stream ended with %+v, want an error event", resp.Proto, events)
+			t.Fatalf("%s stream ended with %+v, want an error event", resp.Proto, events)
+		}
+		// The browser is told the truth, and a code it may retry: the
+		// upstream is fine, the gateway is going away.
+		last, _ := events[len(events)-1].data["error"].(map[string]any)
+		if last["code"] != "BAD_GATEWAY" || last["message"] != "the gateway is shutting down; reconnect" {
+			t.Errorf("%s stream's error event %v, want BAD_GATEWAY saying the gateway is shutting down", resp.Proto, last)
 		}
 	}
 	select {
@@ -357,5 +349,8 @@ func TestSSEStreamsEndAtShutdown(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("shutting down took %v with streams open", d)
+	}
+	if cut := logEntryWith(t, log.String(), "cut"); cut != nil {
+		t.Errorf("streams that ended at shutdown were reported cut: %v", cut)
 	}
 }

@@ -12,7 +12,6 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/vanguard"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -114,8 +113,8 @@ type upstreamService struct {
 	name       string
 	descriptor protoreflect.ServiceDescriptor
 	httpClient *http.Client
-	// grpcConn, when set, carries the forwarded calls instead of httpClient.
-	grpcConn *grpc.ClientConn
+	// grpcUp, when set, carries the forwarded calls instead of httpClient.
+	grpcUp *grpcUpstream
 	// guard fails calls fast while the upstream is full or ejected.
 	guard *upstreamGuard
 }
@@ -138,8 +137,8 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 		method := methods.Get(i)
 		procedure := "/" + string(svc.descriptor.FullName()) + "/" + string(method.Name())
 		var call upstreamCaller = connectCaller{connect.NewClient[frame, frame](svc.httpClient, base.String()+procedure, append(clientOpts, connect.WithSchema(method))...)}
-		if svc.grpcConn != nil {
-			call = grpcCaller{conn: svc.grpcConn, procedure: procedure}
+		if svc.grpcUp != nil {
+			call = grpcCaller{grpcUpstream: svc.grpcUp, procedure: procedure}
 		}
 		fwd := &forwarder{
 			upstream:   svc.name,

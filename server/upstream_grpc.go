@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -40,8 +42,8 @@ const upstreamConnWindow = 16 << 20
 // transport writes a call as one batched flush of few frames, which costs
 // both the gateway and the backend about half of what net/http's HTTP/2
 // client costs per call. The connection is opened lazily and reopened with
-// a short backoff, so a backend that restarts is reachable again within
-// seconds.
+// a short backoff (and at once when a call finds it refused; see
+// upstreamGuard), so a backend that restarts is reachable again at once.
 func dialGRPC(base *url.URL, dialTimeout time.Duration, maxRecv int) (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
 	if base.Scheme == "https" {
@@ -51,7 +53,7 @@ func dialGRPC(base *url.URL, dialTimeout time.Duration, maxRecv int) (*grpc.Clie
 		grpc.WithTransportCredentials(creds),
 		grpc.WithAuthority(base.Host),
 		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: dialTimeout,
 		}),
 		// Notice a dead upstream connection instead of waiting on it.
@@ -73,13 +75,47 @@ func dialGRPC(base *url.URL, dialTimeout time.Duration, maxRecv int) (*grpc.Clie
 
 // grpcCaller calls one method of an upstream over a grpc-go connection.
 type grpcCaller struct {
-	conn      *grpc.ClientConn
+	*grpcUpstream
 	procedure string
+}
+
+// grpcUpstream is the connection of one gRPC upstream and what the callers
+// of its methods share about it.
+type grpcUpstream struct {
+	conn *grpc.ClientConn
+	// redialing is set while one call waits for a redial.
+	redialing atomic.Bool
+}
+
+// redialWait bounds how long a call waits for a refused upstream to be
+// redialled before it fails.
+const redialWait = 250 * time.Millisecond
+
+// redialIfDown makes a call to an upstream whose connection was refused
+// try to connect again at once, as a fresh dial would, rather than fail
+// until grpc-go's backoff ends: a backend that is back is used at once.
+// One call at a time waits for the redial; the others fail fast meanwhile.
+func (c grpcCaller) redialIfDown(ctx context.Context) {
+	if c.conn.GetState() != connectivity.TransientFailure || !c.redialing.CompareAndSwap(false, true) {
+		return
+	}
+	defer c.redialing.Store(false)
+	c.conn.ResetConnectBackoff()
+	// grpc-go reports transient failure until a connection is ready, so
+	// only readiness ends the wait early.
+	ctx, cancel := context.WithTimeout(ctx, redialWait)
+	defer cancel()
+	for state := c.conn.GetState(); state != connectivity.Ready; state = c.conn.GetState() {
+		if !c.conn.WaitForStateChange(ctx, state) {
+			return
+		}
+	}
 }
 
 var serverStreamDesc = &grpc.StreamDesc{ServerStreams: true}
 
 func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error) {
+	c.redialIfDown(ctx)
 	ctx, err := outgoingMetadata(ctx, in.Header())
 	if err != nil {
 		return nil, err
@@ -96,6 +132,7 @@ func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*con
 }
 
 func (c grpcCaller) serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error) {
+	c.redialIfDown(ctx)
 	ctx, err := outgoingMetadata(ctx, in.Header())
 	if err != nil {
 		return nil, err

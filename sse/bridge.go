@@ -13,10 +13,13 @@ import (
 // become events.
 //
 // Requests that fail before the first message get a plain HTTP error in
-// the contract's shape. Once the stream has started, a failure is a final
-// "error" event. A stream that ends cleanly ends with an "end" event
-// (data {}), so that pages can close their EventSource rather than have it
-// reconnect.
+// the contract's shape, which stops EventSource, unless the failure will
+// pass on its own (an unavailable upstream, a server shutting down): those
+// get a 200 stream with retry advice and a single "error" event, so that
+// EventSource keeps reconnecting. Once the stream has started, a failure
+// is a final "error" event. A stream that ends cleanly ends with an "end"
+// event (data {}), so that pages can close their EventSource rather than
+// have it reconnect.
 func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET")
@@ -42,15 +45,39 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		internalError().write(w)
 		return
 	}
-	header := b.requestHeader(r)
-	peer := connect.Peer{Addr: r.RemoteAddr, Protocol: Protocol}
-	if conn := detach(w, r); conn != nil {
-		b.serveDetached(r.Context(), conn, w.Header(), request, header, peer)
+	if b.closing.Load() {
+		b.turnAway(w)
 		return
 	}
-	s := newStream(b, w, request, header, peer)
+	c := call{
+		request: request,
+		header:  b.requestHeader(r),
+		peer:    connect.Peer{Addr: r.RemoteAddr, Protocol: Protocol},
+		resumed: lastEventID != "",
+	}
+	if conn := detach(w, r); conn != nil {
+		b.serveDetached(r.Context(), conn, w.Header(), c)
+		return
+	}
+	s := newStream(b, w, c)
 	s.finish(r.Context(), b.handler(r.Context(), s))
 }
+
+// turnAway answers a stream opened while the server shuts down: the
+// browser comes back after the advised delay, to this server restarted or
+// to another behind the same address.
+func (b *Bridge) turnAway(w http.ResponseWriter) {
+	s := &stream{b: b, out: w, rc: http.NewResponseController(w)}
+	s.writeError(shuttingDown())
+	s.close()
+}
+
+// BeginShutdown tells the bridge that the server is shutting down, before
+// the streams' calls are ended: a stream whose call then fails as
+// unavailable or canceled tells its browser that the server is going away
+// (not that the upstream failed), and new streams are turned away at once.
+// [Bridge.Shutdown] calls it too.
+func (b *Bridge) BeginShutdown() { b.closing.Store(true) }
 
 // requestHeader is the call's request header. Only allowlisted headers
 // cross over: the caller's credentials and tracing, never the SSE
@@ -84,25 +111,36 @@ func (s *stream) finish(ctx context.Context, err error) {
 		s.close()
 		return // the browser is gone: nobody to tell
 	}
-	var failure *apiError
+	failure := s.failure(err)
 	switch {
-	case s.broken != nil:
-		failure = s.broken
-	case err != nil:
-		failure = fromError(err)
-	}
-	switch {
-	case failure != nil && committed:
-		_ = s.writeEvent("error", "", failure.body())
-	case failure != nil:
-		failure.write(s.out)
-	default:
+	case failure == nil:
 		_ = s.writeEvent("end", "", endData)
+	case committed || failure.retryable:
+		s.writeError(failure)
+	default:
+		failure.write(s.out)
 	}
 	s.close()
 	if failure != nil {
 		s.b.logger.Info("sse: stream failed", "procedure", s.b.procedure, "code", failure.Code, "events", s.events)
 	}
+}
+
+// failure is what the browser is told of the error the handler returned;
+// nil for a clean end.
+func (s *stream) failure(err error) *apiError {
+	switch {
+	case s.broken != nil:
+		return s.broken
+	case err == nil:
+		return nil
+	}
+	if code := connect.CodeOf(err); s.b.closing.Load() && (code == connect.CodeUnavailable || code == connect.CodeCanceled) {
+		// The call was ended by the shutdown, whatever its handler made of
+		// that.
+		return shuttingDown()
+	}
+	return fromError(err)
 }
 
 func (s *stream) close() {

@@ -228,7 +228,6 @@ func TestPreStreamErrors(t *testing.T) {
 			{query: "session_id=s&count=0&fail_code=permission_denied", status: 403, code: "FORBIDDEN"},
 			{query: "session_id=s&count=0&fail_code=already_exists", status: 409, code: "CONFLICT"},
 			{query: "session_id=s&count=0&fail_code=resource_exhausted", status: 429, code: "RATE_LIMITED"},
-			{query: "session_id=s&count=0&fail_code=unavailable", status: 502, code: "BAD_GATEWAY"},
 			{query: "session_id=s&count=0&fail_code=deadline_exceeded", status: 504, code: "GATEWAY_TIMEOUT"},
 			{query: "session_id=s&count=0&fail_code=internal", status: 500, code: "INTERNAL_ERROR"},
 		} {

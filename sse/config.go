@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -35,6 +36,11 @@ import (
 // DefaultHeartbeat is how often a comment line is written to an idle stream
 // so that proxies and browsers do not time it out.
 const DefaultHeartbeat = 15 * time.Second
+
+// DefaultRetry is the reconnection delay advised with a retryable error
+// (an unavailable upstream, a server shutting down) when [Config.Retry]
+// advises none.
+const DefaultRetry = 3 * time.Second
 
 // DefaultForwardHeaders are the caller's headers the handler sees as the
 // call's request headers. Everything else (Accept, Accept-Encoding, Last-Event-ID, ...)
@@ -78,7 +84,8 @@ type Config struct {
 	// Heartbeat is the interval of comment heartbeats; 0 means
 	// [DefaultHeartbeat], negative disables them.
 	Heartbeat time.Duration
-	// Retry is the reconnection delay advised to the browser; 0 sends none.
+	// Retry is the reconnection delay advised to the browser; 0 sends none
+	// but with a retryable error, which advises [DefaultRetry].
 	Retry time.Duration
 	// ForwardHeaders overrides [DefaultForwardHeaders] when non-nil.
 	ForwardHeaders []string
@@ -104,14 +111,18 @@ type Bridge struct {
 	ignored    map[string]struct{}
 	logger     *slog.Logger
 	retryField []byte
-	beats      *heartbeats // nil without heartbeats
+	// outageRetry is the retry advice sent with a retryable error.
+	outageRetry []byte
+	beats       *heartbeats // nil without heartbeats
+	// closing is set once the server shuts down: streams that fail from
+	// then on are told so, and new ones are turned away at once.
+	closing atomic.Bool
 
 	// detached are the streams served off net/http's connection (HTTP/1.1
 	// connections taken over), which http.Server.Shutdown cannot see.
 	mu       sync.Mutex
 	detached map[*stream]func() // each cuts its stream
 	drained  chan struct{}      // closed when detached empties during Shutdown
-	closing  bool
 }
 
 // New validates cfg and resolves the procedure's message types.
@@ -150,8 +161,10 @@ func New(cfg Config) (*Bridge, error) {
 	if b.retry < 0 {
 		return nil, fmt.Errorf("sse: negative retry %v for %q", b.retry, cfg.Procedure)
 	}
+	b.outageRetry = retryField(DefaultRetry)
 	if b.retry > 0 {
-		b.retryField = fmt.Appendf(nil, "retry: %d\n\n", b.retry.Milliseconds())
+		b.retryField = retryField(b.retry)
+		b.outageRetry = b.retryField
 	}
 	if b.forward == nil {
 		b.forward = DefaultForwardHeaders
@@ -178,6 +191,10 @@ func New(cfg Config) (*Bridge, error) {
 		}
 	}
 	return b, nil
+}
+
+func retryField(d time.Duration) []byte {
+	return fmt.Appendf(nil, "retry: %d\n\n", d.Milliseconds())
 }
 
 func resolveMethod(procedure string) (protoreflect.MethodDescriptor, error) {

@@ -3,12 +3,11 @@ package sse
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
 	"time"
-
-	"connectrpc.com/connect"
 )
 
 // detach takes an HTTP/1.x GET's connection over from net/http, or returns
@@ -36,13 +35,13 @@ func detach(w http.ResponseWriter, r *http.Request) net.Conn {
 
 // serveDetached serves a stream on a detached connection from a goroutine
 // of its own, so that net/http's can end.
-func (b *Bridge) serveDetached(parent context.Context, conn net.Conn, header http.Header, request []byte, reqHeader http.Header, peer connect.Peer) {
+func (b *Bridge) serveDetached(parent context.Context, conn net.Conn, header http.Header, c call) {
 	// net/http cancels the request's context once its handler returns: the
 	// stream keeps the context's values (identity, request id, access log
 	// record) and is cancelled when the browser leaves.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 	out := &connWriter{conn: conn, header: header.Clone()}
-	s := newStream(b, out, request, reqHeader, peer)
+	s := newStream(b, out, c)
 	b.mu.Lock()
 	b.detached[s] = func() {
 		cancel()
@@ -91,8 +90,10 @@ func (b *Bridge) release(s *stream) {
 // [http.Server.Shutdown] waits for the others (it cannot see detached
 // connections). Streams end when their handler returns, so the handler
 // should end them at shutdown; those still open when ctx ends are cut,
-// their connections closed, and Shutdown returns ctx's error.
+// their connections closed, and Shutdown returns a [*CutError] that
+// counts them and wraps ctx's error.
 func (b *Bridge) Shutdown(ctx context.Context) error {
+	b.BeginShutdown()
 	b.mu.Lock()
 	if len(b.detached) == 0 {
 		b.mu.Unlock()
@@ -109,12 +110,26 @@ func (b *Bridge) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	b.mu.Lock()
+	n := len(b.detached)
 	for _, cut := range b.detached {
 		cut()
 	}
 	b.mu.Unlock()
-	return ctx.Err()
+	return &CutError{Streams: n, Err: ctx.Err()}
 }
+
+// CutError is what [Bridge.Shutdown] returns when its context ended before
+// every stream did.
+type CutError struct {
+	Streams int   // the streams cut
+	Err     error // the context's error
+}
+
+func (e *CutError) Error() string {
+	return fmt.Sprintf("sse: %d streams cut: %v", e.Streams, e.Err)
+}
+
+func (e *CutError) Unwrap() error { return e.Err }
 
 // connWriter is the response on a detached connection. Its body runs until
 // the connection closes (Connection: close), which is how a stream ends

@@ -70,8 +70,10 @@ func TestShutdownCutsStreamsThatOutstayIt(t *testing.T) {
 	readEvents(t, resp.Body, func(e event) bool { return e.name == "" })
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
-	if err := b.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Shutdown = %v, want the deadline", err)
+	err := b.Shutdown(ctx)
+	var cut *CutError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &cut) || cut.Streams != 1 {
+		t.Errorf("Shutdown = %v, want the deadline and one stream cut", err)
 	}
 	select {
 	case <-ts.cancelled:

@@ -18,6 +18,10 @@ type apiError struct {
 	Message    string        `json:"message"`
 	Details    *errorDetails `json:"details,omitempty"`
 	retryAfter string
+	// retryable failures pass on their own (an upstream restarting): the
+	// browser gets them as an error event on a 200 stream, since
+	// EventSource stops reconnecting for good on any other status.
+	retryable bool
 }
 
 type errorDetails struct {
@@ -109,6 +113,7 @@ func fromError(err error) *apiError {
 	if ce.Code() == connect.CodeResourceExhausted {
 		e.retryAfter = ce.Meta().Get("Retry-After")
 	}
+	e.retryable = ce.Code() == connect.CodeUnavailable
 	return e
 }
 
@@ -142,4 +147,11 @@ func internalError() *apiError {
 // brokenStream is what callers see when a message cannot become an event.
 func brokenStream() *apiError {
 	return &apiError{status: http.StatusBadGateway, Code: "BAD_GATEWAY", Message: "upstream stream ended unexpectedly"}
+}
+
+// shuttingDown is what a browser is told when its stream ends, or is
+// turned away, because the server is shutting down: the code of an
+// unavailable call, as every other protocol gets, and the true reason.
+func shuttingDown() *apiError {
+	return &apiError{status: http.StatusBadGateway, Code: "BAD_GATEWAY", Message: "the gateway is shutting down; reconnect", retryable: true}
 }

@@ -19,7 +19,6 @@ type fieldError struct {
 	reason string
 }
 
-
 // buildRequest fills a new request message from the query string. Field
 // names are the proto names; repeated fields take repeated parameters.
 // Message-typed fields cannot be expressed in a query and are rejected.

@@ -41,6 +41,7 @@ type stream struct {
 	header   http.Header // the call's request headers
 	request  []byte      // the request message until the handler takes it
 	received bool
+	resumed  bool // the browser reconnected with Last-Event-ID
 	// The handler's response headers and trailers are never sent (they
 	// describe the call, not the SSE exchange); they are made on demand
 	// and dropped once the first message is out, when headers can no
@@ -59,10 +60,18 @@ type stream struct {
 	noDeadline bool // the writer does not support deadlines
 }
 
-func newStream(b *Bridge, w http.ResponseWriter, request []byte, header http.Header, peer connect.Peer) *stream {
+// call is what a stream's handler is given of the browser's request.
+type call struct {
+	request []byte // the request message, encoded
+	header  http.Header
+	peer    connect.Peer
+	resumed bool
+}
+
+func newStream(b *Bridge, w http.ResponseWriter, c call) *stream {
 	s := &stream{
 		b: b, out: w, rc: http.NewResponseController(w),
-		peer: peer, header: header, request: request, lastWrite: time.Now(),
+		peer: c.peer, header: c.header, request: c.request, resumed: c.resumed, lastWrite: time.Now(),
 	}
 	// A server-wide write timeout would cut a long stream: replace it by
 	// a rolling deadline that every write (heartbeats included) renews.
@@ -79,6 +88,12 @@ func (s *stream) RequestHeader() http.Header { return s.header }
 
 // Receive hands the handler the request message built from the query
 // string, then io.EOF: a server stream has exactly one request message.
+//
+// A resumed stream is committed here: by the time the handler takes its
+// request, the interceptors in front of it (authentication, rate limits)
+// have let the call through, and a browser that resumes often has nothing
+// new to hear for a long while; until it has the headers, EventSource
+// stays "connecting" and proxies may time the request out.
 func (s *stream) Receive(m any) error {
 	if s.received {
 		return io.EOF
@@ -86,8 +101,18 @@ func (s *stream) Receive(m any) error {
 	s.received = true
 	data := s.request
 	s.request = nil
-	if s.b.codec != nil {
-		return s.b.codec.Unmarshal(data, m)
+	if err := s.b.unmarshal(data, m); err != nil {
+		return err
+	}
+	if s.resumed {
+		s.commit()
+	}
+	return nil
+}
+
+func (b *Bridge) unmarshal(data []byte, m any) error {
+	if b.codec != nil {
+		return b.codec.Unmarshal(data, m)
 	}
 	pm, ok := m.(proto.Message)
 	if !ok {
@@ -167,6 +192,23 @@ func (s *stream) eventID(msg protoreflect.Message) string {
 func (s *stream) writeEvent(name, id string, data []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.writeEventLocked(name, id, data)
+}
+
+// writeError ends the stream with an error event. A retryable one always
+// carries retry advice, so that browsers come back at a measured pace even
+// where the bridge advises no delay of its own.
+func (s *stream) writeError(failure *apiError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if failure.retryable && s.b.retryField == nil && s.outErr == nil && !s.finished {
+		s.commitLocked()
+		_ = s.writeLocked(s.b.outageRetry)
+	}
+	_ = s.writeEventLocked("error", "", failure.body())
+}
+
+func (s *stream) writeEventLocked(name, id string, data []byte) error {
 	if s.outErr != nil {
 		return s.outErr
 	}
@@ -194,6 +236,16 @@ func (s *stream) writeEvent(name, id string, data []byte) error {
 // eventBuffers are shared by all streams, so that a stream waiting for its
 // next message holds no buffer.
 var eventBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// commit sends the stream's headers now, with no event yet.
+func (s *stream) commit() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished || s.outErr != nil {
+		return
+	}
+	s.commitLocked()
+}
 
 // commitLocked sends the stream's headers once: from then on, failures
 // are reported in the stream.
