@@ -3,12 +3,13 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/flowgate/flowgate/internal/apierr"
 )
 
 // forwarder relays one RPC to its upstream. A forwarder is built once per
@@ -152,7 +153,7 @@ func forwardTrailers(upstream *connect.ServerStreamForClient[frame], stream stre
 	copyResponse(stream.ResponseTrailer(), upstream.ResponseTrailer())
 }
 
-var errShuttingDown = errors.New("the gateway is shutting down; reconnect")
+var errShuttingDown = apierr.Public("the gateway is shutting down; reconnect")
 
 // outgoing builds a fresh request for the upstream. Reusing the incoming
 // request would carry the caller's protocol headers, authority and encoding
@@ -214,9 +215,9 @@ func (f *forwarder) upstreamError(err error) error {
 	case connect.CodeCanceled:
 		return connect.NewError(connect.CodeCanceled, errors.New("call canceled"))
 	case connect.CodeDeadlineExceeded:
-		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("%s did not answer in time", f.upstream))
+		return connect.NewError(connect.CodeDeadlineExceeded, apierr.Public(f.upstream+" did not answer in time"))
 	default:
 		f.logger.Warn("upstream unreachable", slog.String("upstream", f.upstream), slog.String("error", ce.Message()))
-		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s is unavailable", f.upstream))
+		return connect.NewError(connect.CodeUnavailable, apierr.Public(f.upstream+" is unavailable"))
 	}
 }

@@ -182,7 +182,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("could not build the transcoder: %w", err)
 	}
-	rpc := restLayer(transcoder)
+	rpc := restLayer(transcoder, g.security.cfg.MaxBodyBytes)
 
 	mux := http.NewServeMux()
 	mux.Handle("/", rpc)
