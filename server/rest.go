@@ -207,7 +207,7 @@ func (w *restWriter) reshape() *apierr.Error {
 		// caller's mistake, though the transcoder reports it as internal.
 		return apierr.New(http.StatusBadRequest, "invalid request: "+safeMessage(ce, w.body.String()))
 	case ce != nil:
-		return apierr.FromError(ce)
+		return apierr.FromError(plainParameterError(ce))
 	}
 	msg := strings.TrimSpace(w.body.String())
 	if w.errStatus == http.StatusUnsupportedMediaType && !strings.Contains(msg, "compression") {
@@ -217,6 +217,26 @@ func (w *restWriter) reshape() *apierr.Error {
 		msg = "" // never show a transcoder's internals
 	}
 	return apierr.New(w.errStatus, msg)
+}
+
+// plainParameterError rewords the transcoder's error for a path or query
+// value that does not parse (`invalid parameter "page": invalid character
+// 'a' looking for beginning of value`, a JSON decoder's words) as the
+// gateway's own validation errors read, naming the parameter.
+func plainParameterError(ce *connect.Error) *connect.Error {
+	rest, ok := strings.CutPrefix(ce.Message(), "invalid parameter ")
+	if !ok || ce.Code() != connect.CodeInvalidArgument {
+		return ce
+	}
+	name, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return ce
+	}
+	field, _ := strconv.Unquote(name)
+	if err, ok := badRequest(field, "not a valid value for this parameter").(*connect.Error); ok {
+		return err
+	}
+	return ce
 }
 
 // parseStatusJSON reads the google.rpc.Status the transcoder writes for a

@@ -240,7 +240,7 @@ func invalidJSON(err error) error {
 	if err == nil {
 		return nil
 	}
-	msg := strings.TrimPrefix(err.Error(), "proto: ")
+	msg := strings.Replace(err.Error(), "proto: ", "", 1)
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid JSON body: %s", msg))
 }
 
