@@ -137,7 +137,8 @@ var edgeCases = []edgeCase{
 		gateway: "limited",
 		rest:    &restEdge{method: "POST", path: "/api/v1/workflow/execute", body: `{}`},
 		rpc:     &rpcEdge{procedure: executeProcedure, msg: &enginev1.ExecuteWorkflowRequest{}},
-		want:    edgeWant{status: 429, restCode: "RATE_LIMITED", code: connect.CodeResourceExhausted, message: "rate limit exceeded"},
+		sse:     &sseEdge{path: "/api/v1/chat/stream?session_id=s&user_message=hi"},
+		want:    edgeWant{status: 429, restCode: "RATE_LIMITED", code: connect.CodeResourceExhausted, message: "rate limit exceeded", detail: "retry_after_seconds"},
 	},
 	{
 		name:    "upstream response over the limit",
@@ -201,6 +202,11 @@ var edgeCases = []edgeCase{
 	{
 		name: "gRPC timeout over 8 hours",
 		rpc:  &rpcEdge{procedure: executeProcedure, msg: &enginev1.ExecuteWorkflowRequest{}, header: http.Header{"Grpc-Timeout": {"99999H"}}, only: []string{"grpc", "grpc-web"}},
+		want: edgeWant{ok: true},
+	},
+	{
+		name: "REST timeout beyond 8 hours",
+		rest: &restEdge{method: "POST", path: "/api/v1/workflow/execute", body: `{}`, header: http.Header{"X-Server-Timeout": {"1e300"}}},
 		want: edgeWant{ok: true},
 	},
 	{

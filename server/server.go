@@ -240,8 +240,18 @@ func invalidJSON(err error) error {
 	if err == nil {
 		return nil
 	}
-	msg := strings.Replace(err.Error(), "proto: ", "", 1)
-	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid JSON body: %s", msg))
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid JSON body: %s", protoErrorText(err)))
+}
+
+// protoErrorText is err's text without the "proto:" prefix of the
+// protobuf libraries, which follow it with a space picked at random
+// (sometimes a no-break space) so that nobody matches on their errors.
+func protoErrorText(err error) string {
+	msg := err.Error()
+	if before, after, ok := strings.Cut(msg, "proto:"); ok {
+		msg = before + strings.TrimLeft(after, " \u00a0")
+	}
+	return msg
 }
 
 // Handler returns the gateway's HTTP handler.
