@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -80,13 +79,12 @@ func restLayer(next http.Handler, maxBody int64) http.Handler {
 		}
 		if isRPCRequest(r) {
 			prepareConnect(r)
-			rw := &rpcWriter{ResponseWriter: w, r: r, errs: errs.rpc,
-				contentType: r.Header.Get("Content-Type"), version: r.Header.Get("Connect-Protocol-Version")}
+			rw := newRPCWriter(w, r, errs.rpc)
 			next.ServeHTTP(rw, r)
 			rw.finish()
 			return
 		}
-		rw := &restWriter{ResponseWriter: w, contentType: r.Header.Get("Content-Type"), maxBody: maxBody}
+		rw := newRESTWriter(w, r.Header.Get("Content-Type"), maxBody)
 		u := prepareREST(r)
 		r = r.WithContext(context.WithValue(r.Context(), restTraceKey{}, &rw.trace))
 		r.URL = u
@@ -101,74 +99,49 @@ const maxErrorBody = 64 << 10
 // restWriter holds back an error response so that it can be rewritten in the
 // contract's shape; successful responses stream through, flushes included.
 type restWriter struct {
-	http.ResponseWriter
-	errStatus int // the error status held back; 0 while passing through
-	body      bytes.Buffer
-	wrote     bool
-	err       error     // an error handed over whole, see fail
-	trace     restTrace // what the RPC level saw, see restTraceInterceptor
+	holdingWriter
+	err   error     // an error handed over whole, see fail
+	trace restTrace // what the RPC level saw, see restTraceInterceptor
 	// contentType is the request's, to name it when it is refused.
 	contentType string
 	maxBody     int64
 }
 
-func (w *restWriter) WriteHeader(code int) {
-	if w.wrote || w.errStatus != 0 {
-		return
-	}
+func newRESTWriter(w http.ResponseWriter, contentType string, maxBody int64) *restWriter {
+	rw := &restWriter{holdingWriter: holdingWriter{ResponseWriter: w, limit: maxErrorBody}, contentType: contentType, maxBody: maxBody}
+	rw.owner = rw
+	return rw
+}
+
+// decide holds back errors, and gives a success the status a forwarder
+// asked for (a webhook's respond node).
+func (w *restWriter) decide(code int) (int, bool) {
 	h := w.Header()
 	asked := h.Get(statusHeader)
 	h.Del(statusHeader)
 	if code >= 400 {
-		w.errStatus = code
-		return
+		return code, true
 	}
 	if n, err := strconv.Atoi(asked); err == nil && code == http.StatusOK && n >= 200 && n < 600 {
 		code = n
 	}
-	w.wrote = true
-	w.ResponseWriter.WriteHeader(code)
+	return code, false
 }
 
 // fail hands the REST layer an error to write in place of the response.
 func (w *restWriter) fail(err error) {
-	if w.wrote || w.errStatus != 0 {
+	if w.passed || w.held != 0 {
 		return
 	}
 	w.err = err
-	w.errStatus = http.StatusInternalServerError // held: later writes are dropped
+	w.held = http.StatusInternalServerError // held: later writes are dropped
 }
-
-func (w *restWriter) Write(p []byte) (int, error) {
-	if !w.wrote && w.errStatus == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	if w.errStatus != 0 {
-		if room := maxErrorBody - w.body.Len(); room > 0 {
-			w.body.Write(p[:min(len(p), room)])
-		}
-		return len(p), nil
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-func (w *restWriter) Flush() {
-	if w.errStatus != 0 {
-		return
-	}
-	if !w.wrote {
-		w.WriteHeader(http.StatusOK)
-	}
-	http.NewResponseController(w.ResponseWriter).Flush() //nolint:errcheck // nothing to do about a failed flush
-}
-
-func (w *restWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // finish writes the held-back error, if any, in the contract's shape,
 // without the protocol headers and trailers the handler behind the
 // transcoder left in the shared header map.
 func (w *restWriter) finish() {
-	if w.errStatus == 0 {
+	if w.held == 0 {
 		return
 	}
 	h := w.Header()
@@ -201,7 +174,7 @@ func (w *restWriter) reshape() *apierr.Error {
 		return apierr.New(http.StatusBadGateway, "the upstream's response exceeds the gateway's size limit")
 	case ce != nil && ce.Code() == connect.CodeResourceExhausted:
 		return apierr.New(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes", w.maxBody))
-	case !w.trace.reached && (ce != nil && serverSide(ce.Code()) || ce == nil && w.errStatus == http.StatusInternalServerError):
+	case !w.trace.reached && (ce != nil && serverSide(ce.Code()) || ce == nil && w.held == http.StatusInternalServerError):
 		// The transcoder could not map the request onto a message (a query
 		// parameter naming no field, a value that does not parse): the
 		// caller's mistake, though the transcoder reports it as internal.
@@ -210,13 +183,13 @@ func (w *restWriter) reshape() *apierr.Error {
 		return apierr.FromError(plainParameterError(ce))
 	}
 	msg := strings.TrimSpace(w.body.String())
-	if w.errStatus == http.StatusUnsupportedMediaType && !strings.Contains(msg, "compression") {
+	if w.held == http.StatusUnsupportedMediaType && !strings.Contains(msg, "compression") {
 		msg = fmt.Sprintf("unsupported Content-Type %q: send application/json", w.contentType)
 	}
-	if w.errStatus >= 500 || strings.Contains(msg, "\n") || len(msg) > 200 {
+	if w.held >= 500 || strings.Contains(msg, "\n") || len(msg) > 200 {
 		msg = "" // never show a transcoder's internals
 	}
-	return apierr.New(w.errStatus, msg)
+	return apierr.New(w.held, msg)
 }
 
 // plainParameterError rewords the transcoder's error for a path or query

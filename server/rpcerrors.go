@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,53 +18,28 @@ import (
 // cannot read one, and a Connect client reads it as an unknown error.
 // Everything else passes through untouched.
 type rpcWriter struct {
-	http.ResponseWriter
+	holdingWriter
 	r    *http.Request
 	errs *connect.ErrorWriter
 	// contentType and version classify the caller's protocol: the
 	// transcoder removes them from the request's headers.
 	contentType, version string
-	held                 int // the plain-text error status held back
-	passed               bool
-	body                 bytes.Buffer
 }
 
-func (w *rpcWriter) WriteHeader(code int) {
-	if w.passed || w.held != 0 {
-		return
+func newRPCWriter(w http.ResponseWriter, r *http.Request, errs *connect.ErrorWriter) *rpcWriter {
+	rw := &rpcWriter{
+		holdingWriter: holdingWriter{ResponseWriter: w, limit: 1024},
+		r:             r, errs: errs,
+		contentType: r.Header.Get("Content-Type"), version: r.Header.Get("Connect-Protocol-Version"),
 	}
-	if code >= 400 && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
-		w.held = code
-		return
-	}
-	w.passed = true
-	w.ResponseWriter.WriteHeader(code)
+	rw.owner = rw
+	return rw
 }
 
-func (w *rpcWriter) Write(p []byte) (int, error) {
-	if !w.passed && w.held == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	if w.held != 0 {
-		if room := 1024 - w.body.Len(); room > 0 {
-			w.body.Write(p[:min(len(p), room)])
-		}
-		return len(p), nil
-	}
-	return w.ResponseWriter.Write(p)
+// decide holds back the transcoder's plain-text errors only.
+func (w *rpcWriter) decide(code int) (int, bool) {
+	return code, code >= 400 && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain")
 }
-
-func (w *rpcWriter) Flush() {
-	if w.held != 0 {
-		return
-	}
-	if !w.passed {
-		w.WriteHeader(http.StatusOK)
-	}
-	http.NewResponseController(w.ResponseWriter).Flush() //nolint:errcheck // nothing to do about a failed flush
-}
-
-func (w *rpcWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // finish writes the held-back error in the caller's protocol.
 func (w *rpcWriter) finish() {

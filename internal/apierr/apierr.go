@@ -106,34 +106,37 @@ func genericMessage(code connect.Code) string {
 // the gateway's own unavailability. ResourceExhausted is a rate limit
 // unless the error says it is about size ([TooLarge]).
 func Status(ce *connect.Error) (int, string) {
+	status := http.StatusInternalServerError
 	switch ce.Code() {
 	case connect.CodeInvalidArgument, connect.CodeOutOfRange, connect.CodeFailedPrecondition:
-		return http.StatusBadRequest, "VALIDATION_ERROR"
+		status = http.StatusBadRequest
 	case connect.CodeUnauthenticated:
-		return http.StatusUnauthorized, "UNAUTHORIZED"
+		status = http.StatusUnauthorized
 	case connect.CodePermissionDenied:
-		return http.StatusForbidden, "FORBIDDEN"
+		status = http.StatusForbidden
 	case connect.CodeNotFound:
-		return http.StatusNotFound, "NOT_FOUND"
+		status = http.StatusNotFound
 	case connect.CodeAlreadyExists, connect.CodeAborted:
-		return http.StatusConflict, "CONFLICT"
+		status = http.StatusConflict
 	case connect.CodeResourceExhausted:
+		status = http.StatusTooManyRequests
 		if IsTooLarge(ce) {
-			return http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE"
+			status = http.StatusRequestEntityTooLarge
 		}
-		return http.StatusTooManyRequests, "RATE_LIMITED"
 	case connect.CodeUnavailable:
-		return http.StatusBadGateway, "BAD_GATEWAY"
+		status = http.StatusBadGateway
 	case connect.CodeDeadlineExceeded:
-		return http.StatusGatewayTimeout, "GATEWAY_TIMEOUT"
+		status = http.StatusGatewayTimeout
 	case connect.CodeUnimplemented:
-		return http.StatusNotImplemented, "NOT_IMPLEMENTED"
+		status = http.StatusNotImplemented
 	case connect.CodeCanceled:
-		return 499, "CANCELED"
-	default:
-		return http.StatusInternalServerError, "INTERNAL_ERROR"
+		status = statusClientClosed
 	}
+	return status, CodeOfStatus(status)
 }
+
+// statusClientClosed is nginx's status for a caller that went away.
+const statusClientClosed = 499
 
 // CodeOfStatus is the contract's code for an HTTP error status.
 func CodeOfStatus(status int) string {
@@ -162,6 +165,8 @@ func CodeOfStatus(status int) string {
 		return "GATEWAY_TIMEOUT"
 	case http.StatusNotImplemented:
 		return "NOT_IMPLEMENTED"
+	case statusClientClosed:
+		return "CANCELED"
 	}
 	if status >= 500 {
 		return "INTERNAL_ERROR"
