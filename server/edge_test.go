@@ -109,6 +109,15 @@ var edgeCases = []edgeCase{
 		want: edgeWant{status: 400, restCode: "VALIDATION_ERROR", message: "invalid page: not a valid value", detail: "field"},
 	},
 	{
+		name: "unknown query parameter",
+		rest: &restEdge{method: "GET", path: "/api/v1/executions?nope=1"},
+		sse:  &sseEdge{path: "/api/v1/chat/stream?session_id=s&nope=1"},
+		want: edgeWant{status: 400, restCode: "VALIDATION_ERROR", message: "invalid nope: unknown query parameter", detail: "field"},
+		per: map[string]edgeWant{
+			"sse": {status: 400, restCode: "VALIDATION_ERROR", message: "Invalid request parameters", detail: "field"},
+		},
+	},
+	{
 		name: "backend validation",
 		rest: &restEdge{method: "POST", path: "/api/v1/workflow/execute", body: `{"workflow_definition":{"name":"invalid"}}`},
 		rpc:  &rpcEdge{procedure: executeProcedure, msg: executeRequest("invalid", false)},

@@ -167,6 +167,9 @@ func (w *restWriter) reshape() *apierr.Error {
 		return apierr.FromError(asConnectError(w.trace.err))
 	}
 	ce := parseStatusJSON(w.body.Bytes())
+	if err := parameterError(ce); err != nil {
+		return apierr.FromError(err)
+	}
 	switch {
 	case ce != nil && ce.Code() == connect.CodeResourceExhausted && w.trace.answered:
 		// The forwarder returned a response the transcoder could not hold:
@@ -180,7 +183,7 @@ func (w *restWriter) reshape() *apierr.Error {
 		// caller's mistake, though the transcoder reports it as internal.
 		return apierr.New(http.StatusBadRequest, "invalid request: "+safeMessage(ce, w.body.String()))
 	case ce != nil:
-		return apierr.FromError(plainParameterError(ce))
+		return apierr.FromError(ce)
 	}
 	msg := strings.TrimSpace(w.body.String())
 	if w.held == http.StatusUnsupportedMediaType && !strings.Contains(msg, "compression") {
@@ -192,24 +195,30 @@ func (w *restWriter) reshape() *apierr.Error {
 	return apierr.New(w.held, msg)
 }
 
-// plainParameterError rewords the transcoder's error for a path or query
-// value that does not parse (`invalid parameter "page": invalid character
-// 'a' looking for beginning of value`, a JSON decoder's words) as the
-// gateway's own validation errors read, naming the parameter.
-func plainParameterError(ce *connect.Error) *connect.Error {
-	rest, ok := strings.CutPrefix(ce.Message(), "invalid parameter ")
-	if !ok || ce.Code() != connect.CodeInvalidArgument {
-		return ce
+// parameterError rewords the transcoder's errors for a query or path
+// parameter as the gateway's own validation errors read, naming the
+// parameter: a value that does not parse (`invalid parameter "page":
+// invalid character 'a' looking for beginning of value`, a JSON decoder's
+// words) or a parameter naming no field (which names the message type).
+// It returns nil for other errors.
+func parameterError(ce *connect.Error) error {
+	if ce == nil {
+		return nil
 	}
-	name, err := strconv.QuotedPrefix(rest)
-	if err != nil {
-		return ce
+	for _, p := range []struct{ prefix, reason string }{
+		{"invalid parameter ", "not a valid value for this parameter"},
+		{"unknown field in field path ", "unknown query parameter"},
+	} {
+		rest, ok := strings.CutPrefix(ce.Message(), p.prefix)
+		if !ok {
+			continue
+		}
+		if quoted, err := strconv.QuotedPrefix(rest); err == nil {
+			field, _ := strconv.Unquote(quoted)
+			return badRequest(field, p.reason)
+		}
 	}
-	field, _ := strconv.Unquote(name)
-	if err, ok := badRequest(field, "not a valid value for this parameter").(*connect.Error); ok {
-		return err
-	}
-	return ce
+	return nil
 }
 
 // parseStatusJSON reads the google.rpc.Status the transcoder writes for a
