@@ -13,7 +13,8 @@ import (
 // The protocol edge table: each row is one situation at the gateway's edge,
 // sent in the form each protocol has for it, and the answer every protocol
 // must give. A row leaves out the protocols the situation does not exist
-// on. To add a case, add a row; the runners below do the rest.
+// on. To add a case, add a row; the runners (edge_runners_test.go) do the
+// rest, one per protocol.
 
 const executeProcedure = "/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow"
 
