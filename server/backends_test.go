@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -64,8 +66,8 @@ func (r *recorder) calls() int {
 }
 
 // testEngine answers ExecuteWorkflow by the workflow's name, so that a test
-// picks the behaviour it needs: "invalid", "missing", "slow", "metadata",
-// anything else succeeds and echoes the name.
+// picks the behaviour it needs: "invalid", "missing", "precondition", "slow",
+// "huge" (a 64 KiB response); anything else succeeds and echoes the name.
 type testEngine struct {
 	enginev1connect.UnimplementedWorkflowEngineServiceHandler
 	rec *recorder
@@ -84,6 +86,13 @@ func (e *testEngine) ExecuteWorkflow(ctx context.Context, req *connect.Request[e
 		return nil, err
 	case "missing":
 		return nil, connect.NewError(connect.CodeNotFound, errors.New("no such workflow"))
+	case "precondition":
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the workflow is not deployed"))
+	case "huge":
+		// A response well over the body limits the edge tests configure.
+		return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: &enginev1.ExecutionResult{
+			Status: "succeeded", Output: structpb.NewStringValue(strings.Repeat("x", 64<<10)),
+		}}), nil
 	case "slow":
 		select {
 		case <-ctx.Done():
@@ -112,13 +121,20 @@ type testAgent struct {
 
 func (a *testAgent) Chat(ctx context.Context, req *connect.Request[agentv1.ChatRequest], stream *connect.ServerStream[agentv1.ChatResponse]) error {
 	a.rec.record(ctx, req.Header())
+	if req.Msg.GetUserMessage() == "precondition" {
+		return connect.NewError(connect.CodeFailedPrecondition, errors.New("the session is not open"))
+	}
 	stream.ResponseHeader().Set("X-Stream-Header", "s")
 	for i := range 50 {
 		if err := stream.Send(&agentv1.ChatResponse{Type: "message", Content: req.Msg.GetUserMessage() + string(rune('a'+i%26))}); err != nil {
 			return err
 		}
 		if req.Msg.GetUserMessage() == "fail" && i == 1 {
-			return connect.NewError(connect.CodeInternal, errors.New("model went away"))
+			err := connect.NewError(connect.CodeInternal, errors.New("model went away"))
+			if d, derr := connect.NewErrorDetail(&errdetails.ErrorInfo{Reason: "MODEL_GONE", Domain: "agent.test"}); derr == nil {
+				err.AddDetail(d)
+			}
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -147,6 +163,13 @@ func (r *testRuntime) TriggerWebhook(ctx context.Context, req *connect.Request[r
 		Headers:     map[string]string{"X-Order": "accepted"},
 		Body:        req.Msg.GetBody(),
 	}), nil
+}
+
+// GetExecution names the id it was asked for in a NotFound error, so that
+// tests see exactly what reached the backend.
+func (r *testRuntime) GetExecution(ctx context.Context, req *connect.Request[runtimev1.GetExecutionRequest]) (*connect.Response[runtimev1.GetExecutionResponse], error) {
+	r.rec.record(ctx, req.Header())
+	return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("execution %q not found", req.Msg.GetExecutionId()))
 }
 
 // backendSet is the three test backends, each a separate h2c server.

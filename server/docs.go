@@ -29,7 +29,7 @@ func mountDocs(mux *http.ServeMux, version string) error {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if r.Method != http.MethodGet && r.Method != http.MethodHead {
 				w.Header().Set("Allow", "GET, HEAD")
-				writeRESTBody(w, http.StatusMethodNotAllowed, restErrorBody{Code: "METHOD_NOT_ALLOWED", Message: "use GET"})
+				writeRESTStatus(w, http.StatusMethodNotAllowed, "use GET")
 				return
 			}
 			w.Header().Set("Content-Type", contentType)

@@ -3,12 +3,13 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/flowgate/flowgate/internal/apierr"
 )
 
 // forwarder relays one RPC to its upstream. A forwarder is built once per
@@ -196,7 +197,7 @@ func forwardTrailers(upstream upstreamStream, stream streamSink) {
 	copyResponse(stream.ResponseTrailer(), upstream.ResponseTrailer())
 }
 
-var errShuttingDown = errors.New("the gateway is shutting down; reconnect")
+var errShuttingDown = apierr.Public("the gateway is shutting down; reconnect")
 
 // outgoing builds a fresh request for the upstream. Reusing the incoming
 // request would carry the caller's protocol headers, authority and encoding
@@ -268,7 +269,7 @@ func (f *forwarder) upstreamError(ctx context.Context, err error) error {
 	case connect.CodeCanceled:
 		return connect.NewError(connect.CodeCanceled, errors.New("call canceled"))
 	case connect.CodeDeadlineExceeded:
-		return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("%s did not answer in time", f.upstream))
+		return connect.NewError(connect.CodeDeadlineExceeded, apierr.Public(f.upstream+" did not answer in time"))
 	default:
 		f.logger.Warn("upstream unreachable", slog.String("upstream", f.upstream), slog.String("error", ce.Message()))
 		return f.unavailable()
@@ -276,5 +277,5 @@ func (f *forwarder) upstreamError(ctx context.Context, err error) error {
 }
 
 func (f *forwarder) unavailable() error {
-	return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s is unavailable", f.upstream))
+	return connect.NewError(connect.CodeUnavailable, apierr.Public(f.upstream+" is unavailable"))
 }

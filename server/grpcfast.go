@@ -108,7 +108,7 @@ func (f *grpcFast) serve(_ any, stream grpc.ServerStream) error {
 	procedure, _ := grpc.MethodFromServerStream(stream)
 	m, ok := f.methods[procedure]
 	if !ok {
-		return status.Error(codes.Unimplemented, "unknown procedure "+procedure)
+		return status.Error(codes.Unimplemented, "no route for POST "+procedure)
 	}
 	ctx := stream.Context()
 	conn := newFastConn(stream, m.spec)
@@ -173,6 +173,9 @@ func (c *fastConn) RequestHeader() http.Header   { return c.reqHeader }
 func (c *fastConn) ResponseHeader() http.Header  { return c.header }
 func (c *fastConn) ResponseTrailer() http.Header { return c.trailer }
 
+// Receive reads the request. A message over the limit is answered by
+// grpc-go itself, in its words ("grpc: received message larger than
+// max"), before the handler could word it.
 func (c *fastConn) Receive(msg any) error {
 	if err := c.stream.RecvMsg(msg); err != nil {
 		return fastError(err)

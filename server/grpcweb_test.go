@@ -32,10 +32,9 @@ var grpcWebModes = []struct {
 	{"text+proto", "application/grpc-web-text+proto", "application/grpc-web-text+proto", true},
 }
 
-const (
-	executeProcedure = "/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow"
-	chatProcedure    = "/workflow.agent.v1.WorkflowAgentService/Chat"
-)
+// chatProcedure is the agent's server stream; executeProcedure is in
+// edge_test.go.
+const chatProcedure = "/workflow.agent.v1.WorkflowAgentService/Chat"
 
 // wordAgent streams the words of the user's message, one message each:
 // "fail" ends the stream with an error once sent, "wait" holds it open

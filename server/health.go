@@ -97,7 +97,7 @@ func (h *healthChecker) serveHTTP(version string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			writeRESTBody(w, http.StatusMethodNotAllowed, restErrorBody{Code: "METHOD_NOT_ALLOWED", Message: "use GET"})
+			writeRESTStatus(w, http.StatusMethodNotAllowed, "use GET")
 			return
 		}
 		body := healthBody{

@@ -15,6 +15,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/flowgate/flowgate/internal/apierr"
 )
 
 // Outlier detection defaults. A backend that stops answering (a hung or
@@ -157,7 +159,7 @@ func (g *upstreamGuard) check() error {
 // and Retry-After for HTTP callers). The call did not start, so any call,
 // idempotent or not, may be retried.
 func (g *upstreamGuard) refuse(err error) error {
-	ce := connect.NewError(connect.CodeUnavailable, err)
+	ce := apierr.UpstreamRefused(apierr.Public(err.Error()))
 	if detail, derr := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)}); derr == nil {
 		ce.AddDetail(detail)
 	}

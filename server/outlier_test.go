@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -138,6 +139,12 @@ func TestHungUpstreamEjected(t *testing.T) {
 	}
 	if !hasRetryInfo(ce) {
 		t.Errorf("no RetryInfo detail: %v", ce.Details())
+	}
+	// REST callers get 503 with Retry-After: the call was not sent.
+	res := doREST(t, http.MethodPost, url+"/api/v1/workflow/execute", strings.NewReader(`{"workflow_definition":{"name":"ok"}}`), nil)
+	if res.status != http.StatusServiceUnavailable || res.code != "SERVICE_UNAVAILABLE" || res.header.Get("Retry-After") != "1" ||
+		!strings.Contains(string(res.body), "workflow engine is not answering; retry shortly") {
+		t.Errorf("REST while ejected: %d %s %q", res.status, res.body, res.header.Get("Retry-After"))
 	}
 
 	proxy.set(false)

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/flowgate/flowgate/internal/apierr"
 	"github.com/flowgate/flowgate/sse"
 )
 
@@ -63,25 +63,32 @@ const webhookPrefix = "/api/v1/webhooks/"
 
 // restLayer gives REST callers the contract's error shape and status for
 // every error the transcoder or a forwarder produces, including unknown
-// routes and wrong methods. RPC callers pass through untouched.
-func restLayer(next http.Handler) http.Handler {
+// routes and wrong methods; it also settles, in front of the transcoder,
+// what the transcoder gets wrong at the edge (see edge.go). RPC callers get
+// their protocol's error shape for the transcoder's own refusals.
+// maxBody is the request body limit, named in size errors.
+func restLayer(next http.Handler, maxBody int64) http.Handler {
+	errs := newErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Internal headers are the gateway's own; no caller may set them.
 		r.Header.Del(webhookQueryHeader)
 		r.Header.Del(statusHeader)
-		if isRPCRequest(r) {
-			next.ServeHTTP(w, r)
+		if err := checkEdgeHeaders(r); err != nil {
+			errs.write(w, r, err)
 			return
 		}
-		if strings.HasPrefix(r.URL.Path, webhookPrefix) && r.URL.RawQuery != "" {
-			r = r.WithContext(r.Context())
-			u := *r.URL
-			r.Header.Set(webhookQueryHeader, u.RawQuery)
-			u.RawQuery = ""
-			r.URL = &u
+		if isRPCRequest(r) {
+			prepareConnect(r)
+			rw := newRPCWriter(w, r, errs.rpc)
+			next.ServeHTTP(rw, r)
+			rw.finish()
+			return
 		}
-		rw := &restWriter{ResponseWriter: w, contentType: r.Header.Get("Content-Type")}
-		next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), restTraceKey{}, &rw.trace)))
+		rw := newRESTWriter(w, r.Header.Get("Content-Type"), maxBody)
+		u := prepareREST(r)
+		r = r.WithContext(context.WithValue(r.Context(), restTraceKey{}, &rw.trace))
+		r.URL = u
+		next.ServeHTTP(rw, r)
 		rw.finish()
 	})
 }
@@ -92,44 +99,33 @@ const maxErrorBody = 64 << 10
 // restWriter holds back an error response so that it can be rewritten in the
 // contract's shape; successful responses pass through.
 type restWriter struct {
-	http.ResponseWriter
-	errStatus int // the error status held back; 0 while passing through
-	body      bytes.Buffer
-	wrote     bool
-	trace     restTrace // what the RPC level saw, see restTraceInterceptor
+	holdingWriter
+	err   error     // an error handed over whole, see fail
+	trace restTrace // what the RPC level saw, see restTraceInterceptor
 	// contentType is the request's, to name it when it is refused.
 	contentType string
+	maxBody     int64
 }
 
-func (w *restWriter) WriteHeader(code int) {
-	if w.wrote || w.errStatus != 0 {
-		return
-	}
+func newRESTWriter(w http.ResponseWriter, contentType string, maxBody int64) *restWriter {
+	rw := &restWriter{holdingWriter: holdingWriter{ResponseWriter: w, limit: maxErrorBody}, contentType: contentType, maxBody: maxBody}
+	rw.owner = rw
+	return rw
+}
+
+// decide holds back errors, and gives a success the status a forwarder
+// asked for (a webhook's respond node).
+func (w *restWriter) decide(code int) (int, bool) {
 	h := w.Header()
 	asked := h.Get(statusHeader)
 	h.Del(statusHeader)
 	if code >= 400 {
-		w.errStatus = code
-		return
+		return code, true
 	}
 	if n, err := strconv.Atoi(asked); err == nil && code == http.StatusOK && n >= 200 && n < 600 {
 		code = n
 	}
-	w.wrote = true
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *restWriter) Write(p []byte) (int, error) {
-	if !w.wrote && w.errStatus == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	if w.errStatus != 0 {
-		if room := maxErrorBody - w.body.Len(); room > 0 {
-			w.body.Write(p[:min(len(p), room)])
-		}
-		return len(p), nil
-	}
-	return w.ResponseWriter.Write(p)
+	return code, false
 }
 
 // Flush is held back. A REST response is one message, written whole before
@@ -138,44 +134,106 @@ func (w *restWriter) Write(p []byte) (int, error) {
 // Content-Length.
 func (w *restWriter) Flush() {}
 
-func (w *restWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// finish writes the held-back error, if any, in the contract's shape.
-func (w *restWriter) finish() {
-	if w.errStatus == 0 {
+// fail hands the REST layer an error to write in place of the response.
+func (w *restWriter) fail(err error) {
+	if w.passed || w.held != 0 {
 		return
 	}
+	w.err = err
+	w.held = http.StatusInternalServerError // held: later writes are dropped
+}
+
+// finish writes the held-back error, if any, in the contract's shape,
+// without the protocol headers and trailers the handler behind the
+// transcoder left in the shared header map.
+func (w *restWriter) finish() {
+	if w.held == 0 {
+		return
+	}
+	h := w.Header()
+	dropProtocolHeaders(h)
+	err := w.reshape()
 	for name, vals := range w.trace.meta {
 		if !neverForwarded(name) {
-			w.Header()[name] = vals
+			h[name] = vals
 		}
 	}
-	ce := parseStatusJSON(w.Header().Get("Content-Type"), w.body.Bytes())
-	if !w.trace.reached && (ce != nil && serverSide(ce.Code()) || ce == nil && w.errStatus == http.StatusInternalServerError) {
+	err.Write(w.ResponseWriter)
+}
+
+// reshape turns what was held back into the contract's error. The
+// handler's own error is used as returned, with the metadata and marks the
+// transcoder's rendering drops; the transcoder's own errors are read back
+// from its google.rpc.Status or its plain text.
+func (w *restWriter) reshape() *apierr.Error {
+	switch {
+	case w.err != nil:
+		return apierr.FromError(asConnectError(w.err))
+	case w.trace.err != nil:
+		return apierr.FromError(asConnectError(w.trace.err))
+	}
+	ce := parseStatusJSON(w.body.Bytes())
+	if err := parameterError(ce); err != nil {
+		return apierr.FromError(err)
+	}
+	switch {
+	case ce != nil && ce.Code() == connect.CodeResourceExhausted && w.trace.answered:
+		// The forwarder returned a response the transcoder could not hold:
+		// the upstream's fault, not the caller's nor a rate limit.
+		return apierr.New(http.StatusBadGateway, "the upstream's response exceeds the gateway's size limit")
+	case ce != nil && ce.Code() == connect.CodeResourceExhausted:
+		return apierr.New(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes", w.maxBody))
+	case !w.trace.reached && (ce != nil && serverSide(ce.Code()) || ce == nil && w.held == http.StatusInternalServerError):
 		// The transcoder could not map the request onto a message (a query
 		// parameter naming no field, a value that does not parse): the
 		// caller's mistake, though the transcoder reports it as internal.
-		writeRESTBody(w.ResponseWriter, http.StatusBadRequest, restErrorBody{Code: "VALIDATION_ERROR", Message: "invalid request: " + safeMessage(ce, w.body.String())})
-		return
-	}
-	if ce != nil {
-		writeRESTError(w.ResponseWriter, ce)
-		return
+		return apierr.New(http.StatusBadRequest, "invalid request: "+safeMessage(ce, w.body.String()))
+	case ce != nil:
+		return apierr.FromError(ce)
 	}
 	msg := strings.TrimSpace(w.body.String())
-	if w.errStatus == http.StatusUnsupportedMediaType {
+	if w.held == http.StatusUnsupportedMediaType && !strings.Contains(msg, "compression") {
 		msg = fmt.Sprintf("unsupported Content-Type %q: send application/json", w.contentType)
 	}
-	if w.errStatus >= 500 || strings.Contains(msg, "\n") || len(msg) > 200 {
+	if w.held >= 500 || strings.Contains(msg, "\n") || len(msg) > 200 {
 		msg = "" // never show a transcoder's internals
 	}
-	writeRESTBody(w.ResponseWriter, w.errStatus, restErrorBody{Code: httpStatusCode(w.errStatus), Message: msg})
+	return apierr.New(w.held, msg)
+}
+
+// parameterError rewords the transcoder's errors for a query or path
+// parameter as the gateway's own validation errors read, naming the
+// parameter: a value that does not parse (`invalid parameter "page":
+// invalid character 'a' looking for beginning of value`, a JSON decoder's
+// words) or a parameter naming no field (which names the message type).
+// It returns nil for other errors.
+func parameterError(ce *connect.Error) error {
+	if ce == nil {
+		return nil
+	}
+	for _, p := range []struct{ prefix, reason string }{
+		{"invalid parameter ", "not a valid value for this parameter"},
+		{"unknown field in field path ", "unknown query parameter"},
+	} {
+		rest, ok := strings.CutPrefix(ce.Message(), p.prefix)
+		if !ok {
+			continue
+		}
+		if quoted, err := strconv.QuotedPrefix(rest); err == nil {
+			field, _ := strconv.Unquote(quoted)
+			return badRequest(field, p.reason)
+		}
+	}
+	return nil
 }
 
 // parseStatusJSON reads the google.rpc.Status the transcoder writes for a
 // REST error back into a coded error.
-func parseStatusJSON(contentType string, body []byte) *connect.Error {
-	if !strings.HasPrefix(contentType, "application/json") || len(body) == 0 {
+func parseStatusJSON(body []byte) *connect.Error {
+	// Not by Content-Type: the handler behind the transcoder may have set
+	// its own (application/grpc) in the shared header map before the
+	// transcoder wrote the error.
+	if len(body) == 0 || body[0] != '{' {
 		return nil
 	}
 	var stat status.Status
@@ -218,6 +276,10 @@ type restTrace struct {
 	// carries what REST callers need too (Retry-After, an upstream's
 	// headers).
 	meta http.Header
+	// err is the call's error as the handler returned it.
+	err error
+	// answered is set when the handler returned a response.
+	answered bool
 }
 
 // restTraceInterceptor fills in the REST layer's restTrace of a call.
@@ -261,8 +323,12 @@ func traceOf(ctx context.Context) *restTrace {
 }
 
 func (t *restTrace) record(err error) {
+	if t == nil {
+		return
+	}
+	t.err, t.answered = err, err == nil
 	var ce *connect.Error
-	if t != nil && errors.As(err, &ce) && len(ce.Meta()) > 0 {
+	if errors.As(err, &ce) && len(ce.Meta()) > 0 {
 		t.meta = ce.Meta().Clone()
 	}
 }

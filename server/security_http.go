@@ -20,6 +20,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	"github.com/flowgate/flowgate/interceptors"
+	"github.com/flowgate/flowgate/internal/apierr"
 )
 
 // accessTokenParam is the query parameter EventSource callers may put a
@@ -164,10 +165,10 @@ func (s *security) tooLarge(w http.ResponseWriter, r *http.Request) {
 	// The rest of the body is not read: the connection cannot be reused.
 	w.Header().Set("Connection", "close")
 	if isRPCRequest(r) {
-		_ = s.errs.rpc.Write(w, r, connect.NewError(connect.CodeResourceExhausted, errors.New(msg)))
+		_ = s.errs.rpc.Write(w, r, apierr.TooLarge(errors.New(msg)))
 		return
 	}
-	writeRESTBody(w, http.StatusRequestEntityTooLarge, restErrorBody{Code: "PAYLOAD_TOO_LARGE", Message: msg})
+	writeRESTStatus(w, http.StatusRequestEntityTooLarge, msg)
 }
 
 // wrapSSE lets the SSE routes accept the credentials a browser's

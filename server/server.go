@@ -215,7 +215,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("could not build the transcoder: %w", err)
 	}
-	rpc := restLayer(transcoder)
+	rpc := restLayer(transcoder, g.security.cfg.MaxBodyBytes)
 
 	mux := http.NewServeMux()
 	mux.Handle("/", rpc)
@@ -295,8 +295,18 @@ func invalidJSON(err error) error {
 	if err == nil {
 		return nil
 	}
-	msg := strings.TrimPrefix(err.Error(), "proto: ")
-	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid JSON body: %s", msg))
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid JSON body: %s", protoErrorText(err)))
+}
+
+// protoErrorText is err's text without the "proto:" prefix of the
+// protobuf libraries, which follow it with a space picked at random
+// (sometimes a no-break space) so that nobody matches on their errors.
+func protoErrorText(err error) string {
+	msg := err.Error()
+	if before, after, ok := strings.Cut(msg, "proto:"); ok {
+		msg = before + strings.TrimLeft(after, " \u00a0")
+	}
+	return msg
 }
 
 // Handler returns the gateway's HTTP handler.

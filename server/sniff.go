@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -203,9 +204,47 @@ func isGRPCHeaderBlock(block []byte) bool {
 			if f.Value != "identity" {
 				return false
 			}
+		case "grpc-timeout":
+			if !validGRPCTimeout(f.Value) {
+				return false
+			}
+		default:
+			if strings.HasSuffix(f.Name, "-bin") && !validBinaryHeader(f.Value) {
+				return false
+			}
 		}
 	}
 	return grpc
+}
+
+// validGRPCTimeout and validBinaryHeader check what grpc-go would refuse
+// with a bare HTTP 400: a caller making that mistake on its first request
+// gets net/http's path, which answers in the gRPC error shape.
+func validGRPCTimeout(v string) bool {
+	if len(v) < 2 || len(v) > 9 || !strings.ContainsRune("HMSmun", rune(v[len(v)-1])) {
+		return false
+	}
+	for _, c := range v[:len(v)-1] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func validBinaryHeader(v string) bool {
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if len(part)%4 == 0 {
+			if _, err := base64.StdEncoding.DecodeString(part); err == nil {
+				continue
+			}
+		}
+		if _, err := base64.RawStdEncoding.DecodeString(part); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // replayConn gives its reader the bytes sniffing consumed, then the

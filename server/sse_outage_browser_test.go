@@ -74,8 +74,8 @@ func TestBrowserEventSourceOutlivesUpstreamOutage(t *testing.T) {
 	defer cancel()
 	outage := waitLog(t, waitCtx, func(log []logEntry) bool { return len(outageEvents(log)) >= 3 })
 	for _, e := range outageEvents(outage) {
-		if e["code"] != "BAD_GATEWAY" || e["message"] != "upstream service unavailable" {
-			t.Errorf("outage event %v, want BAD_GATEWAY upstream service unavailable", e)
+		if e["code"] != "BAD_GATEWAY" || e["message"] != "workflow agent is unavailable" {
+			t.Errorf("outage event %v, want BAD_GATEWAY workflow agent is unavailable", e)
 		}
 	}
 

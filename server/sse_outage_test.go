@@ -79,8 +79,8 @@ func TestSSEUpstreamDownKeepsEventSourceReconnecting(t *testing.T) {
 			for _, client := range []*http.Client{http1Client(t), h2cClient(t)} {
 				for _, path := range []string{"/api/v1/workflow_generation?session_id=s", "/api/v1/chat/stream?session_id=s&user_message=hi"} {
 					retry, ev := readOutage(t, sseGet(t, client, base+path, nil))
-					if retry != tc.retry || ev.Error.Code != "BAD_GATEWAY" || ev.Error.Message != "upstream service unavailable" {
-						t.Errorf("%s: retry %q, error %+v; want retry %s and BAD_GATEWAY upstream service unavailable", path, retry, ev.Error, tc.retry)
+					if retry != tc.retry || ev.Error.Code != "BAD_GATEWAY" || ev.Error.Message != "workflow agent is unavailable" {
+						t.Errorf("%s: retry %q, error %+v; want retry %s and BAD_GATEWAY workflow agent is unavailable", path, retry, ev.Error, tc.retry)
 					}
 				}
 			}

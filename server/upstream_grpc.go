@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/flowgate/flowgate/internal/apierr"
 )
 
 // upstreamStreamWindow is the HTTP/2 receive window of each upstream stream.
@@ -262,6 +264,11 @@ func grpcError(ctx context.Context, err error, trailer metadata.MD) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	if st.Code() == codes.ResourceExhausted && strings.HasPrefix(st.Message(), "grpc: received message larger than max") {
+		// The upstream's answer is larger than the gateway holds: the
+		// transcoder words the same limit so for the protocols it buffers.
+		return &wireError{apierr.UpstreamTooLarge(apierr.Public("the upstream's response exceeded the gateway's message limit"))}
 	}
 	if isTransportStatus(st) {
 		return connect.NewError(connect.Code(st.Code()), errors.New(st.Message()))

@@ -68,7 +68,7 @@ func webhookRequest(in, out *connect.Request[frame]) error {
 	data, err := proto.Marshal(&msg)
 	if err != nil {
 		// Only what the caller sent can fail to encode (invalid UTF-8).
-		return connect.NewError(connect.CodeInvalidArgument, errorText("the webhook request cannot be encoded: "+strings.TrimPrefix(err.Error(), "proto: ")))
+		return connect.NewError(connect.CodeInvalidArgument, errorText("the webhook request cannot be encoded: "+protoErrorText(err)))
 	}
 	out.Msg = &frame{data: data}
 	return nil

@@ -1,22 +1,23 @@
 package sse
 
 import (
-	"encoding/json"
-	"errors"
 	"net/http"
 	"strconv"
 
 	"connectrpc.com/connect"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	"github.com/flowgate/flowgate/internal/apierr"
 )
 
 // apiError is the contract's error shape with its HTTP status:
 // {"error":{"code":"VALIDATION_ERROR","message":"...","details":{...}}}.
+// The mapping from a handler's error is the gateway's one mapping
+// (internal/apierr), the one REST callers get too.
 type apiError struct {
 	status     int
-	Code       string        `json:"code"`
-	Message    string        `json:"message"`
-	Details    *errorDetails `json:"details,omitempty"`
+	Code       string
+	Message    string
+	Details    map[string]any
 	retryAfter string
 	// retryable failures pass on their own (an upstream restarting): the
 	// browser gets them as an error event on a 200 stream, since
@@ -24,19 +25,8 @@ type apiError struct {
 	retryable bool
 }
 
-type errorDetails struct {
-	Field  string `json:"field"`
-	Reason string `json:"reason"`
-}
-
 func (e *apiError) body() []byte {
-	data, err := json.Marshal(struct {
-		Error *apiError `json:"error"`
-	}{e})
-	if err != nil { // unreachable: only strings
-		return []byte(`{"error":{"code":"INTERNAL_ERROR","message":"internal error"}}`)
-	}
-	return data
+	return (&apierr.Error{Code: e.Code, Message: e.Message, Details: e.Details}).JSON()
 }
 
 // write sends e as a plain HTTP error: the stream never started.
@@ -59,83 +49,16 @@ func validationError(field, reason string) *apiError {
 		status:  http.StatusBadRequest,
 		Code:    "VALIDATION_ERROR",
 		Message: "Invalid request parameters",
-		Details: &errorDetails{Field: field, Reason: reason},
+		Details: map[string]any{"field": field, "reason": reason},
 	}
 }
 
-// codeShape maps a Connect code onto the contract's status, code and the
-// message used when the upstream's own message must not be shown.
-func codeShape(code connect.Code) (int, string, string, bool) {
-	switch code {
-	case connect.CodeInvalidArgument:
-		return http.StatusBadRequest, "VALIDATION_ERROR", "Invalid request parameters", true
-	case connect.CodeUnauthenticated:
-		return http.StatusUnauthorized, "UNAUTHORIZED", "authentication required", true
-	case connect.CodePermissionDenied:
-		return http.StatusForbidden, "FORBIDDEN", "permission denied", true
-	case connect.CodeNotFound:
-		return http.StatusNotFound, "NOT_FOUND", "not found", true
-	case connect.CodeAlreadyExists:
-		return http.StatusConflict, "CONFLICT", "already exists", true
-	case connect.CodeResourceExhausted:
-		return http.StatusTooManyRequests, "RATE_LIMITED", "too many requests", true
-	case connect.CodeUnavailable:
-		return http.StatusBadGateway, "BAD_GATEWAY", "upstream service unavailable", false
-	case connect.CodeDeadlineExceeded:
-		return http.StatusGatewayTimeout, "GATEWAY_TIMEOUT", "upstream deadline exceeded", false
-	default:
-		// Internal, Unknown, DataLoss and the rest: the upstream's message
-		// may carry internals, so callers get a generic one.
-		return http.StatusInternalServerError, "INTERNAL_ERROR", "internal error", false
-	}
-}
-
-// fromError shapes the error a handler returned.
+// fromError shapes the error a handler returned, before the stream or in
+// it alike.
 func fromError(err error) *apiError {
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return internalError()
-	}
-	status, code, generic, showMessage := codeShape(ce.Code())
-	e := &apiError{status: status, Code: code, Message: generic}
-	if showMessage && ce.Message() != "" {
-		e.Message = ce.Message()
-	}
-	if ce.Code() == connect.CodeInvalidArgument {
-		e.Details = badRequestDetails(ce.Details())
-		// The contract keeps the seed's fixed message and puts the
-		// specifics in details.
-		if e.Details == nil && ce.Message() != "" {
-			e.Details = &errorDetails{Reason: ce.Message()}
-		}
-		e.Message = generic
-	}
-	if ce.Code() == connect.CodeResourceExhausted {
-		e.retryAfter = ce.Meta().Get("Retry-After")
-	}
-	e.retryable = ce.Code() == connect.CodeUnavailable
-	return e
-}
-
-// badRequestDetails turns the first field violation of a google.rpc.BadRequest
-// detail into the contract's {field, reason}.
-func badRequestDetails(details []*connect.ErrorDetail) *errorDetails {
-	for _, d := range details {
-		if d.Type() != "google.rpc.BadRequest" {
-			continue
-		}
-		v, err := d.Value()
-		if err != nil {
-			continue
-		}
-		br, ok := v.(*errdetails.BadRequest)
-		if !ok || len(br.GetFieldViolations()) == 0 {
-			continue
-		}
-		fv := br.GetFieldViolations()[0]
-		return &errorDetails{Field: fv.GetField(), Reason: fv.GetDescription()}
-	}
-	return nil
+	e := apierr.FromError(err)
+	return &apiError{status: e.Status, Code: e.Code, Message: e.Message, Details: e.Details, retryAfter: e.RetryAfter,
+		retryable: connect.CodeOf(err) == connect.CodeUnavailable}
 }
 
 // internalError is what callers see when the gateway itself fails; the
