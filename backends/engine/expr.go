@@ -71,8 +71,10 @@ func compileExpr(src string, lim exprLimits) (*program, error) {
 }
 
 // eval runs the program under the run's budget. The VM cannot be
-// interrupted, so a timeout stops the evaluation's guard: the runaway
-// evaluation fails at its next guarded call or loop step.
+// interrupted, so the deadline and the caller's cancellation stop the
+// evaluation's guard instead: every loop step and every guarded call
+// checks it, so the evaluation ends promptly and never outlives eval (a
+// VM still running would read the run's outputs while the run writes them).
 func (p *program) eval(ctx context.Context, env *exprEnv, lim exprLimits) (any, error) {
 	budget := env.budget
 	if budget == nil {
@@ -85,33 +87,23 @@ func (p *program) eval(ctx context.Context, env *exprEnv, lim exprLimits) (any, 
 	g := &evalGuard{budget: budget}
 	guarded := *env
 	guarded.Guard = g
-	type result struct {
-		v   any
-		err error
-	}
-	done := make(chan result, 1)
 	started := time.Now()
-	go func() {
-		machine := vm.VM{MemoryBudget: lim.memoryBudget}
-		v, err := machine.Run(p.prog, &guarded)
-		done <- result{v, err}
-	}()
-	timer := time.NewTimer(min(lim.timeout, left))
-	defer timer.Stop()
-	defer func() { budget.cpu.Add(-int64(time.Since(started))) }()
-	select {
-	case r := <-done:
-		return p.result(r.v, r.err, budget)
-	case <-timer.C:
-		g.stop()
-		if left < lim.timeout {
-			return nil, fmt.Errorf("expression %q: %w: the run's expressions used up their time budget of %s", p.src, errResourceExhausted, budget.cpuTotal)
-		}
-		return nil, fmt.Errorf("expression %q: %w", p.src, errExprTimeout)
-	case <-ctx.Done():
-		g.stop()
+	timer := time.AfterFunc(min(lim.timeout, left), g.stop)
+	stopOnCancel := context.AfterFunc(ctx, g.stop)
+	machine := vm.VM{MemoryBudget: lim.memoryBudget}
+	v, err := machine.Run(p.prog, &guarded)
+	timer.Stop()
+	stopOnCancel()
+	budget.cpu.Add(-int64(time.Since(started)))
+	switch {
+	case !g.stopped.Load():
+		return p.result(v, err, budget)
+	case ctx.Err() != nil:
 		return nil, ctx.Err()
+	case left < lim.timeout:
+		return nil, fmt.Errorf("expression %q: %w: the run's expressions used up their time budget of %s", p.src, errResourceExhausted, budget.cpuTotal)
 	}
+	return nil, fmt.Errorf("expression %q: %w", p.src, errExprTimeout)
 }
 
 // result checks what an evaluation returned before anything copies or
