@@ -57,30 +57,38 @@ func (s *sizer) walk(v any, depth int) error {
 	case time.Time, time.Duration:
 		return s.add(40)
 	case []any:
-		if err := s.add(int64(len(v)) + 2); err != nil {
-			return err
-		}
-		for _, item := range v {
-			if err := s.walk(item, depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.walkList(v, depth)
 	case map[string]any:
-		if err := s.add(int64(len(v))*4 + 2); err != nil {
-			return err
-		}
-		for k, item := range v {
-			if err := s.add(int64(len(k))); err != nil {
-				return err
-			}
-			if err := s.walk(item, depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.walkMap(v, depth)
 	}
 	return s.walkReflect(reflect.ValueOf(v), depth)
+}
+
+func (s *sizer) walkList(v []any, depth int) error {
+	if err := s.add(int64(len(v)) + 2); err != nil {
+		return err
+	}
+	for _, item := range v {
+		if err := s.walk(item, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *sizer) walkMap(v map[string]any, depth int) error {
+	if err := s.add(int64(len(v))*4 + 2); err != nil {
+		return err
+	}
+	for k, item := range v {
+		if err := s.add(int64(len(k))); err != nil {
+			return err
+		}
+		if err := s.walk(item, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // walkReflect covers the typed slices and maps builtins return ([]string,
@@ -98,19 +106,7 @@ func (s *sizer) walkReflect(rv reflect.Value, depth int) error {
 		}
 		return nil
 	case reflect.Map:
-		if err := s.add(int64(rv.Len())*4 + 2); err != nil {
-			return err
-		}
-		iter := rv.MapRange()
-		for iter.Next() {
-			if err := s.walk(iter.Key().Interface(), depth+1); err != nil {
-				return err
-			}
-			if err := s.walk(iter.Value().Interface(), depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.walkReflectMap(rv, depth)
 	case reflect.Pointer, reflect.Interface:
 		if rv.IsNil() {
 			return s.add(5)
@@ -129,6 +125,22 @@ func (s *sizer) walkReflect(rv reflect.Value, depth int) error {
 		return s.add(int64(rv.Len()) + 2)
 	}
 	return s.add(24)
+}
+
+func (s *sizer) walkReflectMap(rv reflect.Value, depth int) error {
+	if err := s.add(int64(rv.Len())*4 + 2); err != nil {
+		return err
+	}
+	iter := rv.MapRange()
+	for iter.Next() {
+		if err := s.walk(iter.Key().Interface(), depth+1); err != nil {
+			return err
+		}
+		if err := s.walk(iter.Value().Interface(), depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // indentedSize bounds what json.MarshalIndent with two-space indentation

@@ -84,6 +84,7 @@ func TestOtherLoopbackSpellingsRefused(t *testing.T) {
 		if res.GetStatus() != "failed" || strings.Contains(fmt.Sprint(res), secretBody) {
 			t.Errorf("%s: status %q, result %v", url, res.GetStatus(), res)
 		}
+		t.Logf("%s: %s", host, nodeResult(t, res, "call").GetError())
 	}
 }
 
