@@ -29,25 +29,30 @@ type bomb struct {
 	name    string
 	expr    string // the value of a set node: a template
 	invalid bool   // refused when validated (InvalidArgument) rather than when run
+	// wide, if set, makes the set node's values that many lists each
+	// holding one 100 kB string 150 times: each fits the value limit, all
+	// together do not.
+	wide int
 }
 
 var bombs = []bomb{
-	{"repeat", `{{ len(repeat(repeat("x", 100000), 1000000)) }}`, false},
-	{"nested joins", `{{ let a = map(1..300, "xxxxxxxxxx"); let b = map(1..300, join(a)); let c = map(1..300, join(b)); let d = map(1..300, join(c)); len(join(d)) }}`, false},
-	{"concatenation in a loop", `{{ len(reduce(1..64, #acc + #acc, "x")) }}`, false},
-	{"list doubling", `{{ len(reduce(1..40, concat(#acc, #acc), [1])) }}`, false},
-	{"huge range", `{{ len(1..1000000000) }}`, false},
-	{"deep nesting", `{{ reduce(1..90000, [#acc], 0) }}`, false},
-	{"deep brackets", "{{ " + strings.Repeat("(", 300000) + "1" + strings.Repeat(")", 300000) + " }}", true},
-	{"big list literal", "{{ [" + strings.Repeat("1,", 100000) + "1] }}", true},
-	{"big map literal", "{{ {" + strings.Repeat(`"k": 1, `, 50000) + `"z": 1} }}`, true},
-	{"template expansion", `x{{ map(1..50000, trigger.s) }}x`, false},
-	{"toJSON", `{{ len(toJSON(map(1..50000, trigger.s))) }}`, false},
-	{"string()", `{{ len(string(map(1..50000, trigger.s))) }}`, false},
-	{"node output", `{{ map(1..50000, trigger.s) }}`, false},
-	{"replace", `{{ len(replace(trigger.s, "", trigger.s)) }}`, false},
-	{"method result in a loop", `{{ len(join(map(1..50000, now().Format(trigger.s)))) }}`, false},
-	{"busy loop", `{{ all(trigger.list, all(trigger.list, all(trigger.list, # >= 0))) }}`, false},
+	{name: "repeat", expr: `{{ len(repeat(repeat("x", 100000), 1000000)) }}`},
+	{name: "nested joins", expr: `{{ let a = map(1..300, "xxxxxxxxxx"); let b = map(1..300, join(a)); let c = map(1..300, join(b)); let d = map(1..300, join(c)); len(join(d)) }}`},
+	{name: "concatenation in a loop", expr: `{{ len(reduce(1..64, #acc + #acc, "x")) }}`},
+	{name: "list doubling", expr: `{{ len(reduce(1..40, concat(#acc, #acc), [1])) }}`},
+	{name: "huge range", expr: `{{ len(1..1000000000) }}`},
+	{name: "deep nesting", expr: `{{ reduce(1..90000, [#acc], 0) }}`},
+	{name: "deep brackets", expr: "{{ " + strings.Repeat("(", 300000) + "1" + strings.Repeat(")", 300000) + " }}", invalid: true},
+	{name: "big list literal", expr: "{{ [" + strings.Repeat("1,", 100000) + "1] }}", invalid: true},
+	{name: "big map literal", expr: "{{ {" + strings.Repeat(`"k": 1, `, 50000) + `"z": 1} }}`, invalid: true},
+	{name: "template expansion", expr: `x{{ map(1..50000, trigger.s) }}x`},
+	{name: "toJSON", expr: `{{ len(toJSON(map(1..50000, trigger.s))) }}`},
+	{name: "string()", expr: `{{ len(string(map(1..50000, trigger.s))) }}`},
+	{name: "node output", expr: `{{ map(1..50000, trigger.s) }}`},
+	{name: "replace", expr: `{{ len(replace(trigger.s, "", trigger.s)) }}`},
+	{name: "method result in a loop", expr: `{{ len(join(map(1..50000, now().Format(trigger.s)))) }}`},
+	{name: "wide output", wide: 200},
+	{name: "busy loop", expr: `{{ all(trigger.list, all(trigger.list, all(trigger.list, # >= 0))) }}`},
 }
 
 // bombOutcome is what the child reports for one bomb.
@@ -176,7 +181,11 @@ func TestBombChild(t *testing.T) {
 }
 
 func runBomb(t *testing.T, client enginev1connect.WorkflowEngineServiceClient, b bomb, trigger *structpb.Struct) bombOutcome {
-	d := def([]*enginev1.Node{n("start", "trigger", nil), n("s", "set", map[string]any{"values": map[string]any{"x": b.expr}})}, c("start", "s"))
+	values := map[string]any{"x": b.expr}
+	for i := range b.wide {
+		values[fmt.Sprintf("k%d", i)] = "{{ map(1..150, trigger.s) }}"
+	}
+	d := def([]*enginev1.Node{n("start", "trigger", nil), n("s", "set", map[string]any{"values": values})}, c("start", "s"))
 	res, err := client.ExecuteWorkflow(t.Context(), connect.NewRequest(&enginev1.ExecuteWorkflowRequest{WorkflowDefinition: d, TriggerData: trigger}))
 	o := bombOutcome{Name: b.name}
 	if err != nil {

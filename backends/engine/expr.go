@@ -183,7 +183,7 @@ func (m mapTemplate) eval(ctx context.Context, env *exprEnv, lim exprLimits) (an
 		}
 		out[k] = v
 	}
-	return out, nil
+	return bounded(out, lim)
 }
 
 type listTemplate []template
@@ -197,7 +197,17 @@ func (l listTemplate) eval(ctx context.Context, env *exprEnv, lim exprLimits) (a
 		}
 		out[i] = v
 	}
-	return out, nil
+	return bounded(out, lim)
+}
+
+// bounded checks an object or list a template built: each of its values
+// fits, but many of them together need not (a thousand headers, each a
+// list holding one big string a hundred times, are written out in full).
+func bounded(v any, lim exprLimits) (any, error) {
+	if _, err := valueSize(v, lim.maxValue); err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 // compileTemplate compiles every {{ expression }} inside v. The error is a

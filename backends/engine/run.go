@@ -110,8 +110,11 @@ func (r *run) step(ctx context.Context, n *node, trigger map[string]any) error {
 	if err == nil {
 		out, err = n.exec.run(ctx, r, &exprEnv{Trigger: trigger, Input: input, Nodes: r.outputs, budget: r.budget})
 	}
-	if err == nil {
-		err = r.chargeOutput(out.output)
+	if cerr := r.chargeOutput(out.output); cerr != nil {
+		out.output = nil // too big to keep, even as a failed node's output
+		if err == nil {
+			err = cerr
+		}
 	}
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
