@@ -37,6 +37,7 @@ var blockedPrefixes = mustPrefixes(
 	"2001:db8::/32",   // documentation
 	"fc00::/7",        // unique local, includes fd00:ec2::254
 	"fe80::/10",       // link-local
+	"fec0::/10",       // site-local, deprecated but still routed on some networks
 	"ff00::/8",        // multicast
 )
 
