@@ -34,7 +34,7 @@ func TestBlockedAddressForms(t *testing.T) {
 		{"64:ff9b:1::a00:1", true},                     // local-use NAT64
 		{"::ffff:0:7f00:1", true},                      // SIIT IPv4-translated 127.0.0.1
 		{"2001:0:4136:e378:8000:63bf:3fff:fdd2", true}, // Teredo
-		{"fec0::1", true}, // deprecated site-local
+		{"fec0::1", true},                              // deprecated site-local
 		{"8.8.8.8", false},
 		{"2606:4700:4700::1111", false},
 		{"2002:808:808::1", false}, // 6to4 of a public address
