@@ -28,7 +28,7 @@ var guardedBuiltins = map[string]estimator{
 	"toJSON":     func(g *evalGuard, args []any) (int64, error) { return indentedSize(arg(args, 0), g.budget.maxValue) },
 	"string":     func(g *evalGuard, args []any) (int64, error) { return valueSize(arg(args, 0), g.budget.maxValue) },
 	"flatten":    estimateFlatten,
-	"fromJSON":   linear(2),
+	"fromJSON":   linear(4), // a parsed "[0,0,…]" takes many times its text
 	"upper":      linear(2),
 	"lower":      linear(2),
 	"toBase64":   linear(2),
