@@ -31,6 +31,10 @@ const (
 	DefaultExprTimeout      = 250 * time.Millisecond
 	DefaultExprMemoryBudget = 200_000
 	DefaultExprMaxNodes     = 2_000
+	DefaultExprMaxLength    = 16 << 10
+	DefaultMaxValueBytes    = 16 << 20
+	DefaultRunMemoryBytes   = 64 << 20
+	DefaultRunExprTime      = 5 * time.Second
 )
 
 // Config tunes the engine. Zero values take the defaults above.
@@ -62,6 +66,16 @@ type Config struct {
 	ExprMemoryBudget uint
 	// ExprMaxNodes bounds the size of one expression's syntax tree.
 	ExprMaxNodes uint
+	// ExprMaxLength bounds the source of one expression, in bytes.
+	ExprMaxLength int
+	// MaxValueBytes bounds any one value an expression builds and any node
+	// output, measured as JSON. It must hold MaxResponseBytes.
+	MaxValueBytes int64
+	// RunMemoryBytes bounds what one run builds in all: every guarded
+	// allocation of its expressions and every node output, in bytes.
+	RunMemoryBytes int64
+	// RunExprTime bounds the evaluation time of all of a run's expressions.
+	RunExprTime time.Duration
 }
 
 // Service runs workflows. It is safe for concurrent use.
@@ -90,8 +104,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.DefaultRunTimeout > cfg.MaxRunTimeout {
 		return nil, fmt.Errorf("engine: DefaultRunTimeout %s exceeds MaxRunTimeout %s", cfg.DefaultRunTimeout, cfg.MaxRunTimeout)
 	}
-	if cfg.DefaultRunTimeout < 0 || cfg.MaxDelay < 0 || cfg.HTTPTimeout < 0 || cfg.MaxResponseBytes < 0 || cfg.MaxNodes < 0 || cfg.ExprTimeout < 0 {
+	if cfg.DefaultRunTimeout < 0 || cfg.MaxDelay < 0 || cfg.HTTPTimeout < 0 || cfg.MaxResponseBytes < 0 || cfg.MaxNodes < 0 || cfg.ExprTimeout < 0 ||
+		cfg.ExprMaxLength < 0 || cfg.MaxValueBytes < 0 || cfg.RunMemoryBytes < 0 || cfg.RunExprTime < 0 {
 		return nil, errors.New("engine: limits must not be negative")
+	}
+	if cfg.MaxValueBytes < cfg.MaxResponseBytes+64<<10 || cfg.RunMemoryBytes < cfg.MaxValueBytes {
+		return nil, fmt.Errorf("engine: MaxValueBytes (%d) must exceed MaxResponseBytes (%d) by 64 KiB, and RunMemoryBytes (%d) must hold it",
+			cfg.MaxValueBytes, cfg.MaxResponseBytes, cfg.RunMemoryBytes)
 	}
 	allow, err := newAllowlist(cfg.HTTPAllowHosts)
 	if err != nil {
@@ -99,7 +118,10 @@ func New(cfg Config) (*Service, error) {
 	}
 	return &Service{
 		compiler: compiler{
-			expr:             exprLimits{maxNodes: cfg.ExprMaxNodes, memoryBudget: cfg.ExprMemoryBudget, timeout: cfg.ExprTimeout},
+			expr: exprLimits{
+				maxNodes: cfg.ExprMaxNodes, maxLength: cfg.ExprMaxLength, memoryBudget: cfg.ExprMemoryBudget, timeout: cfg.ExprTimeout,
+				maxValue: cfg.MaxValueBytes, runMemory: cfg.RunMemoryBytes, runCPU: cfg.RunExprTime,
+			},
 			maxNodes:         cfg.MaxNodes,
 			maxDelay:         cfg.MaxDelay,
 			httpTimeout:      cfg.HTTPTimeout,
@@ -125,6 +147,10 @@ func withDefaults(cfg Config) Config {
 	setDefault(&cfg.ExprTimeout, DefaultExprTimeout)
 	setDefault(&cfg.ExprMemoryBudget, DefaultExprMemoryBudget)
 	setDefault(&cfg.ExprMaxNodes, DefaultExprMaxNodes)
+	setDefault(&cfg.ExprMaxLength, DefaultExprMaxLength)
+	setDefault(&cfg.MaxValueBytes, max(DefaultMaxValueBytes, cfg.MaxResponseBytes+1<<20))
+	setDefault(&cfg.RunMemoryBytes, max(DefaultRunMemoryBytes, 4*cfg.MaxValueBytes))
+	setDefault(&cfg.RunExprTime, DefaultRunExprTime)
 	if cfg.DefaultRunTimeout > cfg.MaxRunTimeout && cfg.MaxRunTimeout < DefaultRunTimeout {
 		cfg.DefaultRunTimeout = cfg.MaxRunTimeout
 	}

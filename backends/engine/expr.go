@@ -22,16 +22,26 @@ type exprEnv struct {
 	Input any `expr:"input"`
 	// Nodes maps the id of every node that has run to its output.
 	Nodes map[string]any `expr:"nodes"`
+	// Guard is the evaluation's budget, passed by the compiler to every
+	// guarded call; expressions cannot name it.
+	Guard *evalGuard `expr:"__guard"`
+
+	budget *runBudget // the run's, shared by all its evaluations
 }
 
-// exprLimits bound what one expression may cost.
+// exprLimits bound what one expression, and the expressions and outputs
+// of one run together, may cost.
 type exprLimits struct {
 	maxNodes     uint          // AST nodes, checked when compiled
+	maxLength    int           // bytes of source, checked when compiled
 	memoryBudget uint          // allocation units of the VM, checked while running
 	timeout      time.Duration // wall clock per evaluation
+	maxValue     int64         // bytes of any one value or node output
+	runMemory    int64         // bytes a run may build, outputs included
+	runCPU       time.Duration // evaluation time of all of a run's expressions
 }
 
-var errExprTimeout = errors.New("expression exceeded its time limit")
+var errExprTimeout = fmt.Errorf("%w: the expression exceeded its time limit", errResourceExhausted)
 
 // program is one compiled expression.
 type program struct {
@@ -44,41 +54,73 @@ func compileExpr(src string, lim exprLimits) (*program, error) {
 	if src == "" {
 		return nil, errors.New("expression is empty")
 	}
-	p, err := expr.Compile(src, expr.Env(exprEnv{}), expr.MaxNodes(lim.maxNodes))
+	// The parser recurses once per bracket; the length cap keeps a
+	// request-sized "((((...))))" from taking the stack with it.
+	if len(src) > lim.maxLength {
+		return nil, fmt.Errorf("expression is %d bytes long; at most %d are allowed", len(src), lim.maxLength)
+	}
+	patcher := &guardPatcher{}
+	p, err := expr.Compile(src, expr.Env(exprEnv{}), expr.MaxNodes(lim.maxNodes), guardFunctions, expr.Patch(patcher))
 	if err != nil {
 		return nil, fmt.Errorf("expression %q does not compile: %s", src, firstLine(err.Error()))
+	}
+	if patcher.reserved {
+		return nil, fmt.Errorf("expression %q: %s is a reserved name", src, guardName)
 	}
 	return &program{src: src, prog: p}, nil
 }
 
-// eval runs the program. The VM's memory budget bounds the work any
-// expression can do (every range, map and filter allocates from it), so a
-// runaway evaluation ends on its own; the time limit only stops the caller
-// from waiting for it.
+// eval runs the program under the run's budget. The VM cannot be
+// interrupted, so the deadline and the caller's cancellation stop the
+// evaluation's guard instead: every loop step and every guarded call
+// checks it, so the evaluation ends promptly and never outlives eval (a
+// VM still running would read the run's outputs while the run writes them).
 func (p *program) eval(ctx context.Context, env *exprEnv, lim exprLimits) (any, error) {
-	type result struct {
-		v   any
-		err error
+	budget := env.budget
+	if budget == nil {
+		budget = newRunBudget(lim)
 	}
-	done := make(chan result, 1)
-	go func() {
-		machine := vm.VM{MemoryBudget: lim.memoryBudget}
-		v, err := machine.Run(p.prog, env)
-		done <- result{v, err}
-	}()
-	timer := time.NewTimer(lim.timeout)
-	defer timer.Stop()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return nil, fmt.Errorf("expression %q: %s", p.src, firstLine(r.err.Error()))
-		}
-		return normalize(r.v), nil
-	case <-timer.C:
-		return nil, fmt.Errorf("expression %q: %w", p.src, errExprTimeout)
-	case <-ctx.Done():
+	left := time.Duration(budget.cpu.Load())
+	if left <= 0 {
+		return nil, fmt.Errorf("%w: the run's expressions used up their time budget of %s", errResourceExhausted, budget.cpuTotal)
+	}
+	g := &evalGuard{budget: budget}
+	guarded := *env
+	guarded.Guard = g
+	started := time.Now()
+	timer := time.AfterFunc(min(lim.timeout, left), g.stop)
+	stopOnCancel := context.AfterFunc(ctx, g.stop)
+	machine := vm.VM{MemoryBudget: lim.memoryBudget}
+	v, err := machine.Run(p.prog, &guarded)
+	timer.Stop()
+	stopOnCancel()
+	budget.cpu.Add(-int64(time.Since(started)))
+	switch {
+	case !g.stopped.Load():
+		return p.result(v, err, budget)
+	case ctx.Err() != nil:
 		return nil, ctx.Err()
+	case left < lim.timeout:
+		return nil, fmt.Errorf("expression %q: %w: the run's expressions used up their time budget of %s", p.src, errResourceExhausted, budget.cpuTotal)
 	}
+	return nil, fmt.Errorf("expression %q: %w", p.src, errExprTimeout)
+}
+
+// result checks what an evaluation returned before anything copies or
+// serializes it: a list holding one string a million times is cheap to
+// make and huge to write out.
+func (p *program) result(v any, err error, budget *runBudget) (any, error) {
+	if err != nil {
+		msg := firstLine(err.Error())
+		if strings.Contains(msg, "memory budget exceeded") && !strings.HasPrefix(msg, errResourceExhausted.Error()) {
+			msg = errResourceExhausted.Error() + ": " + msg
+		}
+		return nil, fmt.Errorf("expression %q: %s", p.src, msg)
+	}
+	if _, err := valueSize(v, budget.maxValue); err != nil {
+		return nil, fmt.Errorf("expression %q: %w", p.src, err)
+	}
+	return normalize(v), nil
 }
 
 func firstLine(s string) string {
@@ -122,6 +164,9 @@ func (t *textTemplate) eval(ctx context.Context, env *exprEnv, lim exprLimits) (
 		if err != nil {
 			return nil, err
 		}
+		if _, err := valueSize(v, lim.maxValue-int64(b.Len())); err != nil {
+			return nil, fmt.Errorf("expanding {{ %s }}: %w", part.prog.src, err)
+		}
 		b.WriteString(textOf(v))
 	}
 	return b.String(), nil
@@ -138,7 +183,7 @@ func (m mapTemplate) eval(ctx context.Context, env *exprEnv, lim exprLimits) (an
 		}
 		out[k] = v
 	}
-	return out, nil
+	return bounded(out, lim)
 }
 
 type listTemplate []template
@@ -152,7 +197,17 @@ func (l listTemplate) eval(ctx context.Context, env *exprEnv, lim exprLimits) (a
 		}
 		out[i] = v
 	}
-	return out, nil
+	return bounded(out, lim)
+}
+
+// bounded checks an object or list a template built: each of its values
+// fits, but many of them together need not (a thousand headers, each a
+// list holding one big string a hundred times, are written out in full).
+func bounded(v any, lim exprLimits) (any, error) {
+	if _, err := valueSize(v, lim.maxValue); err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 // compileTemplate compiles every {{ expression }} inside v. The error is a

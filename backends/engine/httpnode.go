@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -221,28 +223,51 @@ func (n *httpNode) encodeBody(ctx context.Context, r *run, in *exprEnv) (io.Read
 	return bytes.NewReader(raw), "application/json", nil
 }
 
+// describeHTTPError says why a request failed in terms of the URL the
+// workflow asked for. Network errors are reduced to their cause: their own
+// text names the resolver's address or the address a name resolved to,
+// which would map the internal network for whoever writes workflows.
 func describeHTTPError(ctx context.Context, err error, timeout time.Duration) error {
-	switch {
-	case errors.Is(err, errBlockedAddress):
-		var msg string
-		for e := err; e != nil; e = errors.Unwrap(e) {
-			if strings.HasPrefix(e.Error(), errBlockedAddress.Error()) {
-				msg = e.Error()
-				break
-			}
-		}
-		if msg == "" {
-			msg = errBlockedAddress.Error()
-		}
-		return errors.New(msg)
-	case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("request timed out after %s", timeout)
-	}
+	target, host := "the destination", ""
 	var uerr *url.Error
 	if errors.As(err, &uerr) {
-		return fmt.Errorf("%s %s: %v", uerr.Op, uerr.URL, uerr.Err)
+		if u, perr := url.Parse(uerr.URL); perr == nil {
+			target, host = u.Redacted(), u.Hostname()
+		}
+	}
+	var (
+		dnsErr *net.DNSError
+		opErr  *net.OpError
+	)
+	switch {
+	case errors.Is(err, errBlockedAddress):
+		return fmt.Errorf("%s: %s", errBlockedAddress, target)
+	case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("request timed out after %s", timeout)
+	case errors.As(err, &dnsErr):
+		return fmt.Errorf("could not resolve host %q", host)
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		return fmt.Errorf("could not reach host %q: %s", host, syscallCause(opErr.Err))
+	case errors.As(err, &opErr):
+		return fmt.Errorf("connection to host %q failed: %s", host, syscallCause(opErr.Err))
+	case uerr != nil:
+		return fmt.Errorf("%s %s: %v", uerr.Op, target, uerr.Err)
 	}
 	return err
+}
+
+// syscallCause is the part of a network error that names no address:
+// "connection refused", "i/o timeout".
+func syscallCause(err error) string {
+	var sysErr *os.SyscallError
+	if errors.As(err, &sysErr) {
+		return sysErr.Err.Error()
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) && netErr.Timeout() {
+		return "timed out"
+	}
+	return "network error"
 }
 
 func flatHeaders(h http.Header) map[string]any {

@@ -25,6 +25,7 @@ const (
 type run struct {
 	engine  *Service
 	limits  *compiler
+	budget  *runBudget
 	outputs map[string]any // node id -> output, for expressions
 	state   map[*node]*nodeState
 	results []*enginev1.NodeResult
@@ -45,6 +46,7 @@ func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any,
 	r := &run{
 		engine:  s,
 		limits:  &s.compiler,
+		budget:  newRunBudget(s.compiler.expr),
 		outputs: make(map[string]any, len(wf.nodes)),
 		state:   make(map[*node]*nodeState, len(wf.nodes)),
 	}
@@ -106,7 +108,13 @@ func (r *run) step(ctx context.Context, n *node, trigger map[string]any) error {
 		err = ctx.Err()
 	)
 	if err == nil {
-		out, err = n.exec.run(ctx, r, &exprEnv{Trigger: trigger, Input: input, Nodes: r.outputs})
+		out, err = n.exec.run(ctx, r, &exprEnv{Trigger: trigger, Input: input, Nodes: r.outputs, budget: r.budget})
+	}
+	if cerr := r.chargeOutput(out.output); cerr != nil {
+		out.output = nil // too big to keep, even as a failed node's output
+		if err == nil {
+			err = cerr
+		}
 	}
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
@@ -140,6 +148,17 @@ func (r *run) step(ctx context.Context, n *node, trigger map[string]any) error {
 		r.resp = out.response
 	}
 	return nil
+}
+
+// chargeOutput measures a node's output before anything copies or
+// serializes it, and takes it from the run's budget: outputs stay alive for
+// the rest of the run (expressions read them as nodes.<id>).
+func (r *run) chargeOutput(v any) error {
+	n, err := valueSize(v, r.budget.maxValue)
+	if err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	return r.budget.charge(n)
 }
 
 // nodeError gives context errors a readable text.

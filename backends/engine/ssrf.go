@@ -37,6 +37,7 @@ var blockedPrefixes = mustPrefixes(
 	"2001:db8::/32",   // documentation
 	"fc00::/7",        // unique local, includes fd00:ec2::254
 	"fe80::/10",       // link-local
+	"fec0::/10",       // site-local, deprecated but still routed on some networks
 	"ff00::/8",        // multicast
 )
 
@@ -49,7 +50,7 @@ func mustPrefixes(ss ...string) []netip.Prefix {
 }
 
 // errBlockedAddress is returned (wrapped) when a destination is refused.
-var errBlockedAddress = errors.New("destination address is not allowed")
+var errBlockedAddress = errors.New("destination not allowed")
 
 // allowlist opens specific hosts (by name or address) or address ranges to
 // http_request although they resolve to blocked addresses.
@@ -88,23 +89,50 @@ func (al *allowlist) host(h string) bool {
 }
 
 func (al *allowlist) addr(a netip.Addr) bool {
-	for _, p := range al.prefixes {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return inAny(al.prefixes, a.WithZone("").Unmap())
 }
 
-// blocked reports whether a resolved address is refused.
+// deprecatedTunnels are refused whatever they carry: IPv4-compatible
+// addresses (deprecated, and ::1 and :: live there), local-use NAT64 and
+// Teredo, whose obfuscated client address no allowlist can reason about.
+var deprecatedTunnels = mustPrefixes(
+	"::/96",          // IPv4-compatible
+	"64:ff9b:1::/48", // local-use NAT64
+	"2001::/32",      // Teredo
+)
+
+// v4Carriers are IPv6 forms that route to an IPv4 address embedded at a
+// known offset (in bytes of the 16-byte form).
+var v4Carriers = []struct {
+	prefix netip.Prefix
+	offset int
+}{
+	{netip.MustParsePrefix("64:ff9b::/96"), 12},    // NAT64 well-known prefix
+	{netip.MustParsePrefix("::ffff:0:0:0/96"), 12}, // SIIT IPv4-translated
+	{netip.MustParsePrefix("2002::/16"), 2},        // 6to4
+}
+
+// blocked reports whether a resolved address is refused. The zone is
+// dropped first: netip.Prefix.Contains is false for every zoned address, so
+// "::1%lo" would otherwise pass as public.
 func blocked(a netip.Addr) bool {
-	a = a.Unmap()
-	// NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
-	if nat64 := netip.MustParsePrefix("64:ff9b::/96"); nat64.Contains(a) {
-		b := a.As16()
-		a = netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	a = a.WithZone("").Unmap()
+	if inAny(deprecatedTunnels, a) {
+		return true
 	}
-	for _, p := range blockedPrefixes {
+	for _, c := range v4Carriers {
+		if c.prefix.Contains(a) {
+			b := a.As16()
+			if inAny(blockedPrefixes, netip.AddrFrom4([4]byte(b[c.offset:c.offset+4]))) {
+				return true
+			}
+		}
+	}
+	return inAny(blockedPrefixes, a)
+}
+
+func inAny(prefixes []netip.Prefix, a netip.Addr) bool {
+	for _, p := range prefixes {
 		if p.Contains(a) {
 			return true
 		}
@@ -131,12 +159,12 @@ func (g *guardedDialer) DialContext(ctx context.Context, network, address string
 		return d.DialContext(ctx, network, address)
 	}
 	d.Control = func(_, addr string, _ syscall.RawConn) error {
+		// The error names neither the address nor the host: the caller
+		// reports the host it asked for, and what a name resolved to is
+		// exactly what an attacker probing the network wants to learn.
 		ap, err := netip.ParseAddrPort(addr)
-		if err != nil {
-			return fmt.Errorf("%w: %s", errBlockedAddress, addr)
-		}
-		if blocked(ap.Addr()) && !g.allow.addr(ap.Addr().Unmap()) {
-			return fmt.Errorf("%w: %s resolves to %s", errBlockedAddress, host, ap.Addr())
+		if err != nil || blocked(ap.Addr()) && !g.allow.addr(ap.Addr()) {
+			return errBlockedAddress
 		}
 		return nil
 	}
