@@ -71,6 +71,9 @@ func checkRESTText(r *http.Request) error {
 	if !utf8.ValidString(r.URL.Path) {
 		return badRequest("path", "not valid UTF-8")
 	}
+	if strings.HasPrefix(r.URL.Path, webhookPrefix) && hasDotSegment(r.URL.Path) {
+		return badRequest("path", "must not have '.' or '..' segments")
+	}
 	if r.URL.RawQuery == "" {
 		return nil
 	}
@@ -91,6 +94,14 @@ func checkRESTText(r *http.Request) error {
 		}
 	}
 	return nil
+}
+
+// hasDotSegment reports a "." or ".." segment in a decoded path: the mux
+// would redirect it elsewhere, and a webhook must run at the path its
+// sender addressed or not at all.
+func hasDotSegment(path string) bool {
+	path += "/"
+	return strings.Contains(path, "/./") || strings.Contains(path, "/../")
 }
 
 func badRequest(field, reason string) error {

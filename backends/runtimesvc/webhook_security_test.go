@@ -21,13 +21,13 @@ func TestWebhookSecurity(t *testing.T) {
 	t.Parallel()
 	eng := engineClient(t)
 	suite := map[string]func(*testing.T, *store.DB, enginev1connect.WorkflowEngineServiceClient){
-		"replayed signature":      testReplayedSignature,
-		"replay across replicas":  testReplayAcrossReplicas,
-		"idempotency key reused":  testIdempotencyKeyReused,
-		"paths are per tenant":    testPathsPerTenant,
-		"dot segments":            testDotSegments,
-		"signatures pruned":       testSignaturesPruned,
-		"legacy paths migrated":   testLegacyPathsMigrated,
+		"replayed signature":     testReplayedSignature,
+		"replay across replicas": testReplayAcrossReplicas,
+		"idempotency key reused": testIdempotencyKeyReused,
+		"paths are per tenant":   testPathsPerTenant,
+		"dot segments":           testDotSegments,
+		"signatures pruned":      testSignaturesPruned,
+		"legacy paths migrated":  testLegacyPathsMigrated,
 	}
 	for _, b := range storetest.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
