@@ -2,7 +2,6 @@ package runtimesvc
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flowgate/flowgate/backends/store"
-	"github.com/flowgate/flowgate/backends/store/storetest"
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
@@ -25,8 +23,7 @@ const secret = "a-long-enough-webhook-secret"
 // TestRuntime runs the same suite over SQLite and PostgreSQL.
 func TestRuntime(t *testing.T) {
 	t.Parallel()
-	eng := engineClient(t)
-	suite := map[string]func(*testing.T, *store.DB, enginev1connect.WorkflowEngineServiceClient){
+	runOverBackends(t, map[string]storeTest{
 		"deployments":     testDeployments,
 		"webhook async":   testWebhookAsync,
 		"webhook signed":  testWebhookSigned,
@@ -36,18 +33,7 @@ func TestRuntime(t *testing.T) {
 		"interrupted":     testInterrupted,
 		"schedule claim":  testScheduleClaim,
 		"persisted":       testPersisted,
-	}
-	for _, b := range storetest.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			for name, fn := range suite {
-				t.Run(name, func(t *testing.T) {
-					t.Parallel()
-					fn(t, b.Open(t), eng)
-				})
-			}
-		})
-	}
+	})
 }
 
 func createOrders(t *testing.T, s *Service, tenant, path string, trig *runtimev1.Trigger) *runtimev1.Deployment {
@@ -67,19 +53,14 @@ func createOrders(t *testing.T, s *Service, tenant, path string, trig *runtimev1
 
 func fieldOf(t *testing.T, err error) string {
 	t.Helper()
-	var cerr *connect.Error
-	if !errors.As(err, &cerr) || cerr.Code() != connect.CodeInvalidArgument {
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("error %v, want InvalidArgument", err)
 	}
-	for _, d := range cerr.Details() {
-		if v, derr := d.Value(); derr == nil {
-			if br, ok := v.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
-				return br.GetFieldViolations()[0].GetField()
-			}
-		}
+	br, ok := errorDetail[*errdetails.BadRequest](err)
+	if !ok || len(br.GetFieldViolations()) == 0 {
+		t.Fatalf("no BadRequest detail in %v", err)
 	}
-	t.Fatalf("no BadRequest detail in %v", err)
-	return ""
+	return br.GetFieldViolations()[0].GetField()
 }
 
 func testDeployments(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEngineServiceClient) {

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	"github.com/flowgate/flowgate/backends/store"
-	"github.com/flowgate/flowgate/backends/store/storetest"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
 )
@@ -19,8 +18,7 @@ import (
 // TestWebhookSecurity runs the webhook attacks over SQLite and PostgreSQL.
 func TestWebhookSecurity(t *testing.T) {
 	t.Parallel()
-	eng := engineClient(t)
-	suite := map[string]func(*testing.T, *store.DB, enginev1connect.WorkflowEngineServiceClient){
+	runOverBackends(t, map[string]storeTest{
 		"replayed signature":     testReplayedSignature,
 		"replay across replicas": testReplayAcrossReplicas,
 		"idempotency key reused": testIdempotencyKeyReused,
@@ -28,18 +26,7 @@ func TestWebhookSecurity(t *testing.T) {
 		"dot segments":           testDotSegments,
 		"signatures pruned":      testSignaturesPruned,
 		"legacy paths migrated":  testLegacyPathsMigrated,
-	}
-	for _, b := range storetest.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			for name, fn := range suite {
-				t.Run(name, func(t *testing.T) {
-					t.Parallel()
-					fn(t, b.Open(t), eng)
-				})
-			}
-		})
-	}
+	})
 }
 
 // hookPath is the part of a deployment's webhook_url after /api/v1/webhooks/.
@@ -150,18 +137,24 @@ func testIdempotencyKeyReused(t *testing.T, db *store.DB, eng enginev1connect.Wo
 }
 
 func errorInfoReason(err error) string {
+	info, _ := errorDetail[*errdetails.ErrorInfo](err)
+	return info.GetReason()
+}
+
+// errorDetail returns the first detail of type T of a Connect error.
+func errorDetail[T any](err error) (T, bool) {
 	var cerr *connect.Error
-	if !errors.As(err, &cerr) {
-		return ""
-	}
-	for _, d := range cerr.Details() {
-		if v, derr := d.Value(); derr == nil {
-			if info, ok := v.(*errdetails.ErrorInfo); ok {
-				return info.GetReason()
+	if errors.As(err, &cerr) {
+		for _, d := range cerr.Details() {
+			if v, derr := d.Value(); derr == nil {
+				if detail, ok := v.(T); ok {
+					return detail, true
+				}
 			}
 		}
 	}
-	return ""
+	var zero T
+	return zero, false
 }
 
 func testPathsPerTenant(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEngineServiceClient) {
