@@ -9,11 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/golang-jwt/jwt/v5"
+	"google.golang.org/genproto/googleapis/api/httpbody"
 
 	"github.com/flowgate/flowgate/backends"
 	"github.com/flowgate/flowgate/backends/runtimesvc"
 	"github.com/flowgate/flowgate/backends/store/storetest"
+	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
+	"github.com/flowgate/flowgate/gen/go/workflow/runtime/v1/runtimev1connect"
 )
 
 // keyReusedStatus is what REST callers get today for an Idempotency-Key
@@ -203,6 +207,12 @@ func TestHostileWebhooks(t *testing.T) {
 						checkRefusal(t, tc.send(t, f), tc.status, tc.code, tc.msg, tc.reason)
 					})
 				}
+				for _, p := range secProtocols {
+					t.Run(p.name, func(t *testing.T) {
+						t.Parallel()
+						hookAttacksOverRPC(t, f, p.name, p.http1, p.opts)
+					})
+				}
 				for _, u := range dotPaths(f) {
 					t.Run("dot segments "+strings.TrimPrefix(u, f.url), func(t *testing.T) {
 						t.Parallel()
@@ -210,14 +220,56 @@ func TestHostileWebhooks(t *testing.T) {
 					})
 				}
 			})
-			// Only the first copy of each request ran.
-			for id, want := range map[string]int{f.signedID: 2, f.plainID: 2} {
+			// Only the first copy of each request ran: two over REST, one
+			// over each RPC protocol.
+			for id, want := range map[string]int{f.signedID: 2 + len(secProtocols), f.plainID: 2 + len(secProtocols)} {
 				if got := countRuns(t, f, id); got != want {
 					t.Errorf("deployment %s ran %d times, want %d", id, got, want)
 				}
 			}
 			checkPathsPerTenant(t, f)
 		})
+	}
+}
+
+// hookAttacksOverRPC sends the attacks as TriggerWebhook calls over one
+// RPC protocol, which must get the codes REST callers' statuses stand for.
+func hookAttacksOverRPC(t *testing.T, f *hookFixture, name string, http1 bool, opts []connect.ClientOption) {
+	client := h2cClient(t)
+	if http1 {
+		client = http1Client(t)
+	}
+	rt := runtimev1connect.NewWorkflowRuntimeServiceClient(client, f.url, opts...)
+	call := func(path, body string, h map[string]string) error {
+		_, err := rt.TriggerWebhook(t.Context(), connect.NewRequest(&runtimev1.TriggerWebhookRequest{
+			Path: path, Body: &httpbody.HttpBody{ContentType: "application/json", Data: []byte(body)}, Headers: h,
+		}))
+		return err
+	}
+	signedPath := strings.TrimPrefix(f.signed, f.url+"/api/v1/webhooks/")
+	plainPath := strings.TrimPrefix(f.plain, f.url+"/api/v1/webhooks/")
+	body := fmt.Sprintf(`{"protocol":%q}`, name)
+	now := time.Now().Unix()
+	signed := map[string]string{"x-flowgate-timestamp": strconv.FormatInt(now, 10), "x-flowgate-signature": runtimesvc.Sign(hookSecret, now, []byte(body))}
+	key := map[string]string{"idempotency-key": "rpc-" + name}
+	for _, first := range []error{call(signedPath, body, signed), call(plainPath, body, key)} {
+		if first != nil {
+			t.Fatalf("first request: %v", first)
+		}
+	}
+	ns, _, _ := strings.Cut(plainPath, "/")
+	for what, c := range map[string]struct {
+		err  error
+		code connect.Code
+	}{
+		"replayed signature":     {call(signedPath, body, signed), connect.CodeUnauthenticated},
+		"idempotency key reused": {call(plainPath, body+" ", key), connect.CodeFailedPrecondition},
+		"no namespace":           {call("plain/hook", body, nil), connect.CodeNotFound},
+		"dot segments":           {call(ns+"/x/../plain/hook", body, nil), connect.CodeInvalidArgument},
+	} {
+		if connect.CodeOf(c.err) != c.code {
+			t.Errorf("%s: %v, want %v", what, c.err, c.code)
+		}
 	}
 }
 
