@@ -46,30 +46,10 @@ func (s *Service) TriggerWebhook(ctx context.Context, req *connect.Request[runti
 	if err != nil {
 		return nil, err
 	}
-	headers := msg.GetHeaders()
-	var sig signature
-	if wh.GetSecret() != "" {
-		if sig, err = s.verifySignature(wh.GetSecret(), headers, msg.GetBody().GetData()); err != nil {
-			return nil, err
-		}
-	}
-	if d.status != deploymentActive {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment is paused"))
-	}
-	key := headers[headerIdempotency]
-	if len(key) > maxIdempotencyKey {
-		return nil, invalid("headers.idempotency-key", "must be at most %d characters", maxIdempotencyKey)
-	}
-	data, err := webhookTriggerData(wh.GetPath(), msg)
+	l, err := s.webhookLaunch(ctx, d, wh, msg)
 	if err != nil {
 		return nil, err
 	}
-	if sig.mac != "" {
-		if err := s.spendSignature(ctx, d.id, sig); err != nil {
-			return nil, err
-		}
-	}
-	l := launch{d: d, triggerType: triggerWebhook, triggerData: data, idemKey: key, requestHash: requestHash(msg)}
 	st, prev, err := s.start(ctx, l)
 	if err != nil {
 		return nil, s.internal(ctx, "start execution", err)
@@ -78,6 +58,37 @@ func (s *Service) TriggerWebhook(ctx context.Context, req *connect.Request[runti
 		return s.replay(prev, wh)
 	}
 	return s.answer(ctx, st, wh)
+}
+
+// webhookLaunch checks a webhook request for its deployment and turns it
+// into a launch. The signature is spent last, once nothing else refuses
+// the request.
+func (s *Service) webhookLaunch(ctx context.Context, d *deployment, wh *runtimev1.Trigger, msg *runtimev1.TriggerWebhookRequest) (launch, error) {
+	headers := msg.GetHeaders()
+	var sig signature
+	if wh.GetSecret() != "" {
+		var err error
+		if sig, err = s.verifySignature(wh.GetSecret(), headers, msg.GetBody().GetData()); err != nil {
+			return launch{}, err
+		}
+	}
+	if d.status != deploymentActive {
+		return launch{}, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment is paused"))
+	}
+	key := headers[headerIdempotency]
+	if len(key) > maxIdempotencyKey {
+		return launch{}, invalid("headers.idempotency-key", "must be at most %d characters", maxIdempotencyKey)
+	}
+	data, err := webhookTriggerData(wh.GetPath(), msg)
+	if err != nil {
+		return launch{}, err
+	}
+	if sig.mac != "" {
+		if err := s.spendSignature(ctx, d.id, sig); err != nil {
+			return launch{}, err
+		}
+	}
+	return launch{d: d, triggerType: triggerWebhook, triggerData: data, idemKey: key, requestHash: requestHash(msg)}, nil
 }
 
 // webhookTarget finds the deployment a webhook path names: the first
