@@ -74,8 +74,10 @@ func TestEveryRPCEveryProtocol(t *testing.T) {
 			if dep.GetDeploymentId() == "" || dep.GetStatus() != "active" || dep.GetCreatedAt() == nil {
 				t.Errorf("CreateDeployment: %v", dep)
 			}
-			if want := s.url + "/api/v1/webhooks/" + hook; dep.GetWebhookUrl() != want {
-				t.Errorf("webhook_url = %q, want %q", dep.GetWebhookUrl(), want)
+			// The URL is the tenant's namespace, then the trigger's path.
+			hookURL, ok := strings.CutPrefix(dep.GetWebhookUrl(), s.url+"/api/v1/webhooks/")
+			if ns, path, _ := strings.Cut(hookURL, "/"); !ok || len(ns) != 32 || path != hook {
+				t.Errorf("webhook_url = %q, want %s/api/v1/webhooks/<namespace>/%s", dep.GetWebhookUrl(), s.url, hook)
 			}
 			got, err := c.getDeployment(ctx, dep.GetDeploymentId())
 			if err != nil || got.GetName() != "greeter "+name {
@@ -95,7 +97,7 @@ func TestEveryRPCEveryProtocol(t *testing.T) {
 				t.Errorf("UpdateDeployment: %v %v", updated, err)
 			}
 
-			status, body, execID, err := c.triggerWebhook(ctx, hook, "application/json", []byte(`{"amount":150}`))
+			status, body, execID, err := c.triggerWebhook(ctx, hookURL, "application/json", []byte(`{"amount":150}`))
 			if err != nil {
 				t.Fatalf("TriggerWebhook: %v", err)
 			}

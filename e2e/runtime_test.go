@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,10 +77,11 @@ func TestWebhookDeploymentThroughGateway(t *testing.T) {
 	if err := json.Unmarshal(body, &dep); err != nil || dep.DeploymentID == "" || dep.Status != "active" || dep.CreatedAt == "" {
 		t.Fatalf("deploy response %s (%v)", body, err)
 	}
-	if want := st.url + "/api/v1/webhooks/orders/new"; dep.WebhookURL != want {
-		t.Fatalf("webhook_url %q, want %q", dep.WebhookURL, want)
+	hookPath, _ := strings.CutPrefix(dep.WebhookURL, st.url+"/api/v1/webhooks/")
+	if ns, path, _ := strings.Cut(hookPath, "/"); len(ns) != 32 || path != "orders/new" {
+		t.Fatalf("webhook_url %q, want %s/api/v1/webhooks/<namespace>/orders/new", dep.WebhookURL, st.url)
 	}
-	// The same path again is a conflict.
+	// The same path again, in the same tenant, is a conflict.
 	if code, _, body := restCall(t, client, http.MethodPost, st.url+"/api/v1/workflow/deployments", example, nil); code != http.StatusConflict {
 		t.Fatalf("second deploy: %d %s", code, body)
 	}
@@ -119,8 +121,15 @@ func TestWebhookDeploymentThroughGateway(t *testing.T) {
 		t.Fatalf("signed webhook: %d %s", code, body)
 	}
 	signedID := hdr.Get("X-Flowgate-Execution-Id")
-	// A retry with the same key returns the same execution.
-	if _, hdr, _ := restCall(t, client, http.MethodPost, dep.WebhookURL, small, signed); hdr.Get("X-Flowgate-Execution-Id") != signedID {
+	// The same signed request again is a replay.
+	code, _, body = restCall(t, client, http.MethodPost, dep.WebhookURL, small, signed)
+	if code != http.StatusUnauthorized || !bytes.Contains(body, []byte("already been used")) {
+		t.Fatalf("replayed signature: %d %s", code, body)
+	}
+	// A retry signed afresh with the same key returns the same execution.
+	ts = strconv.FormatInt(time.Now().Unix()-1, 10)
+	resigned := map[string]string{"X-Flowgate-Timestamp": ts, "X-Flowgate-Signature": signature(secret, ts, small), "Idempotency-Key": "order-B-2"}
+	if _, hdr, _ := restCall(t, client, http.MethodPost, dep.WebhookURL, small, resigned); hdr.Get("X-Flowgate-Execution-Id") != signedID {
 		t.Fatalf("idempotent retry started %q, want %q", hdr.Get("X-Flowgate-Execution-Id"), signedID)
 	}
 

@@ -72,6 +72,9 @@ func checkRESTText(r *http.Request) error {
 	if !utf8.ValidString(r.URL.Path) {
 		return badRequest("path", "not valid UTF-8")
 	}
+	if strings.HasPrefix(r.URL.Path, webhookPrefix) && hasDotSegment(r.URL.Path) {
+		return badRequest("path", "must not have '.' or '..' segments")
+	}
 	if r.URL.RawQuery == "" {
 		return nil
 	}
@@ -92,6 +95,14 @@ func checkRESTText(r *http.Request) error {
 		}
 	}
 	return nil
+}
+
+// hasDotSegment reports a "." or ".." segment in a decoded path: the mux
+// would redirect it elsewhere, and a webhook must run at the path its
+// sender addressed or not at all.
+func hasDotSegment(path string) bool {
+	path += "/"
+	return strings.Contains(path, "/./") || strings.Contains(path, "/../")
 }
 
 func badRequest(field, reason string) error {
@@ -197,12 +208,9 @@ func (s *security) wrapSSE(next http.Handler) http.Handler {
 				next.ServeHTTP(w, r) // no credentials: the interceptor answers
 				return
 			}
-			// Browsers attach cookies to cross-site requests too; only a
-			// listed origin (or none: same-origin) may ride on them. A "*"
-			// policy lists nobody in particular.
-			if r.Header.Get("Origin") != "" && (s.corsWildcard || !s.cors.OriginAllowed(r)) {
-				s.errs.write(w, r, connect.NewError(connect.CodeUnauthenticated,
-					errors.New("cookie credentials are not accepted from this origin")))
+			if !s.cookieAllowed(r) {
+				s.errs.write(w, r, connect.NewError(connect.CodeUnauthenticated, errors.New(
+					"cookie credentials are accepted only from the gateway's own pages or an allowed origin; send a token instead")))
 				return
 			}
 			token = c.Value
@@ -211,6 +219,20 @@ func (s *security) wrapSSE(next http.Handler) http.Handler {
 		r.Header.Set("Authorization", "Bearer "+token)
 		next.ServeHTTP(w, r)
 	})
+}
+
+// cookieAllowed reports whether a browser sent the request from a page
+// trusted with the cookie: the gateway's own (Sec-Fetch-Site same-origin,
+// or none for a typed URL or bookmark) or a listed origin. Browsers attach
+// cookies to cross-site requests too, and opening a chat stream runs a
+// turn, so a request that says neither where it comes from is refused as
+// well. A "*" policy lists nobody in particular.
+func (s *security) cookieAllowed(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
+		return true
+	}
+	return r.Header.Get("Origin") != "" && !s.corsWildcard && s.cors.OriginAllowed(r)
 }
 
 // checkQueryToken refuses long-lived tokens in URLs: URLs end up in

@@ -39,10 +39,16 @@ func TestSSECredentials(t *testing.T) {
 	f := newSecFixture(t, nil)
 	short := hsToken(t, jwt.MapClaims{"exp": time.Now().Add(2 * time.Minute).Unix(), "sub": "sse-user"})
 	long := hsToken(t, jwt.MapClaims{"sub": "sse-user"})
-	cookie := func(tok, origin string) http.Header {
+	// cookie is what a browser sends: the cookie, the page's Origin when
+	// cross-origin, and Sec-Fetch-Site (fetchSite "-" leaves it out, as old
+	// browsers and non-browser clients do).
+	cookie := func(tok, origin, fetchSite string) http.Header {
 		h := http.Header{"Cookie": {defaultSSECookie + "=" + tok}}
 		if origin != "" {
 			h.Set("Origin", origin)
+		}
+		if fetchSite != "-" {
+			h.Set("Sec-Fetch-Site", fetchSite)
 		}
 		return h
 	}
@@ -56,11 +62,16 @@ func TestSSECredentials(t *testing.T) {
 		{"short-lived query token", "&access_token=" + url.QueryEscape(short), nil, http.StatusOK, "sse-user"},
 		{"long-lived query token", "&access_token=" + url.QueryEscape(long), nil, http.StatusUnauthorized, ""},
 		{"forged query token", "&access_token=" + url.QueryEscape(short[:len(short)-4]+"AAAA"), nil, http.StatusUnauthorized, ""},
-		{"cookie, same origin", "", cookie(long, ""), http.StatusOK, "sse-user"},
-		{"cookie, allowed origin", "", cookie(long, "http://localhost:3000"), http.StatusOK, "sse-user"},
-		{"cookie, foreign origin", "", cookie(long, "https://evil.test"), http.StatusUnauthorized, ""},
+		{"cookie, same origin", "", cookie(long, "", "same-origin"), http.StatusOK, "sse-user"},
+		{"cookie, typed URL", "", cookie(long, "", "none"), http.StatusOK, "sse-user"},
+		{"cookie, allowed origin", "", cookie(long, "http://localhost:3000", "same-site"), http.StatusOK, "sse-user"},
+		{"cookie, foreign origin", "", cookie(long, "https://evil.test", "cross-site"), http.StatusUnauthorized, ""},
+		{"cookie, cross-site without Origin", "", cookie(long, "", "cross-site"), http.StatusUnauthorized, ""},
+		{"cookie, same-site without Origin", "", cookie(long, "", "same-site"), http.StatusUnauthorized, ""},
+		{"cookie, neither Origin nor Sec-Fetch-Site", "", cookie(long, "", "-"), http.StatusUnauthorized, ""},
+		{"cookie, Origin null", "", cookie(long, "null", "cross-site"), http.StatusUnauthorized, ""},
 		{"header wins over cookie", "", func() http.Header {
-			h := cookie("garbage", "")
+			h := cookie("garbage", "", "-")
 			h.Set("Authorization", "Bearer "+long)
 			return h
 		}(), http.StatusOK, "sse-user"},
@@ -79,6 +90,9 @@ func TestSSECredentials(t *testing.T) {
 			if tc.status != http.StatusOK {
 				if !strings.Contains(body, `"UNAUTHORIZED"`) {
 					t.Errorf("error body not in the contract's shape: %.300s", body)
+				}
+				if strings.HasPrefix(tc.name, "cookie") && !strings.Contains(body, "cookie credentials are accepted only from") {
+					t.Errorf("refusal does not say why: %.300s", body)
 				}
 				if len(seen) != 0 {
 					t.Error("the backend saw a refused stream")
@@ -185,6 +199,7 @@ func TestSSECookieWithWildcardCORS(t *testing.T) {
 		t.Errorf("cross-origin cookie under a wildcard policy: %d %.200s", status, body)
 	}
 	h.Del("Origin")
+	h.Set("Sec-Fetch-Site", "same-origin")
 	if status, body := secSSEGet(t, f.url+"/api/v1/chat/stream?session_id=wild2&user_message=x", h); status != http.StatusOK {
 		t.Errorf("same-origin cookie: %d %.200s", status, body)
 	}

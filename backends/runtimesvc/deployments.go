@@ -38,6 +38,7 @@ type deployment struct {
 	triggers    []*runtimev1.Trigger
 	createdAt   time.Time
 	updatedAt   time.Time
+	hookNS      string // the tenant's webhook namespace, when it has a webhook trigger
 }
 
 // CreateDeployment validates the workflow (through the engine) and the
@@ -214,8 +215,8 @@ func (s *Service) toProto(d *deployment) *runtimev1.Deployment {
 		CreatedAt:          timestamppb.New(d.createdAt),
 		UpdatedAt:          timestamppb.New(d.updatedAt),
 	}
-	if wh := findTrigger(d.triggers, triggerWebhook); wh != nil {
-		out.WebhookUrl = s.public + "/api/v1/webhooks/" + wh.GetPath()
+	if wh := findTrigger(d.triggers, triggerWebhook); wh != nil && d.hookNS != "" {
+		out.WebhookUrl = s.public + "/api/v1/webhooks/" + d.hookNS + "/" + wh.GetPath()
 	}
 	return out
 }

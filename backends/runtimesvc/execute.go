@@ -21,6 +21,7 @@ type launch struct {
 	triggerType string
 	triggerData *structpb.Struct
 	idemKey     string
+	requestHash string // identifies the request idemKey came with
 	scheduledAt time.Time
 }
 
@@ -34,7 +35,8 @@ type started struct {
 // start records a running execution and runs it in the background, so
 // that it finishes and is recorded even when the caller stops waiting.
 // When the idempotency key or schedule tick is taken, it returns the
-// earlier execution with dup set (and runs nothing).
+// earlier execution with dup set (and runs nothing), or an error when the
+// key came with a different request.
 func (s *Service) start(ctx context.Context, l launch) (st *started, dup *execution, err error) {
 	if l.triggerData == nil {
 		l.triggerData = &structpb.Struct{}
@@ -55,15 +57,12 @@ func (s *Service) start(ctx context.Context, l launch) (st *started, dup *execut
 	}
 	s.runs.Add(1)
 	s.mu.Unlock()
-	err = s.repo.insertExecution(ctx, newExecution{e: e, owner: s.instance, idemKey: l.idemKey, scheduledAt: l.scheduledAt})
+	err = s.repo.insertExecution(ctx, newExecution{e: e, owner: s.instance, idemKey: l.idemKey, requestHash: l.requestHash, scheduledAt: l.scheduledAt})
 	if err != nil {
 		s.runs.Done()
 		if errors.Is(err, errDuplicate) && l.idemKey != "" {
-			prev, perr := s.repo.executionByKey(ctx, l.d.id, l.idemKey)
-			if perr != nil {
-				return nil, nil, perr
-			}
-			return nil, prev, nil
+			prev, err := s.earlier(ctx, l)
+			return nil, prev, err
 		}
 		return nil, nil, err
 	}
@@ -74,6 +73,20 @@ func (s *Service) start(ctx context.Context, l launch) (st *started, dup *execut
 		s.execute(l.d, e)
 	}()
 	return st, nil, nil
+}
+
+// earlier returns the execution an idempotency key already started, and
+// refuses the key when it came with a different request. Executions stored
+// before request hashes were kept match any request.
+func (s *Service) earlier(ctx context.Context, l launch) (*execution, error) {
+	prev, hash, err := s.repo.executionByKey(ctx, l.d.id, l.idemKey)
+	if err != nil {
+		return nil, err
+	}
+	if hash != "" && hash != l.requestHash {
+		return nil, keyReused()
+	}
+	return prev, nil
 }
 
 // execute runs the workflow through the engine and stores the outcome.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/flowgate/flowgate/backends/engine"
 	"github.com/flowgate/flowgate/backends/store"
+	"github.com/flowgate/flowgate/backends/store/storetest"
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
@@ -131,5 +132,26 @@ func eventually(tb testing.TB, what string, cond func() bool) {
 			tb.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// storeTest is one test of a suite run over every database.
+type storeTest func(*testing.T, *store.DB, enginev1connect.WorkflowEngineServiceClient)
+
+// runOverBackends runs each test of suite, in parallel, on a fresh SQLite
+// database and a fresh PostgreSQL schema, with one engine for all.
+func runOverBackends(t *testing.T, suite map[string]storeTest) {
+	t.Helper()
+	eng := engineClient(t)
+	for _, b := range storetest.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			for name, fn := range suite {
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					fn(t, b.Open(t), eng)
+				})
+			}
+		})
 	}
 }

@@ -57,20 +57,6 @@ func (r *repo) insertDeployment(ctx context.Context, d *deployment) error {
 	})
 }
 
-func claimPath(ctx context.Context, tx *store.Tx, d *deployment) error {
-	wh := findTrigger(d.triggers, triggerWebhook)
-	if wh == nil {
-		return nil
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO webhook_paths (path, deployment_id) VALUES (?, ?)`, wh.GetPath(), d.id); err != nil {
-		if store.IsUniqueViolation(err) {
-			return errPathTaken
-		}
-		return fmt.Errorf("insert webhook path: %w", err)
-	}
-	return nil
-}
-
 func (r *repo) updateDeployment(ctx context.Context, d *deployment) error {
 	def, trig, cronExpr, err := encodeDeployment(d)
 	if err != nil {
@@ -86,8 +72,8 @@ func (r *repo) updateDeployment(ctx context.Context, d *deployment) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return errNotFound
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM webhook_paths WHERE deployment_id = ?`, d.id); err != nil {
-			return fmt.Errorf("release webhook path: %w", err)
+		if err := releasePath(ctx, tx, d.id); err != nil {
+			return err
 		}
 		return claimPath(ctx, tx, d)
 	})
@@ -103,8 +89,8 @@ func (r *repo) deleteDeployment(ctx context.Context, tenant, id string) error {
 		if err != nil {
 			return fmt.Errorf("find deployment: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM webhook_paths WHERE deployment_id = ?`, id); err != nil {
-			return fmt.Errorf("release webhook path: %w", err)
+		if err := releasePath(ctx, tx, id); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM deployments WHERE id = ? AND tenant = ?`, id, tenant); err != nil {
 			return fmt.Errorf("delete deployment: %w", err)
@@ -119,16 +105,29 @@ func (r *repo) getDeployment(ctx context.Context, tenant, id string) (*deploymen
 	}
 	row := r.db.QueryRow(ctx, `SELECT `+deploymentCols+` FROM deployments WHERE id = ? AND tenant = ?`, id, tenant)
 	d, _, err := scanDeployment(row)
-	return d, err
+	if err != nil {
+		return nil, err
+	}
+	return d, r.fillNamespace(ctx, tenant, d)
 }
 
-// deploymentByPath finds the deployment owning a webhook path, whatever
-// its tenant: webhook URLs are global.
-func (r *repo) deploymentByPath(ctx context.Context, path string) (*deployment, error) {
-	row := r.db.QueryRow(ctx, `SELECT d.seq, d.id, d.tenant, d.name, d.description, d.status, d.definition, d.triggers, d.created_at, d.updated_at
-		FROM webhook_paths w JOIN deployments d ON d.id = w.deployment_id WHERE w.path = ?`, path)
-	d, _, err := scanDeployment(row)
-	return d, err
+// fillNamespace sets the webhook namespace of those of a tenant's
+// deployments that have a webhook trigger.
+func (r *repo) fillNamespace(ctx context.Context, tenant string, ds ...*deployment) error {
+	var ns string
+	for i, d := range ds {
+		if findTrigger(d.triggers, triggerWebhook) == nil {
+			continue
+		}
+		if ns == "" {
+			var err error
+			if ns, err = r.namespaceOf(ctx, tenant); err != nil {
+				return err
+			}
+		}
+		ds[i].hookNS = ns
+	}
+	return nil
 }
 
 type scanner interface{ Scan(dest ...any) error }
@@ -209,7 +208,11 @@ func (r *repo) listDeployments(ctx context.Context, tenant, status string, pg pa
 		out.items = append(out.items, d)
 		lastSeq = seq
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list deployments: %w", err)
+	}
+	_ = rows.Close() // free the connection before the next query
+	return out, r.fillNamespace(ctx, tenant, out.items...)
 }
 
 // scheduledDeployment is what the scheduler needs of a deployment.

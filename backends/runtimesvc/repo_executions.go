@@ -87,6 +87,7 @@ type newExecution struct {
 	e           *execution
 	owner       string
 	idemKey     string    // "" when none
+	requestHash string    // of the request idemKey came with
 	scheduledAt time.Time // zero unless a schedule tick
 }
 
@@ -98,9 +99,9 @@ func (r *repo) insertExecution(ctx context.Context, ne newExecution) error {
 	if err != nil {
 		return fmt.Errorf("encode trigger data: %w", err)
 	}
-	var idem, sched any
+	var idem, reqHash, sched any
 	if ne.idemKey != "" {
-		idem = ne.idemKey
+		idem, reqHash = ne.idemKey, ne.requestHash
 	}
 	if !ne.scheduledAt.IsZero() {
 		sched = ne.scheduledAt.UnixMicro()
@@ -115,10 +116,10 @@ func (r *repo) insertExecution(ctx context.Context, ne newExecution) error {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO executions (id, tenant, deployment_id, status, trigger_type, trigger_data,
-				started_at, owner, idempotency_key, scheduled_at, pos_all, pos_dep)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				started_at, owner, idempotency_key, request_hash, scheduled_at, pos_all, pos_dep)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			e.id, e.tenant, e.deploymentID, statusRunning, e.triggerType, data,
-			e.startedAt.UnixMicro(), ne.owner, idem, sched, posAll, posDep)
+			e.startedAt.UnixMicro(), ne.owner, idem, reqHash, sched, posAll, posDep)
 		if store.IsUniqueViolation(err) {
 			return errDuplicate
 		}
@@ -221,17 +222,23 @@ func (r *repo) getExecution(ctx context.Context, tenant, id string) (*execution,
 	return e, nil
 }
 
-// executionByKey finds the execution an idempotency key already started.
-func (r *repo) executionByKey(ctx context.Context, deploymentID, key string) (*execution, error) {
-	var id, tenant string
-	err := r.db.QueryRow(ctx, `SELECT id, tenant FROM executions WHERE deployment_id = ? AND idempotency_key = ?`, deploymentID, key).Scan(&id, &tenant)
+// executionByKey finds the execution an idempotency key already started,
+// with the hash of the request it came with ("" when not recorded).
+func (r *repo) executionByKey(ctx context.Context, deploymentID, key string) (*execution, string, error) {
+	var (
+		id, tenant string
+		hash       sql.NullString
+	)
+	err := r.db.QueryRow(ctx, `SELECT id, tenant, request_hash FROM executions WHERE deployment_id = ? AND idempotency_key = ?`,
+		deploymentID, key).Scan(&id, &tenant, &hash)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, errNotFound
+		return nil, "", errNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("find execution by idempotency key: %w", err)
+		return nil, "", fmt.Errorf("find execution by idempotency key: %w", err)
 	}
-	return r.getExecution(ctx, tenant, id)
+	e, err := r.getExecution(ctx, tenant, id)
+	return e, hash.String, err
 }
 
 // runningOwners lists the processes that have executions running.

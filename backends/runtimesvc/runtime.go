@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -74,6 +75,7 @@ type Service struct {
 	maxResponseTimeout     time.Duration
 	sched                  *scheduler
 	lockConn               *sql.Conn
+	signaturesPruned       atomic.Int64 // Unix nanoseconds of the last prune of webhook signatures
 
 	runCtx    context.Context // parent of every execution; cancelled late in Close
 	runCancel context.CancelFunc

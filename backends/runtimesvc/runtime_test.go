@@ -2,8 +2,8 @@ package runtimesvc
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flowgate/flowgate/backends/store"
-	"github.com/flowgate/flowgate/backends/store/storetest"
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
@@ -24,8 +23,7 @@ const secret = "a-long-enough-webhook-secret"
 // TestRuntime runs the same suite over SQLite and PostgreSQL.
 func TestRuntime(t *testing.T) {
 	t.Parallel()
-	eng := engineClient(t)
-	suite := map[string]func(*testing.T, *store.DB, enginev1connect.WorkflowEngineServiceClient){
+	runOverBackends(t, map[string]storeTest{
 		"deployments":     testDeployments,
 		"webhook async":   testWebhookAsync,
 		"webhook signed":  testWebhookSigned,
@@ -35,18 +33,7 @@ func TestRuntime(t *testing.T) {
 		"interrupted":     testInterrupted,
 		"schedule claim":  testScheduleClaim,
 		"persisted":       testPersisted,
-	}
-	for _, b := range storetest.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			for name, fn := range suite {
-				t.Run(name, func(t *testing.T) {
-					t.Parallel()
-					fn(t, b.Open(t), eng)
-				})
-			}
-		})
-	}
+	})
 }
 
 func createOrders(t *testing.T, s *Service, tenant, path string, trig *runtimev1.Trigger) *runtimev1.Deployment {
@@ -66,33 +53,28 @@ func createOrders(t *testing.T, s *Service, tenant, path string, trig *runtimev1
 
 func fieldOf(t *testing.T, err error) string {
 	t.Helper()
-	var cerr *connect.Error
-	if !errors.As(err, &cerr) || cerr.Code() != connect.CodeInvalidArgument {
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("error %v, want InvalidArgument", err)
 	}
-	for _, d := range cerr.Details() {
-		if v, derr := d.Value(); derr == nil {
-			if br, ok := v.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
-				return br.GetFieldViolations()[0].GetField()
-			}
-		}
+	br, ok := errorDetail[*errdetails.BadRequest](err)
+	if !ok || len(br.GetFieldViolations()) == 0 {
+		t.Fatalf("no BadRequest detail in %v", err)
 	}
-	t.Fatalf("no BadRequest detail in %v", err)
-	return ""
+	return br.GetFieldViolations()[0].GetField()
 }
 
 func testDeployments(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEngineServiceClient) {
 	s := newService(t, db, eng, nil)
 	ctx := t.Context()
 	d := createOrders(t, s, "acme", "orders/new", &runtimev1.Trigger{Type: "webhook", Path: "/orders/new/", Secret: secret, ResponseMode: "wait"})
-	if d.GetWebhookUrl() != "https://flows.example.com/api/v1/webhooks/orders/new" || d.GetStatus() != "active" {
+	if ns, path, _ := strings.Cut(hookPath(t, d), "/"); len(ns) != 32 || path != "orders/new" || d.GetStatus() != "active" {
 		t.Fatalf("deployment %v", d)
 	}
 	if tr := d.GetTriggers()[0]; tr.GetSecret() != "" || !tr.GetHasSecret() {
 		t.Fatalf("secret leaked or has_secret unset: %v", tr)
 	}
-	// The same path is taken, whatever the tenant.
-	_, err := s.CreateDeployment(ctx, req("other", &runtimev1.CreateDeploymentRequest{
+	// The same path is taken within the tenant.
+	_, err := s.CreateDeployment(ctx, req("acme", &runtimev1.CreateDeploymentRequest{
 		Name: "dup", WorkflowDefinition: orderWorkflow(), Triggers: []*runtimev1.Trigger{{Type: "webhook", Path: "orders/new"}},
 	}))
 	if connect.CodeOf(err) != connect.CodeAlreadyExists {
@@ -138,11 +120,11 @@ func testDeployments(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEng
 		t.Fatal(err)
 	}
 	if u := up.Msg.GetDeployment(); u.GetName() != "renamed" || u.GetStatus() != "paused" || !u.GetTriggers()[0].GetHasSecret() ||
-		!u.GetUpdatedAt().AsTime().After(u.GetCreatedAt().AsTime()) || u.GetWebhookUrl() != "https://flows.example.com/api/v1/webhooks/orders/v2" {
+		!u.GetUpdatedAt().AsTime().After(u.GetCreatedAt().AsTime()) || u.GetWebhookUrl() != strings.TrimSuffix(d.GetWebhookUrl(), "orders/new")+"orders/v2" {
 		t.Fatalf("updated %v", u)
 	}
 	// The old path is free again.
-	createOrders(t, s, "other", "orders/new", nil)
+	createOrders(t, s, "acme", "orders/new", nil)
 	// Listing pages, newest first.
 	for i := range 4 {
 		createOrders(t, s, "lister", fmt.Sprintf("list/%d", i), nil)
@@ -172,8 +154,9 @@ func testWebhookAsync(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEn
 	s := newService(t, db, eng, nil)
 	ctx := t.Context()
 	d := createOrders(t, s, "", "async", nil)
+	path := hookPath(t, d)
 	body := []byte(`{"id":"o-1","total":250}`)
-	wreq := webhookReq("async", body, map[string]string{"x-source": "test"})
+	wreq := webhookReq(path, body, map[string]string{"x-source": "test"})
 	wreq.Msg.Query = map[string]string{"ref": "abc"}
 	res, err := s.TriggerWebhook(ctx, wreq)
 	if err != nil {
@@ -203,7 +186,7 @@ func testWebhookAsync(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEn
 	if _, err := s.TriggerWebhook(ctx, webhookReq("nope", body, nil)); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Fatalf("unknown path: %v", err)
 	}
-	if _, err := s.TriggerWebhook(ctx, webhookReq("async", []byte("{"), nil)); connect.CodeOf(err) != connect.CodeInvalidArgument {
+	if _, err := s.TriggerWebhook(ctx, webhookReq(path, []byte("{"), nil)); connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("bad JSON: %v", err)
 	}
 }
@@ -221,6 +204,7 @@ func testWebhookSigned(t *testing.T, db *store.DB, eng enginev1connect.WorkflowE
 	s := newService(t, db, eng, nil)
 	ctx := t.Context()
 	d := createOrders(t, s, "acme", "signed", &runtimev1.Trigger{Type: "webhook", Path: "signed", Secret: secret, ResponseMode: "wait", ResponseTimeout: durationpb.New(10 * time.Second)})
+	path := hookPath(t, d)
 	body := []byte(`{"id":"o-9", "total": 500}`)
 	now := time.Now()
 	bad := map[string]map[string]string{
@@ -231,19 +215,19 @@ func testWebhookSigned(t *testing.T, db *store.DB, eng enginev1connect.WorkflowE
 		"garbage":         {headerTimestamp: "soon", headerSignature: "sha256=zz"},
 	}
 	for name, h := range bad {
-		if _, err := s.TriggerWebhook(ctx, webhookReq("signed", body, h)); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		if _, err := s.TriggerWebhook(ctx, webhookReq(path, body, h)); connect.CodeOf(err) != connect.CodeUnauthenticated {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
 	// A body changed by one byte after signing fails too.
 	h := signedHeaders(secret, body, now)
-	if _, err := s.TriggerWebhook(ctx, webhookReq("signed", append([]byte(nil), append(body, ' ')...), h)); connect.CodeOf(err) != connect.CodeUnauthenticated {
+	if _, err := s.TriggerWebhook(ctx, webhookReq(path, append([]byte(nil), append(body, ' ')...), h)); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Fatalf("tampered body: %v", err)
 	}
 	if n := countExecutions(t, s, "acme", d.GetDeploymentId()); n != 0 {
 		t.Fatalf("%d executions ran for rejected requests", n)
 	}
-	res, err := s.TriggerWebhook(ctx, webhookReq("signed", body, h))
+	res, err := s.TriggerWebhook(ctx, webhookReq(path, body, h))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +237,7 @@ func testWebhookSigned(t *testing.T, db *store.DB, eng enginev1connect.WorkflowE
 		t.Fatalf("wait response %v body %s", m, m.GetBody().GetData())
 	}
 	small := []byte(`{"total": 5}`)
-	res, err = s.TriggerWebhook(ctx, webhookReq("signed", small, signedHeaders(secret, small, now)))
+	res, err = s.TriggerWebhook(ctx, webhookReq(path, small, signedHeaders(secret, small, now)))
 	if err != nil || string(res.Msg.GetBody().GetData()) != "thanks" || res.Msg.GetStatusCode() != 200 || res.Msg.GetBody().GetContentType() != "text/plain; charset=utf-8" {
 		t.Fatalf("small order: %v %v", res, err)
 	}
@@ -263,6 +247,7 @@ func testIdempotency(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEng
 	s := newService(t, db, eng, nil)
 	ctx := t.Context()
 	d := createOrders(t, s, "", "idem", &runtimev1.Trigger{Type: "webhook", Path: "idem", ResponseMode: "wait"})
+	path := hookPath(t, d)
 	body := []byte(`{"total": 101, "id": "x"}`)
 	var (
 		wg  sync.WaitGroup
@@ -271,7 +256,7 @@ func testIdempotency(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEng
 	)
 	for range 5 {
 		wg.Go(func() {
-			res, err := s.TriggerWebhook(ctx, webhookReq("idem", body, map[string]string{headerIdempotency: "key-1"}))
+			res, err := s.TriggerWebhook(ctx, webhookReq(path, body, map[string]string{headerIdempotency: "key-1"}))
 			if err != nil {
 				t.Error(err)
 				return
@@ -286,11 +271,11 @@ func testIdempotency(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEng
 		t.Fatalf("one key started executions %v", ids)
 	}
 	// A retry after it finished returns the same response.
-	res, err := s.TriggerWebhook(ctx, webhookReq("idem", body, map[string]string{headerIdempotency: "key-1"}))
+	res, err := s.TriggerWebhook(ctx, webhookReq(path, body, map[string]string{headerIdempotency: "key-1"}))
 	if err != nil || res.Msg.GetStatusCode() != 201 || ids[res.Msg.GetExecutionId()] == 0 {
 		t.Fatalf("replay %v %v", res, err)
 	}
-	if _, err := s.TriggerWebhook(ctx, webhookReq("idem", body, map[string]string{headerIdempotency: "key-2"})); err != nil {
+	if _, err := s.TriggerWebhook(ctx, webhookReq(path, body, map[string]string{headerIdempotency: "key-2"})); err != nil {
 		t.Fatal(err)
 	}
 	if n := countExecutions(t, s, "", d.GetDeploymentId()); n != 2 {

@@ -70,5 +70,38 @@ func migrations(d store.Dialect) []string {
 			n BIGINT NOT NULL,
 			PRIMARY KEY (tenant, scope)
 		)`,
+		// Webhook paths are per tenant: a tenant's webhook URLs start with
+		// its namespace, a random token, so that no tenant can learn of or
+		// take another's paths. Tenants with webhooks get theirs here.
+		`CREATE TABLE webhook_namespaces (
+			tenant TEXT PRIMARY KEY,
+			token TEXT NOT NULL UNIQUE
+		)`,
+		`INSERT INTO webhook_namespaces (tenant, token)
+			SELECT DISTINCT d.tenant, ` + d.Pick(`lower(hex(randomblob(16)))`, `replace(gen_random_uuid()::text, '-', '')`) + `
+			FROM webhook_paths w JOIN deployments d ON d.id = w.deployment_id`,
+		`CREATE TABLE webhook_routes (
+			tenant TEXT NOT NULL,
+			path TEXT NOT NULL,
+			deployment_id TEXT NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
+			PRIMARY KEY (tenant, path)
+		)`,
+		`CREATE INDEX webhook_routes_deployment ON webhook_routes (deployment_id)`,
+		`INSERT INTO webhook_routes (tenant, path, deployment_id)
+			SELECT d.tenant, w.path, w.deployment_id FROM webhook_paths w JOIN deployments d ON d.id = w.deployment_id`,
+		`DROP TABLE webhook_paths`,
+		// Signatures of webhook requests already accepted, until their
+		// timestamp leaves the tolerance window, so that a replay is refused
+		// by every replica.
+		`CREATE TABLE webhook_signatures (
+			deployment_id TEXT NOT NULL,
+			signature TEXT NOT NULL,
+			expires_at BIGINT NOT NULL,
+			PRIMARY KEY (deployment_id, signature)
+		)`,
+		`CREATE INDEX webhook_signatures_expiry ON webhook_signatures (expires_at)`,
+		// A hash of the request an idempotency key was first used with, so
+		// that the key reused for another request is refused.
+		`ALTER TABLE executions ADD COLUMN request_hash TEXT`,
 	}
 }

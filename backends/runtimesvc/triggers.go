@@ -32,6 +32,18 @@ var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month 
 // normalizeWebhookPath trims the slashes callers tend to add.
 func normalizeWebhookPath(p string) string { return strings.Trim(p, "/") }
 
+// hasDotSegment reports a "." or ".." segment: a proxy or client that
+// resolves them would deliver the request to another path than was signed
+// or configured.
+func hasDotSegment(p string) bool {
+	for seg := range strings.SplitSeq(p, "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
+}
+
 // checkTriggers validates and normalizes the triggers of a deployment in
 // place: at most one of each type, a well-formed unique path, a strong
 // enough secret, a known response mode, a parseable cron expression.
@@ -77,6 +89,8 @@ func (s *Service) checkWebhookTrigger(t *runtimev1.Trigger, field string) error 
 		return invalid(field+".path", "is required for a webhook trigger")
 	case len(t.GetPath()) > 200 || !webhookPathPattern.MatchString(t.GetPath()):
 		return invalid(field+".path", "%q must be at most 200 characters of letters, digits, '.', '_', '~', '-' in '/'-separated segments", t.GetPath())
+	case hasDotSegment(t.GetPath()):
+		return invalid(field+".path", "%q must not have '.' or '..' segments", t.GetPath())
 	}
 	if sec := t.GetSecret(); sec != "" && (len(sec) < minSecretLen || len(sec) > maxSecretLen) {
 		return invalid(field+".secret", "must be %d to %d characters", minSecretLen, maxSecretLen)

@@ -34,46 +34,88 @@ const (
 )
 
 // TriggerWebhook runs the deployment whose webhook trigger owns the path.
-// A trigger with a secret requires X-Flowgate-Signature = "sha256=" +
+// The path is the tenant's webhook namespace followed by the trigger's
+// path. A trigger with a secret requires X-Flowgate-Signature = "sha256=" +
 // hex(HMAC-SHA256(secret, timestamp + "." + raw body)) and an
-// X-Flowgate-Timestamp (Unix seconds) within the tolerance; otherwise the
-// request is Unauthenticated and nothing runs.
+// X-Flowgate-Timestamp (Unix seconds) within the tolerance, and accepts
+// each signature once; otherwise the request is Unauthenticated and
+// nothing runs.
 func (s *Service) TriggerWebhook(ctx context.Context, req *connect.Request[runtimev1.TriggerWebhookRequest]) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
 	msg := req.Msg
-	path := normalizeWebhookPath(msg.GetPath())
-	d, err := s.repo.deploymentByPath(ctx, path)
-	if err != nil {
-		return nil, s.lookupError(ctx, "webhook", path, err)
-	}
-	wh := findTrigger(d.triggers, triggerWebhook)
-	if wh == nil { // the path row and the triggers are written together
-		return nil, notFound("webhook", path)
-	}
-	headers := msg.GetHeaders()
-	body := msg.GetBody().GetData()
-	if wh.GetSecret() != "" {
-		if err := s.verifySignature(wh.GetSecret(), headers, body); err != nil {
-			return nil, err
-		}
-	}
-	if d.status != deploymentActive {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment is paused"))
-	}
-	key := headers[headerIdempotency]
-	if len(key) > maxIdempotencyKey {
-		return nil, invalid("headers.idempotency-key", "must be at most %d characters", maxIdempotencyKey)
-	}
-	data, err := webhookTriggerData(path, msg)
+	d, wh, err := s.webhookTarget(ctx, msg.GetPath())
 	if err != nil {
 		return nil, err
 	}
-	st, prev, err := s.start(ctx, launch{d: d, triggerType: triggerWebhook, triggerData: data, idemKey: key})
+	l, err := s.webhookLaunch(ctx, d, wh, msg)
+	if err != nil {
+		return nil, err
+	}
+	st, prev, err := s.start(ctx, l)
 	if err != nil {
 		return nil, s.internal(ctx, "start execution", err)
 	}
 	if prev != nil {
 		return s.replay(prev, wh)
 	}
+	return s.answer(ctx, st, wh)
+}
+
+// webhookLaunch checks a webhook request for its deployment and turns it
+// into a launch. The signature is spent last, once nothing else refuses
+// the request.
+func (s *Service) webhookLaunch(ctx context.Context, d *deployment, wh *runtimev1.Trigger, msg *runtimev1.TriggerWebhookRequest) (launch, error) {
+	headers := msg.GetHeaders()
+	var sig signature
+	if wh.GetSecret() != "" {
+		var err error
+		if sig, err = s.verifySignature(wh.GetSecret(), headers, msg.GetBody().GetData()); err != nil {
+			return launch{}, err
+		}
+	}
+	if d.status != deploymentActive {
+		return launch{}, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment is paused"))
+	}
+	key := headers[headerIdempotency]
+	if len(key) > maxIdempotencyKey {
+		return launch{}, invalid("headers.idempotency-key", "must be at most %d characters", maxIdempotencyKey)
+	}
+	data, err := webhookTriggerData(wh.GetPath(), msg)
+	if err != nil {
+		return launch{}, err
+	}
+	if sig.mac != "" {
+		if err := s.spendSignature(ctx, d.id, sig); err != nil {
+			return launch{}, err
+		}
+	}
+	return launch{d: d, triggerType: triggerWebhook, triggerData: data, idemKey: key, requestHash: requestHash(msg)}, nil
+}
+
+// webhookTarget finds the deployment a webhook path names: the first
+// segment is a tenant's namespace, the rest the trigger's path.
+func (s *Service) webhookTarget(ctx context.Context, raw string) (*deployment, *runtimev1.Trigger, error) {
+	full := normalizeWebhookPath(raw)
+	if hasDotSegment(full) {
+		return nil, nil, invalid("path", "must not have '.' or '..' segments")
+	}
+	ns, path, ok := strings.Cut(full, "/")
+	if !ok {
+		return nil, nil, notFound("webhook", full)
+	}
+	d, err := s.repo.deploymentByHook(ctx, ns, path)
+	if err != nil {
+		return nil, nil, s.lookupError(ctx, "webhook", full, err)
+	}
+	wh := findTrigger(d.triggers, triggerWebhook)
+	if wh == nil { // the path row and the triggers are written together
+		return nil, nil, notFound("webhook", full)
+	}
+	return d, wh, nil
+}
+
+// answer is what the sender gets for a started execution: 202 at once
+// (async), or the workflow's response when it finishes in time (wait).
+func (s *Service) answer(ctx context.Context, st *started, wh *runtimev1.Trigger) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
 	if wh.GetResponseMode() != modeWait {
 		return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
 	}
@@ -90,31 +132,38 @@ func (s *Service) TriggerWebhook(ctx context.Context, req *connect.Request[runti
 	return finishedResponse(st.e), nil
 }
 
-func (s *Service) verifySignature(secret string, headers map[string]string, body []byte) error {
+// signature is a verified webhook signature: the MAC in lower-case hex
+// (however the sender spelled it) and the time it was made for.
+type signature struct {
+	mac string
+	at  time.Time
+}
+
+func (s *Service) verifySignature(secret string, headers map[string]string, body []byte) (signature, error) {
 	sig, ts := headers[headerSignature], headers[headerTimestamp]
 	if sig == "" || ts == "" {
-		return unauthenticated("the webhook requires X-Flowgate-Signature and X-Flowgate-Timestamp headers")
+		return signature{}, unauthenticated("the webhook requires X-Flowgate-Signature and X-Flowgate-Timestamp headers")
 	}
 	sec, err := strconv.ParseInt(strings.TrimSpace(ts), 10, 64)
 	if err != nil {
-		return unauthenticated("X-Flowgate-Timestamp must be Unix seconds")
+		return signature{}, unauthenticated("X-Flowgate-Timestamp must be Unix seconds")
 	}
 	if skew := time.Since(time.Unix(sec, 0)); skew > s.tolerance || skew < -s.tolerance {
-		return unauthenticated("X-Flowgate-Timestamp is outside the allowed tolerance")
+		return signature{}, unauthenticated("X-Flowgate-Timestamp is outside the allowed tolerance")
 	}
 	got, ok := strings.CutPrefix(strings.TrimSpace(sig), signaturePrefix)
 	raw, err := hex.DecodeString(got)
 	if !ok || err != nil {
-		return unauthenticated("X-Flowgate-Signature must be sha256=<hex>")
+		return signature{}, unauthenticated("X-Flowgate-Signature must be sha256=<hex>")
 	}
 	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write([]byte(strings.TrimSpace(ts)))
 	mac.Write([]byte{'.'})
 	mac.Write(body)
 	if !hmac.Equal(raw, mac.Sum(nil)) {
-		return unauthenticated("the webhook signature does not match")
+		return signature{}, unauthenticated("the webhook signature does not match")
 	}
-	return nil
+	return signature{mac: hex.EncodeToString(raw), at: time.Unix(sec, 0)}, nil
 }
 
 func unauthenticated(msg string) error {

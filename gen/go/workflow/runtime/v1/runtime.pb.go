@@ -47,7 +47,9 @@ type Deployment struct {
 	WorkflowDefinition *v1.WorkflowDefinition `protobuf:"bytes,5,opt,name=workflow_definition,json=workflowDefinition,proto3" json:"workflow_definition,omitempty"`
 	// What fires the workflow.
 	Triggers []*Trigger `protobuf:"bytes,6,rep,name=triggers,proto3" json:"triggers,omitempty"`
-	// The public URL of the webhook trigger, if there is one.
+	// The public URL of the webhook trigger, if there is one:
+	// /api/v1/webhooks/, the tenant's webhook namespace (a random token, the
+	// same for all of the tenant's webhooks), "/", the trigger's path.
 	WebhookUrl string `protobuf:"bytes,7,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
 	// When the deployment was created.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
@@ -155,7 +157,8 @@ type Trigger struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One of: webhook, manual, schedule.
 	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
-	// webhook: the path under /api/v1/webhooks/, unique across deployments.
+	// webhook: the path after the tenant's namespace in webhook_url, unique
+	// among the tenant's deployments; no "." or ".." segments.
 	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
 	// webhook: the HMAC-SHA256 secret requests must be signed with. Write
 	// only: never returned; has_secret says whether one is set.
@@ -1334,7 +1337,8 @@ func (x *GetExecutionResponse) GetExecution() *Execution {
 // TriggerWebhookRequest is one HTTP request to a webhook path.
 type TriggerWebhookRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The path under /api/v1/webhooks/.
+	// The path under /api/v1/webhooks/: a tenant's webhook namespace, then
+	// the trigger's path.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// The raw body and its content type, byte for byte.
 	Body *httpbody.HttpBody `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`

@@ -73,7 +73,9 @@ export type Deployment = Message<"workflow.runtime.v1.Deployment"> & {
   triggers: Trigger[];
 
   /**
-   * The public URL of the webhook trigger, if there is one.
+   * The public URL of the webhook trigger, if there is one:
+   * /api/v1/webhooks/, the tenant's webhook namespace (a random token, the
+   * same for all of the tenant's webhooks), "/", the trigger's path.
    *
    * @generated from field: string webhook_url = 7;
    */
@@ -115,7 +117,8 @@ export type Trigger = Message<"workflow.runtime.v1.Trigger"> & {
   type: string;
 
   /**
-   * webhook: the path under /api/v1/webhooks/, unique across deployments.
+   * webhook: the path after the tenant's namespace in webhook_url, unique
+   * among the tenant's deployments; no "." or ".." segments.
    *
    * @generated from field: string path = 2;
    */
@@ -761,7 +764,8 @@ export const GetExecutionResponseSchema: GenMessage<GetExecutionResponse> = /*@_
  */
 export type TriggerWebhookRequest = Message<"workflow.runtime.v1.TriggerWebhookRequest"> & {
   /**
-   * The path under /api/v1/webhooks/.
+   * The path under /api/v1/webhooks/: a tenant's webhook namespace, then
+   * the trigger's path.
    *
    * @generated from field: string path = 1;
    */
