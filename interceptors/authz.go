@@ -9,7 +9,8 @@ import (
 )
 
 // AccessRule says who may call a procedure: anyone (Public), or an
-// authenticated caller holding Scope (no particular scope when empty).
+// authenticated caller holding every space-separated scope of Scope (no
+// particular scope when empty).
 type AccessRule struct {
 	Scope  string
 	Public bool
@@ -47,9 +48,8 @@ func (i *AuthInterceptor) check(ctx context.Context, procedure string, h http.He
 	if err != nil {
 		return ctx, err
 	}
-	if rule.Scope != "" && !id.HasScope(rule.Scope) {
-		return ctx, connect.NewError(connect.CodePermissionDenied,
-			fmt.Errorf("missing scope %q", rule.Scope))
+	if err := checkScopes(id, rule); err != nil {
+		return ctx, err
 	}
 	// Credentials are for the gateway; the backend gets the verified
 	// identity instead.
@@ -88,4 +88,12 @@ func (i *AuthInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 		}
 		return next(ctx, conn)
 	}
+}
+
+// checkScopes refuses an identity that lacks one of the rule's scopes.
+func checkScopes(id Identity, rule AccessRule) error {
+	if missing, ok := id.MissingScope(rule.Scope); !ok {
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("missing scope %q", missing))
+	}
+	return nil
 }
