@@ -113,6 +113,9 @@ func startBackends(tb testing.TB, bcfg backends.Config) (agentUp, runtimeUp, eng
 	if bcfg.PublicURL == "" {
 		bcfg.PublicURL = "http://gateway.test"
 	}
+	if bcfg.AuthKey == nil {
+		bcfg.AuthKey = []byte(testBackendKey)
+	}
 	b, err := backends.Start(context.Background(), bcfg, ls)
 	if err != nil {
 		tb.Fatal(err)
@@ -315,7 +318,7 @@ func TestSSEAccessLogOneLinePerStream(t *testing.T) {
 // carries them, and Serve returns once they have ended.
 func TestSSEStreamsEndAtShutdown(t *testing.T) {
 	t.Parallel()
-	cfg := Config{ShutdownTimeout: 10 * time.Second}
+	cfg := Config{ShutdownTimeout: 10 * time.Second, Security: SecurityConfig{BackendKey: testBackendKey}}
 	cfg.Agent, cfg.Runtime, cfg.Engine = startBackends(t, backends.Config{})
 	gw, err := New(cfg)
 	if err != nil {

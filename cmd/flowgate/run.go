@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"github.com/flowgate/flowgate/backends"
 	"github.com/flowgate/flowgate/cmd/internal/flagenv"
 	"github.com/flowgate/flowgate/cmd/internal/logbuf"
+	"github.com/flowgate/flowgate/interceptors"
 	"github.com/flowgate/flowgate/server"
 )
 
@@ -114,6 +116,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	if !embedded && o.security.BackendKey == "" {
+		return errors.New("remote backends need the key they verify calls with: set -backend-key (FLOWGATE_BACKEND_KEY) here and on flowgate-backends")
+	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("could not listen on %s: %w", o.listen, err)
@@ -128,6 +133,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	if embedded {
+		if o.security.BackendKey == "" {
+			o.security.BackendKey = string(interceptors.GenerateBackendKey())
+		}
+		o.embedded.AuthKey = []byte(o.security.BackendKey)
 		if o.embedded.PublicURL == "" {
 			o.embedded.PublicURL = defaultPublicURL(ln.Addr(), o.tlsCert != "")
 		}
