@@ -9,28 +9,27 @@ import (
 	"connectrpc.com/connect"
 )
 
-// BackendAuthInterceptor is the backends' side of [BackendTokens]: every
-// call must carry a valid [HeaderToken], whose identity then replaces the
-// identity headers of the request (whatever a caller put there is
-// discarded) and must satisfy the procedure's [AccessRule] — the same
-// rules the gateway enforces, checked again where the data is. Procedures
-// absent from the rules need an authenticated caller and no scope.
-type BackendAuthInterceptor struct {
+// backendAuth implements [NewBackendAuthInterceptor].
+type backendAuth struct {
 	tokens        *BackendTokens
 	rules         map[string]AccessRule
 	requireTenant bool
 }
 
-var _ connect.Interceptor = (*BackendAuthInterceptor)(nil)
-
-// NewBackendAuthInterceptor returns the interceptor for a backend service.
-// requireTenant refuses non-public calls whose identity names no tenant,
-// for services that keep data per tenant.
-func NewBackendAuthInterceptor(tokens *BackendTokens, rules map[string]AccessRule, requireTenant bool) *BackendAuthInterceptor {
-	return &BackendAuthInterceptor{tokens: tokens, rules: rules, requireTenant: requireTenant}
+// NewBackendAuthInterceptor returns the backends' side of [BackendTokens]:
+// every call must carry a valid [HeaderToken], whose identity then
+// replaces the identity headers of the request (whatever a caller put
+// there is discarded) and must satisfy the procedure's [AccessRule] — the
+// same rules the gateway enforces, checked again where the data is.
+// Procedures absent from the rules need an authenticated caller and no
+// scope. requireTenant refuses non-public calls whose identity names no
+// tenant, for services that keep data per tenant.
+func NewBackendAuthInterceptor(tokens *BackendTokens, rules map[string]AccessRule, requireTenant bool) connect.Interceptor {
+	i := &backendAuth{tokens: tokens, rules: rules, requireTenant: requireTenant}
+	return headerCheck(i.check)
 }
 
-func (i *BackendAuthInterceptor) check(ctx context.Context, procedure string, h http.Header) (context.Context, error) {
+func (i *backendAuth) check(ctx context.Context, procedure string, h http.Header) (context.Context, error) {
 	id, err := i.tokens.Verify(h.Get(HeaderToken))
 	if err != nil {
 		return ctx, err
@@ -52,36 +51,6 @@ func (i *BackendAuthInterceptor) check(ctx context.Context, procedure string, h 
 	}
 	id.SetHeaders(h)
 	return WithIdentity(ctx, id), nil
-}
-
-// WrapUnary implements [connect.Interceptor].
-func (i *BackendAuthInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if req.Spec().IsClient {
-			return next(ctx, req)
-		}
-		ctx, err := i.check(ctx, req.Spec().Procedure, req.Header())
-		if err != nil {
-			return nil, err
-		}
-		return next(ctx, req)
-	}
-}
-
-// WrapStreamingClient implements [connect.Interceptor].
-func (i *BackendAuthInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-// WrapStreamingHandler implements [connect.Interceptor].
-func (i *BackendAuthInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		ctx, err := i.check(ctx, conn.Spec().Procedure, conn.RequestHeader())
-		if err != nil {
-			return err
-		}
-		return next(ctx, conn)
-	}
 }
 
 // BackendClientInterceptor signs the calls one backend makes to another.
