@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -117,7 +116,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if !embedded && o.security.BackendKey == "" {
-		return errors.New("remote backends need the key they verify calls with: set -backend-key (FLOWGATE_BACKEND_KEY) here and on flowgate-backends")
+		// Not fatal: a remote backend that does not verify calls (a test
+		// double, a load-test stub) still works; flowgate-backends refuses
+		// every call, saying the token is invalid.
+		logger.Warn("NO BACKEND KEY: calls to the remote backends are signed with a key of this process, " +
+			"which flowgate-backends will refuse; set -backend-key (FLOWGATE_BACKEND_KEY) here and on the backends")
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
