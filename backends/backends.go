@@ -99,16 +99,15 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 		logger = slog.New(slog.DiscardHandler)
 	}
 	b := &Backends{logger: logger, done: make(chan error, 3), addrs: ls}
-	tokens, err := newTokens(cfg.AuthKey)
-	if err != nil {
-		_ = b.Shutdown(context.WithoutCancel(ctx))
-		return nil, err
-	}
 	defer func() {
 		if err != nil {
 			_ = b.Shutdown(context.WithoutCancel(ctx))
 		}
 	}()
+	tokens, err := newTokens(cfg.AuthKey)
+	if err != nil {
+		return nil, err
+	}
 	b.db, err = store.Open(ctx, store.Config{DatabaseURL: cfg.DatabaseURL, DataDir: cfg.DataDir, Logger: logger})
 	if err != nil {
 		return nil, err
