@@ -1,16 +1,14 @@
 package main
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"io"
 	"net"
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"connectrpc.com/connect"
 
@@ -19,24 +17,6 @@ import (
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
-
-// syncBuffer is written by the command's goroutine and read by the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestRefusesToStartWithoutKey(t *testing.T) {
 	t.Parallel()
@@ -57,11 +37,13 @@ func TestRefusesToStartWithoutKey(t *testing.T) {
 func TestListensOnLoopbackAndRefusesUnsignedCalls(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
-	out := &syncBuffer{}
+	out, stdout := io.Pipe()
 	done := make(chan error, 1)
+	dir := t.TempDir()
 	go func() {
-		done <- run(ctx, []string{"-data-dir", t.TempDir(), "-agent-port", "0", "-runtime-port", "0", "-engine-port", "0"},
-			env(map[string]string{"FLOWGATE_BACKEND_KEY": "flowgate-backends-test-key-0123456789"}), out, io.Discard)
+		done <- run(ctx, []string{"-data-dir", dir, "-agent-port", "0", "-runtime-port", "0", "-engine-port", "0"},
+			env(map[string]string{"FLOWGATE_BACKEND_KEY": "flowgate-backends-test-key-0123456789"}), stdout, io.Discard)
+		_ = stdout.Close()
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -69,13 +51,10 @@ func TestListensOnLoopbackAndRefusesUnsignedCalls(t *testing.T) {
 			t.Errorf("run: %v", err)
 		}
 	})
-	addrs := regexp.MustCompile(`agent on (\S+), runtime on (\S+), engine on (\S+)`)
-	var m []string
-	for deadline := time.Now().Add(10 * time.Second); m == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		m = addrs.FindStringSubmatch(out.String())
-	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	m := regexp.MustCompile(`agent on (\S+), runtime on (\S+), engine on (\S+)`).FindStringSubmatch(line)
 	if m == nil {
-		t.Fatalf("no addresses printed: %q", out.String())
+		t.Fatalf("no addresses printed: %q (%v)", line, err)
 	}
 	for _, addr := range m[1:] {
 		host, _, err := net.SplitHostPort(strings.TrimSuffix(addr, ","))
@@ -85,7 +64,7 @@ func TestListensOnLoopbackAndRefusesUnsignedCalls(t *testing.T) {
 	}
 	req := connect.NewRequest(&runtimev1.ListDeploymentsRequest{})
 	req.Header().Set("X-Flowgate-Tenant", "victim")
-	_, err := runtimev1connect.NewWorkflowRuntimeServiceClient(http.DefaultClient, "http://"+m[2]).ListDeployments(t.Context(), req)
+	_, err = runtimev1connect.NewWorkflowRuntimeServiceClient(http.DefaultClient, "http://"+m[2]).ListDeployments(t.Context(), req)
 	if connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("unsigned call: %v", err)
 	}
