@@ -19,14 +19,19 @@ import (
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/flowgate/flowgate/backends/agent"
 	"github.com/flowgate/flowgate/backends/engine"
 	"github.com/flowgate/flowgate/backends/runtimesvc"
 	"github.com/flowgate/flowgate/backends/store"
+	agentv1 "github.com/flowgate/flowgate/gen/go/workflow/agent/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/agent/v1/agentv1connect"
+	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
+	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/runtime/v1/runtimev1connect"
+	"github.com/flowgate/flowgate/interceptors"
 )
 
 // Config configures the reference backends.
@@ -42,6 +47,10 @@ type Config struct {
 	// EngineHTTPAllowHosts are hosts the engine's http_request nodes may
 	// reach although they resolve to loopback or private addresses.
 	EngineHTTPAllowHosts []string
+	// AuthKey is the key shared with the gateway (at least 32 bytes):
+	// every call must carry a token signed with it ([interceptors.HeaderToken]),
+	// and the services sign their calls to each other with it. Required.
+	AuthKey []byte
 	// OpenAI, when its BaseURL is set, makes the agent reason with an
 	// OpenAI-compatible chat-completions API instead of its offline planner.
 	OpenAI agent.OpenAIConfig
@@ -95,6 +104,10 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 			_ = b.Shutdown(context.WithoutCancel(ctx))
 		}
 	}()
+	tokens, err := newTokens(cfg.AuthKey)
+	if err != nil {
+		return nil, err
+	}
 	b.db, err = store.Open(ctx, store.Config{DatabaseURL: cfg.DatabaseURL, DataDir: cfg.DataDir, Logger: logger})
 	if err != nil {
 		return nil, err
@@ -103,11 +116,13 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 	if err != nil {
 		return nil, err
 	}
-	b.serve(ls.Engine, enginev1connect.WorkflowEngineServiceName, func(mux *http.ServeMux) {
-		mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(eng))
+	engineDesc := enginev1.File_workflow_engine_v1_engine_proto.Services().Get(0)
+	b.serve(ls.Engine, engineDesc, tokens, func(mux *http.ServeMux) {
+		mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(eng, handlerOptions(tokens, engineDesc, false)...))
 	})
 	client := loopbackClient()
-	engineClient := enginev1connect.NewWorkflowEngineServiceClient(client, baseURL(ls.Engine), connect.WithGRPC())
+	engineClient := enginev1connect.NewWorkflowEngineServiceClient(client, baseURL(ls.Engine), connect.WithGRPC(),
+		connect.WithInterceptors(interceptors.NewBackendClientInterceptor(tokens, &serviceIdentity)))
 
 	b.runtime, err = runtimesvc.New(ctx, runtimesvc.Config{
 		Store:     b.db,
@@ -118,10 +133,14 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 	if err != nil {
 		return nil, err
 	}
-	b.serve(ls.Runtime, runtimev1connect.WorkflowRuntimeServiceName, func(mux *http.ServeMux) {
-		mux.Handle(runtimev1connect.NewWorkflowRuntimeServiceHandler(b.runtime))
+	runtimeDesc := runtimev1.File_workflow_runtime_v1_runtime_proto.Services().Get(0)
+	b.serve(ls.Runtime, runtimeDesc, tokens, func(mux *http.ServeMux) {
+		mux.Handle(runtimev1connect.NewWorkflowRuntimeServiceHandler(b.runtime, handlerOptions(tokens, runtimeDesc, true)...))
 	})
-	runtimeClient := runtimev1connect.NewWorkflowRuntimeServiceClient(client, baseURL(ls.Runtime), connect.WithGRPC())
+	// The agent reads and writes workflows as its caller: the runtime
+	// enforces that caller's scopes, not the agent's.
+	runtimeClient := runtimev1connect.NewWorkflowRuntimeServiceClient(client, baseURL(ls.Runtime), connect.WithGRPC(),
+		connect.WithInterceptors(interceptors.NewBackendClientInterceptor(tokens, nil)))
 
 	var provider agent.Provider
 	if cfg.OpenAI.BaseURL != "" {
@@ -140,20 +159,25 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 	if err != nil {
 		return nil, err
 	}
-	b.serve(ls.Agent, agentv1connect.WorkflowAgentServiceName, func(mux *http.ServeMux) {
-		mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(b.agent))
+	agentDesc := agentv1.File_workflow_agent_v1_agent_proto.Services().Get(0)
+	b.serve(ls.Agent, agentDesc, tokens, func(mux *http.ServeMux) {
+		mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(b.agent, handlerOptions(tokens, agentDesc, true)...))
 	})
 	return b, nil
 }
 
-// serve runs one service, with its health and reflection, on ln.
-func (b *Backends) serve(ln net.Listener, name string, register func(*http.ServeMux)) {
+// serve runs one service, with its health and reflection, on ln. Health
+// is public (for orchestrators' probes); reflection needs a token as the
+// service does.
+func (b *Backends) serve(ln net.Listener, desc protoreflect.ServiceDescriptor, tokens *interceptors.BackendTokens, register func(*http.ServeMux)) {
+	name := string(desc.FullName())
 	mux := http.NewServeMux()
 	register(mux)
 	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(name)))
 	reflector := grpcreflect.NewStaticReflector(name)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	authOpt := connect.WithInterceptors(interceptors.NewBackendAuthInterceptor(tokens, nil, false))
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, authOpt))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, authOpt))
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flowgate/flowgate/backends"
+	"github.com/flowgate/flowgate/interceptors"
 	"github.com/flowgate/flowgate/server"
 )
 
@@ -32,7 +33,8 @@ func startStack(t testing.TB, mutate ...func(*server.Config)) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := backends.Start(context.Background(), backends.Config{DataDir: t.TempDir(), PublicURL: url}, ls)
+	key := interceptors.GenerateBackendKey()
+	b, err := backends.Start(context.Background(), backends.Config{DataDir: t.TempDir(), PublicURL: url, AuthKey: key}, ls)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,6 +45,7 @@ func startStack(t testing.TB, mutate ...func(*server.Config)) *stack {
 		Engine:     server.Upstream{Address: engineAddr},
 		MaxTimeout: 30 * time.Second,
 		SSE:        server.SSEConfig{Heartbeat: time.Second},
+		Security:   server.SecurityConfig{BackendKey: string(key)},
 	}
 	for _, m := range mutate {
 		m(&cfg)

@@ -78,17 +78,25 @@ func HashAPIKey(key string) string {
 type AuthConfig struct {
 	JWT     JWTConfig
 	APIKeys []APIKey
+	// DefaultTenant is the tenant of credentials that name none (single-
+	// tenant mode). Empty refuses them: tenant-less callers would
+	// otherwise all share whatever data an unnamed tenant holds.
+	DefaultTenant string
 }
 
 // Authenticator turns request credentials into an [Identity].
 type Authenticator struct {
-	jwt     *JWTVerifier
-	apiKeys map[[sha256.Size]byte]Identity
+	jwt           *JWTVerifier
+	apiKeys       map[[sha256.Size]byte]Identity
+	defaultTenant string
 }
 
 // NewAuthenticator validates cfg and loads its keys.
 func NewAuthenticator(ctx context.Context, cfg AuthConfig) (*Authenticator, error) {
-	a := &Authenticator{}
+	if cfg.DefaultTenant != "" && !validName(cfg.DefaultTenant) {
+		return nil, fmt.Errorf("default tenant %q has control characters, invalid UTF-8 or is too long", cfg.DefaultTenant)
+	}
+	a := &Authenticator{defaultTenant: cfg.DefaultTenant}
 	if cfg.JWT.Enabled() {
 		v, err := NewJWTVerifier(ctx, cfg.JWT)
 		if err != nil {
@@ -117,9 +125,25 @@ func NewAuthenticator(ctx context.Context, cfg AuthConfig) (*Authenticator, erro
 		if _, dup := a.apiKeys[h]; dup {
 			return nil, fmt.Errorf("api key %d: duplicate hash", i)
 		}
-		a.apiKeys[h] = Identity{Subject: k.Subject, Tenant: k.Tenant, Scopes: k.Scopes, Method: MethodAPIKey}
+		id := Identity{Subject: k.Subject, Tenant: k.Tenant, Scopes: k.Scopes, Method: MethodAPIKey}
+		if err := id.check("api key"); err != nil {
+			return nil, fmt.Errorf("api key %d: %s", i, err.Message())
+		}
+		a.apiKeys[h] = id
 	}
 	return a, nil
+}
+
+// TenantlessAPIKeys counts the configured API keys that name no tenant:
+// without a default tenant every call made with them is refused.
+func (a *Authenticator) TenantlessAPIKeys() int {
+	n := 0
+	for _, id := range a.apiKeys {
+		if id.Tenant == "" {
+			n++
+		}
+	}
+	return n
 }
 
 // Enabled reports whether any credential source is configured.
@@ -129,8 +153,21 @@ func (a *Authenticator) Enabled() bool {
 
 // Authenticate verifies the one credential in h: an X-API-Key or an
 // Authorization bearer token. Sending both, or several of either, is
-// refused rather than guessing which one counts.
+// refused rather than guessing which one counts. Credentials that name no
+// tenant get the default tenant, or are refused when there is none.
 func (a *Authenticator) Authenticate(ctx context.Context, h http.Header) (Identity, error) {
+	id, err := a.credential(ctx, h)
+	if err != nil || id.Tenant != "" {
+		return id, err
+	}
+	if a.defaultTenant == "" {
+		return Identity{}, unauthenticated("credentials name no tenant, and no default tenant is configured (single-tenant mode)")
+	}
+	id.Tenant = a.defaultTenant
+	return id, nil
+}
+
+func (a *Authenticator) credential(ctx context.Context, h http.Header) (Identity, error) {
 	keys, auths := h.Values(HeaderAPIKey), h.Values("Authorization")
 	switch {
 	case len(keys)+len(auths) == 0:

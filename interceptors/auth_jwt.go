@@ -182,6 +182,12 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 	}
 	claims := jwt.MapClaims{}
 	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		// RFC 7515 §4.1.11: a token naming critical extensions the
+		// recipient does not understand must be refused; this one
+		// understands none.
+		if _, ok := t.Header["crit"]; ok {
+			return nil, errCritical
+		}
 		kid, _ := t.Header["kid"].(string)
 		keys := v.keys.candidates(ctx, kid, t.Method.Alg())
 		switch len(keys) {
@@ -209,7 +215,10 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 	return id, nil
 }
 
-var errUnknownKey = errors.New("no key matches the token's kid and alg")
+var (
+	errUnknownKey = errors.New("no key matches the token's kid and alg")
+	errCritical   = errors.New("token names critical header parameters")
+)
 
 func tokenError(err error) error {
 	switch {
@@ -225,23 +234,32 @@ func tokenError(err error) error {
 		return unauthenticated("token lacks a required claim")
 	case errors.Is(err, errUnknownKey):
 		return unauthenticated("token signed by an unknown key")
+	case errors.Is(err, errCritical):
+		return unauthenticated("token has critical header parameters (crit) that are not supported")
 	default:
 		return unauthenticated("invalid token")
 	}
 }
 
+// identity reads the caller from verified claims. A missing tenant is left
+// empty for the [Authenticator] to settle; a tenant that is not a string
+// is a malformed token.
 func (v *JWTVerifier) identity(claims jwt.MapClaims) (Identity, error) {
 	sub, _ := claims[v.subject].(string)
 	if sub == "" {
 		return Identity{}, unauthenticated("token has no subject")
 	}
-	tenant, _ := claims[v.tenantClaim].(string)
-	return Identity{
-		Subject: sub,
-		Tenant:  tenant,
-		Scopes:  scopesOf(claims[v.scope]),
-		Method:  MethodJWT,
-	}, nil
+	var tenant string
+	if raw, ok := claims[v.tenantClaim]; ok && raw != nil {
+		if tenant, ok = raw.(string); !ok {
+			return Identity{}, unauthenticated(fmt.Sprintf("token claim %q is not a string", v.tenantClaim))
+		}
+	}
+	id := Identity{Subject: sub, Tenant: tenant, Scopes: scopesOf(claims[v.scope]), Method: MethodJWT}
+	if err := id.check("token"); err != nil {
+		return Identity{}, err
+	}
+	return id, nil
 }
 
 // scopesOf reads the OAuth 2.0 space-separated scope string, or an array of

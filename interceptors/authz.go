@@ -9,7 +9,8 @@ import (
 )
 
 // AccessRule says who may call a procedure: anyone (Public), or an
-// authenticated caller holding Scope (no particular scope when empty).
+// authenticated caller holding every space-separated scope of Scope (no
+// particular scope when empty).
 type AccessRule struct {
 	Scope  string
 	Public bool
@@ -47,9 +48,8 @@ func (i *AuthInterceptor) check(ctx context.Context, procedure string, h http.He
 	if err != nil {
 		return ctx, err
 	}
-	if rule.Scope != "" && !id.HasScope(rule.Scope) {
-		return ctx, connect.NewError(connect.CodePermissionDenied,
-			fmt.Errorf("missing scope %q", rule.Scope))
+	if err := checkScopes(id, rule); err != nil {
+		return ctx, err
 	}
 	// Credentials are for the gateway; the backend gets the verified
 	// identity instead.
@@ -61,16 +61,7 @@ func (i *AuthInterceptor) check(ctx context.Context, procedure string, h http.He
 
 // WrapUnary implements [connect.Interceptor].
 func (i *AuthInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if req.Spec().IsClient {
-			return next(ctx, req)
-		}
-		ctx, err := i.check(ctx, req.Spec().Procedure, req.Header())
-		if err != nil {
-			return nil, err
-		}
-		return next(ctx, req)
-	}
+	return headerCheck(i.check).WrapUnary(next)
 }
 
 // WrapStreamingClient implements [connect.Interceptor]; outbound streams
@@ -81,11 +72,47 @@ func (i *AuthInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) 
 
 // WrapStreamingHandler implements [connect.Interceptor].
 func (i *AuthInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return headerCheck(i.check).WrapStreamingHandler(next)
+}
+
+// headerCheck is an interceptor that judges each call it handles by its
+// procedure and request headers, which it may rewrite, before the handler
+// runs; outbound calls pass untouched.
+type headerCheck func(ctx context.Context, procedure string, h http.Header) (context.Context, error)
+
+var _ connect.Interceptor = headerCheck(nil)
+
+func (check headerCheck) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (check headerCheck) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient {
+			return next(ctx, req)
+		}
+		ctx, err := check(ctx, req.Spec().Procedure, req.Header())
+		if err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (check headerCheck) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		ctx, err := i.check(ctx, conn.Spec().Procedure, conn.RequestHeader())
+		ctx, err := check(ctx, conn.Spec().Procedure, conn.RequestHeader())
 		if err != nil {
 			return err
 		}
 		return next(ctx, conn)
 	}
+}
+
+// checkScopes refuses an identity that lacks one of the rule's scopes.
+func checkScopes(id Identity, rule AccessRule) error {
+	if missing, ok := id.MissingScope(rule.Scope); !ok {
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("missing scope %q", missing))
+	}
+	return nil
 }

@@ -172,7 +172,7 @@ func TestAuthInterceptorStreams(t *testing.T) {
 	}
 	req := connect.NewRequest(&emptypb.Empty{})
 	req.Header().Set("Authorization", "Bearer "+mint(t, jwt.SigningMethodHS256, []byte(testSecret), "", jwt.MapClaims{
-		"sub": "bob", "scope": "agent:chat", "exp": time.Now().Add(time.Minute).Unix(),
+		"sub": "bob", "tenant": "t1", "scope": "agent:chat", "exp": time.Now().Add(time.Minute).Unix(),
 	}))
 	stream, err = client.CallServerStream(t.Context(), req)
 	if err != nil {

@@ -6,6 +6,10 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"connectrpc.com/connect"
 )
 
 // Headers the gateway owns: it removes any copy a client sent and sets them
@@ -14,6 +18,10 @@ const (
 	HeaderSubject = "X-Flowgate-Subject"
 	HeaderTenant  = "X-Flowgate-Tenant"
 	HeaderScopes  = "X-Flowgate-Scopes"
+	// HeaderToken carries the gateway's proof of the identity to the
+	// backends: a short-lived token signed with the key they share
+	// ([BackendTokens]).
+	HeaderToken = "X-Flowgate-Token"
 	// IdentityHeaderPrefix is the namespace of every gateway-owned header.
 	IdentityHeaderPrefix = "X-Flowgate-"
 )
@@ -36,6 +44,51 @@ type Identity struct {
 // HasScope reports whether the identity was granted scope.
 func (id Identity) HasScope(scope string) bool {
 	return slices.Contains(id.Scopes, scope)
+}
+
+// MissingScope returns the first of the space-separated scopes in required
+// that the identity was not granted; ok is true when it holds them all.
+func (id Identity) MissingScope(required string) (missing string, ok bool) {
+	for scope := range strings.FieldsSeq(required) {
+		if !id.HasScope(scope) {
+			return scope, false
+		}
+	}
+	return "", true
+}
+
+// check refuses an identity whose names cannot travel in a header; source
+// ("token", "API key") says where it came from.
+func (id Identity) check(source string) *connect.Error {
+	if !validName(id.Subject) || !validName(id.Tenant) {
+		return unauthenticated(source + " subject or tenant has control characters, invalid UTF-8 or is too long")
+	}
+	for _, sc := range id.Scopes {
+		if !validName(sc) {
+			return unauthenticated(source + " scope has control characters, invalid UTF-8 or is too long")
+		}
+	}
+	return nil
+}
+
+// maxNameBytes bounds a subject or tenant.
+const maxNameBytes = 256
+
+// validName reports whether s may be a subject, tenant or scope: it is
+// sent to the backends in a header and stored beside their data, so it
+// must be printable UTF-8 of bounded length. A control character would
+// otherwise make the upstream call fail (a 502 for what is the
+// credential's fault) or split a log line.
+func validName(s string) bool {
+	if len(s) > maxNameBytes || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // SetHeaders writes the identity into the gateway-owned headers of h,

@@ -154,7 +154,7 @@ func TestRateLimitInterceptor(t *testing.T) {
 	// Per subject, after the IP bucket refills.
 	clock.add(10 * time.Second)
 	token := mint(t, jwt.SigningMethodHS256, []byte(testSecret), "", jwt.MapClaims{
-		"sub": "carol", "scope": "workflows:read", "exp": time.Now().Add(time.Minute).Unix(),
+		"sub": "carol", "tenant": "t1", "scope": "workflows:read", "exp": time.Now().Add(time.Minute).Unix(),
 	})
 	h := http.Header{"Authorization": {"Bearer " + token}}
 	if err := call(t, url, "/t.v1.S/Read", h); err != nil {

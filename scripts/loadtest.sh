@@ -16,6 +16,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/flowgate" ./cmd/flowgate
 go build -o "$work/flowgate-backends" ./cmd/flowgate-backends
 
+# The backends accept only calls the gateway signed with the key they share.
+FLOWGATE_BACKEND_KEY=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+export FLOWGATE_BACKEND_KEY
 "$work/flowgate-backends" -agent-port 0 -runtime-port 0 -engine-port 0 -host 127.0.0.1 \
   -data-dir "$work/data" -log-format text >"$work/backends.out" 2>"$work/backends.log" &
 backends_pid=$!

@@ -3,6 +3,8 @@ package server
 import (
 	"net/http"
 	"strings"
+
+	"github.com/flowgate/flowgate/interceptors"
 )
 
 // defaultForwardHeaders are the request headers every forwarded call carries
@@ -24,7 +26,17 @@ var defaultForwardHeaders = []string{
 type headerPolicy struct {
 	// request is the allowlist of request headers, in canonical form.
 	request []string
+	// tokens signs the identity each forwarded call is made for, which is
+	// how the backends know a call comes from the gateway.
+	tokens *interceptors.BackendTokens
+	// anonymous is the identity of calls that carry none: no one (public
+	// procedures) when authentication is on, the open gateway's single
+	// caller when it is off.
+	anonymous backendCaller
 }
+
+// backendCaller is an identity as its headers spell it.
+type backendCaller struct{ subject, tenant, scopes string }
 
 func newHeaderPolicy(extra []string) headerPolicy {
 	seen := make(map[string]bool, len(defaultForwardHeaders)+len(extra))
@@ -51,6 +63,37 @@ func (p headerPolicy) copyRequest(dst, src http.Header) {
 			dst[name] = append(dst[name], vals...)
 		}
 	}
+	p.signIdentity(dst, src)
+}
+
+// signIdentity sets the backend token of the identity the authentication
+// interceptor put in src's headers (client copies were removed at the
+// edge), or of the anonymous caller when there is none. Signing HS256
+// with a key of the right length cannot fail; if it did, the call would go
+// without a token and the backend would refuse it (fail closed).
+func (p headerPolicy) signIdentity(dst, src http.Header) {
+	if p.tokens == nil {
+		return
+	}
+	c := backendCaller{
+		subject: headerValue(src, interceptors.HeaderSubject),
+		tenant:  headerValue(src, interceptors.HeaderTenant),
+		scopes:  headerValue(src, interceptors.HeaderScopes),
+	}
+	if c.subject == "" {
+		c = p.anonymous
+	}
+	if token, err := p.tokens.Header(c.subject, c.tenant, c.scopes); err == nil {
+		dst[interceptors.HeaderToken] = token
+	}
+}
+
+// headerValue is src.Get for a canonical name, without canonicalizing.
+func headerValue(src http.Header, name string) string {
+	if vals := src[name]; len(vals) > 0 {
+		return vals[0]
+	}
+	return ""
 }
 
 // copyResponse copies upstream response headers or trailers back to the

@@ -48,6 +48,9 @@ func http1Client(tb testing.TB) *http.Client {
 // production path, on a loopback port.
 func startGateway(tb testing.TB, cfg Config) (*Gateway, string) {
 	tb.Helper()
+	if cfg.Security.BackendKey == "" {
+		cfg.Security.BackendKey = testBackendKey
+	}
 	gw, err := New(cfg)
 	if err != nil {
 		tb.Fatalf("New: %v", err)
@@ -68,6 +71,9 @@ func startGateway(tb testing.TB, cfg Config) (*Gateway, string) {
 	})
 	return gw, "http://" + ln.Addr().String()
 }
+
+// testBackendKey is the key test gateways and reference backends share.
+const testBackendKey = "flowgate-test-backend-key-0123456789abcdef"
 
 // deadAddress returns a loopback address nothing listens on.
 func deadAddress(tb testing.TB) string {

@@ -59,6 +59,17 @@ type SecurityConfig struct {
 	// flag -api-keys, in a form parsed by interceptors.ParseAPIKeys:
 	// "sha256hex:subject:tenant:scope1 scope2;sha256hex:..." or a JSON array.
 	APIKeys string
+	// DefaultTenant is the tenant of credentials that name none: single-
+	// tenant mode. Empty refuses such credentials (401), so that tenant-less
+	// callers never share one unnamed tenant. With authentication off it
+	// is the tenant of every call (default "default").
+	// Env FLOWGATE_DEFAULT_TENANT, flag -default-tenant.
+	DefaultTenant string
+	// BackendKey is the key shared with the backends, with which the
+	// gateway signs each forwarded call's identity (at least 32 bytes).
+	// Remote backends need it; empty makes a key for this process alone.
+	// Env FLOWGATE_BACKEND_KEY, flag -backend-key.
+	BackendKey string
 	// PublicReflection serves gRPC server reflection without credentials.
 	// Env FLOWGATE_PUBLIC_REFLECTION, flag -public-reflection.
 	PublicReflection bool
@@ -262,7 +273,8 @@ func (s *security) buildAuth() error {
 			TenantClaim:    cfg.TenantClaim,
 			Logger:         s.logger,
 		},
-		APIKeys: keys,
+		APIKeys:       keys,
+		DefaultTenant: cfg.DefaultTenant,
 	})
 	if err != nil {
 		return fmt.Errorf("security: %w", err)
@@ -277,7 +289,12 @@ func (s *security) buildAuth() error {
 		slog.Int("public_key_files", len(cfg.PublicKeyFiles)),
 		slog.Bool("jwks", cfg.JWKSURL != ""),
 		slog.Int("api_keys", len(keys)),
+		slog.String("default_tenant", cfg.DefaultTenant),
 		slog.Bool("public_reflection", cfg.PublicReflection))
+	if n := s.auth.TenantlessAPIKeys(); n > 0 && cfg.DefaultTenant == "" {
+		s.logger.Warn("API keys without a tenant are refused; give them a tenant or set a default tenant (single-tenant mode)",
+			slog.Int("api_keys", n))
+	}
 	return nil
 }
 

@@ -162,11 +162,14 @@ type secFixture struct {
 }
 
 const (
-	testIssuer    = "https://issuer.test"
-	testAudience  = "flowgate"
-	testAPIKey    = "svc-key-0123456789"
-	testMaxBody   = 64 << 10
-	allTestScopes = "workflows:read workflows:write workflows:execute agent:chat"
+	testIssuer   = "https://issuer.test"
+	testAudience = "flowgate"
+	testAPIKey   = "svc-key-0123456789"
+	// testTenantlessAPIKey names no tenant: refused unless a default
+	// tenant is configured.
+	testTenantlessAPIKey = "tenantless-key-0123456789"
+	testMaxBody          = 64 << 10
+	allTestScopes        = "workflows:read workflows:write workflows:execute agent:chat"
 )
 
 func writeFile(tb testing.TB, path string, data []byte) {
@@ -202,7 +205,8 @@ func secConfig(tb testing.TB) (SecurityConfig, []byte) {
 		Audience:       testAudience,
 		Leeway:         5 * time.Second,
 		APIKeys: `[{"sha256":"` + interceptors.HashAPIKey(testAPIKey) + `","subject":"svc","tenant":"ops",` +
-			`"scopes":["workflows:execute","workflows:read"]}]`,
+			`"scopes":["workflows:execute","workflows:read"]},` +
+			`{"sha256":"` + interceptors.HashAPIKey(testTenantlessAPIKey) + `","subject":"nobody","scopes":["workflows:execute"]}]`,
 		MaxBodyBytes: testMaxBody,
 	}, rsaPEM
 }

@@ -105,9 +105,11 @@ func TestSSECredentials(t *testing.T) {
 			if len(seen) != 1 {
 				t.Fatalf("backend saw %d streams", len(seen))
 			}
+			// Compared by signature: every HS256 token, the gateway's own
+			// backend token among them, begins with the same header.
 			for name, vals := range seen[0].header {
 				for _, v := range vals {
-					if strings.Contains(v, short[:20]) || strings.Contains(v, long[:20]) {
+					if strings.Contains(v, short[len(short)-20:]) || strings.Contains(v, long[len(long)-20:]) {
 						t.Errorf("the token reached the backend in %s", name)
 					}
 				}

@@ -147,6 +147,9 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g.security = sec
+	if g.headers, err = sec.withBackendTokens(g.headers); err != nil {
+		return nil, err
+	}
 	handler, err := g.buildHandler()
 	if err != nil {
 		_ = g.Close()

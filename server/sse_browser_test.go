@@ -148,7 +148,7 @@ func TestBrowserEventSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := backends.Start(context.Background(), backends.Config{
-		DataDir: t.TempDir(), PublicURL: "http://gateway.test",
+		DataDir: t.TempDir(), PublicURL: "http://gateway.test", AuthKey: []byte(testBackendKey),
 		OpenAI: agent.OpenAIConfig{BaseURL: modelSrv.URL + "/v1", Model: "test"},
 	}, ls)
 	if err != nil {

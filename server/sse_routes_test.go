@@ -112,6 +112,9 @@ func startBackends(tb testing.TB, bcfg backends.Config) (agentUp, runtimeUp, eng
 	if bcfg.PublicURL == "" {
 		bcfg.PublicURL = "http://gateway.test"
 	}
+	if bcfg.AuthKey == nil {
+		bcfg.AuthKey = []byte(testBackendKey)
+	}
 	b, err := backends.Start(context.Background(), bcfg, ls)
 	if err != nil {
 		tb.Fatal(err)
@@ -314,7 +317,7 @@ func TestSSEAccessLogOneLinePerStream(t *testing.T) {
 // whichever protocol carries them, and Serve returns once they have ended.
 func TestSSEStreamsEndAtShutdown(t *testing.T) {
 	t.Parallel()
-	var cfg Config
+	cfg := Config{Security: SecurityConfig{BackendKey: testBackendKey}}
 	cfg.Agent, cfg.Runtime, cfg.Engine = startBackends(t, backends.Config{})
 	log, base, stop, served := serveLogged(t, cfg, 10*time.Second)
 	session := createSession(t, base)

@@ -212,6 +212,13 @@ func outgoingMetadata(ctx context.Context, header http.Header) (context.Context,
 	for name, vals := range header {
 		key := strings.ToLower(name)
 		if !strings.HasSuffix(key, "-bin") {
+			for _, v := range vals {
+				if !printableASCII(v) {
+					// gRPC metadata is printable ASCII; grpc-go would refuse
+					// the call with an error of its own.
+					return nil, &wireError{connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("header %s: value must be printable ASCII", name))}
+				}
+			}
 			md[key] = vals
 			continue
 		}
@@ -219,13 +226,22 @@ func outgoingMetadata(ctx context.Context, header http.Header) (context.Context,
 		for i, v := range vals {
 			raw, err := connect.DecodeBinaryHeader(v)
 			if err != nil {
-				return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("header %s: invalid binary value", name))
+				return nil, &wireError{connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("header %s: invalid binary value", name))}
 			}
 			decoded[i] = string(raw)
 		}
 		md[key] = decoded
 	}
 	return metadata.NewOutgoingContext(ctx, md), nil
+}
+
+func printableASCII(v string) bool {
+	for i := range len(v) {
+		if v[i] < 0x20 || v[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // copyMetadata copies upstream response metadata into HTTP headers under
@@ -318,7 +334,8 @@ var transportMessagePrefixes = []string{
 	"context deadline exceeded",
 }
 
-// wireError is an error an upstream sent, rebuilt for the caller.
+// wireError is an error to hand the caller as it is: one an upstream sent,
+// rebuilt, or the caller's own mistake found while building the call.
 type wireError struct{ err *connect.Error }
 
 func (w *wireError) Error() string { return w.err.Error() }

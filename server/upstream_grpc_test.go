@@ -219,3 +219,15 @@ func TestLargeMessages(t *testing.T) {
 		}
 	})
 }
+
+// A forwarded header whose value gRPC metadata cannot carry is the caller's
+// mistake, said in plain words.
+func TestNonASCIIForwardedHeader(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	_, url := startGateway(t, b.cfg)
+	res := doREST(t, http.MethodPost, url+"/api/v1/workflow/execute", strings.NewReader(`{}`), http.Header{"Idempotency-Key": {"caf\u00e9"}})
+	if res.status != http.StatusBadRequest || !strings.Contains(string(res.body), "header Idempotency-Key: value must be printable ASCII") {
+		t.Errorf("got %d %s", res.status, res.body)
+	}
+}

@@ -31,7 +31,6 @@ const (
 	headerSubject = "X-Flowgate-Subject"
 	headerTenant  = "X-Flowgate-Tenant"
 	headerScopes  = "X-Flowgate-Scopes"
-	defaultTenant = "default"
 )
 
 // Config wires the agent to its storage, the services it calls and its
@@ -140,12 +139,10 @@ type identity struct {
 	scopes  string
 }
 
+// identityOf reads the caller, whose headers the backends' authentication
+// set from the gateway's signed token; it refuses calls naming no tenant.
 func identityOf(h interface{ Get(string) string }) identity {
-	id := identity{tenant: h.Get(headerTenant), subject: h.Get(headerSubject), scopes: h.Get(headerScopes)}
-	if id.tenant == "" {
-		id.tenant = defaultTenant
-	}
-	return id
+	return identity{tenant: h.Get(headerTenant), subject: h.Get(headerSubject), scopes: h.Get(headerScopes)}
 }
 
 // apply forwards the identity on a call to another backend, so the runtime

@@ -447,6 +447,9 @@ func (g *generation) deployFailure(err error) error {
 			return &failure{reason: "the runtime refused the workflow: " + ce.Message()}
 		case connect.CodeNotFound:
 			return &failure{reason: "the workflow being edited no longer exists"}
+		case connect.CodePermissionDenied:
+			// The agent deploys as its caller, with the caller's scopes.
+			return &failure{reason: "you may not deploy workflows: " + ce.Message()}
 		}
 	}
 	return g.upstreamFailure("the runtime could not deploy the workflow", err)

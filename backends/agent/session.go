@@ -103,6 +103,10 @@ func (s *Service) loadDeployment(ctx context.Context, id identity, deploymentID 
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("workflow %q not found", deploymentID))
 	case connect.CodeOf(err) == connect.CodeInvalidArgument:
 		return nil, invalid("workflow_id", "is not a valid workflow id")
+	case connect.CodeOf(err) == connect.CodePermissionDenied:
+		// The runtime judged the caller, not the agent: editing a workflow
+		// needs the right to read it.
+		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("editing a workflow needs the workflows:read scope"))
 	case err != nil:
 		var ce *connect.Error
 		if errors.As(err, &ce) && ce.Code() == connect.CodeUnavailable {

@@ -70,11 +70,16 @@ func newService(tb testing.TB, db *store.DB, eng enginev1connect.WorkflowEngineS
 	return s
 }
 
+// testTenant is the tenant of requests a test makes without naming one
+// (the authentication in front of the service always names one).
+const testTenant = "test-tenant"
+
 func req[T any](tenant string, msg *T) *connect.Request[T] {
 	r := connect.NewRequest(msg)
-	if tenant != "" {
-		r.Header().Set(headerTenant, tenant)
+	if tenant == "" {
+		tenant = testTenant
 	}
+	r.Header().Set(headerTenant, tenant)
 	return r
 }
 

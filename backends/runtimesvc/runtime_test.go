@@ -329,11 +329,11 @@ func testPersisted(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEngin
 func testInterrupted(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEngineServiceClient) {
 	s := newService(t, db, eng, nil)
 	d := createOrders(t, s, "", "crash", nil)
-	dep, err := s.repo.getDeployment(t.Context(), defaultTenant, d.GetDeploymentId())
+	dep, err := s.repo.getDeployment(t.Context(), testTenant, d.GetDeploymentId())
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &execution{id: "00000000-dead-7000-8000-000000000001", tenant: defaultTenant, deploymentID: dep.id, status: statusRunning, triggerType: "manual", startedAt: time.Now().UTC()}
+	e := &execution{id: "00000000-dead-7000-8000-000000000001", tenant: testTenant, deploymentID: dep.id, status: statusRunning, triggerType: "manual", startedAt: time.Now().UTC()}
 	if err := s.repo.insertExecution(t.Context(), newExecution{e: e, owner: "process-that-died"}); err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +344,7 @@ func testInterrupted(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEng
 	}
 	// A live owner's executions are left alone (PostgreSQL tracks owners).
 	if db.Dialect() == store.Postgres {
-		live := &execution{id: "00000000-1111-7000-8000-000000000002", tenant: defaultTenant, deploymentID: dep.id, status: statusRunning, triggerType: "manual", startedAt: time.Now().UTC()}
+		live := &execution{id: "00000000-1111-7000-8000-000000000002", tenant: testTenant, deploymentID: dep.id, status: statusRunning, triggerType: "manual", startedAt: time.Now().UTC()}
 		if err := s.repo.insertExecution(t.Context(), newExecution{e: live, owner: s.instance}); err != nil {
 			t.Fatal(err)
 		}
@@ -375,7 +375,7 @@ func testScheduleClaim(t *testing.T, db *store.DB, eng enginev1connect.WorkflowE
 	var wg sync.WaitGroup
 	for _, s := range []*Service{a, b, a, b} {
 		sc := &scheduler{s: s}
-		wg.Go(func() { sc.fire(t.Context(), id, defaultTenant, tick) })
+		wg.Go(func() { sc.fire(t.Context(), id, testTenant, tick) })
 	}
 	wg.Wait()
 	if n := countExecutions(t, a, "", id); n != 1 {

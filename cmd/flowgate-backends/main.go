@@ -44,7 +44,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logFormat       string
 		shutdownTimeout time.Duration
 	)
-	set.String(&host, "host", "FLOWGATE_BACKENDS_HOST", "", "interface to listen on (default all)")
+	var key string
+	set.String(&host, "host", "FLOWGATE_BACKENDS_HOST", "127.0.0.1", "interface to listen on (\"\" or 0.0.0.0 for all; calls still need the gateway's token)")
+	set.String(&key, "backend-key", "FLOWGATE_BACKEND_KEY", "", "key shared with the gateway, at least 32 bytes; calls must carry a token signed with it (required)")
 	set.Int(&ports[0], "agent-port", "WORKFLOW_AGENT_PORT", 50051, "port of the workflow agent")
 	set.Int(&ports[1], "runtime-port", "WORKFLOW_RUNTIME_PORT", 50052, "port of the workflow runtime")
 	set.Int(&ports[2], "engine-port", "WORKFLOW_ENGINE_PORT", 50053, "port of the workflow engine")
@@ -75,6 +77,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("log format %q: want json or text", logFormat)
 	}
 	cfg.Logger = logger
+	if key == "" {
+		return errors.New("set -backend-key (FLOWGATE_BACKEND_KEY), the same key as the gateway's: the backends accept only calls it signed")
+	}
+	cfg.AuthKey = []byte(key)
 
 	var lns [3]net.Listener
 	for i, port := range ports {

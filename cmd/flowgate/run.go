@@ -14,6 +14,7 @@ import (
 	"github.com/flowgate/flowgate/backends"
 	"github.com/flowgate/flowgate/cmd/internal/flagenv"
 	"github.com/flowgate/flowgate/cmd/internal/logbuf"
+	"github.com/flowgate/flowgate/interceptors"
 	"github.com/flowgate/flowgate/server"
 )
 
@@ -118,6 +119,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	if !embedded && o.security.BackendKey == "" {
+		// Not fatal: a remote backend that does not verify calls (a test
+		// double, a load-test stub) still works; flowgate-backends refuses
+		// every call, saying the token is invalid.
+		logger.Warn("NO BACKEND KEY: calls to the remote backends are signed with a key of this process, " +
+			"which flowgate-backends will refuse; set -backend-key (FLOWGATE_BACKEND_KEY) here and on the backends")
+	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("could not listen on %s: %w", o.listen, err)
@@ -132,6 +140,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	if embedded {
+		if o.security.BackendKey == "" {
+			o.security.BackendKey = string(interceptors.GenerateBackendKey())
+		}
+		o.embedded.AuthKey = []byte(o.security.BackendKey)
 		if o.embedded.PublicURL == "" {
 			o.embedded.PublicURL = defaultPublicURL(ln.Addr(), o.tlsCert != "")
 		}

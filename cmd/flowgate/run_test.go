@@ -58,6 +58,7 @@ func TestBadConfigurationFailsClearly(t *testing.T) {
 		{name: "bad duration", args: []string{"-max-timeout", "soon"}, want: flagenv.ErrUsage, text: "max-timeout"},
 		{name: "half remote", env: map[string]string{"WORKFLOW_AGENT_HOST": "agent"}, text: "all three services or of none"},
 		{name: "bad protocol", env: map[string]string{"WORKFLOW_AGENT_HOST": "a", "WORKFLOW_RUNTIME_HOST": "r", "WORKFLOW_ENGINE_HOST": "e", "FLOWGATE_ENGINE_PROTOCOL": "smoke"}, text: "smoke"},
+		{name: "short backend key", args: []string{"-listen", "127.0.0.1:0", "-backend-key", "short"}, text: "at least 32"},
 		{name: "port out of range", args: []string{"-engine-port", "70000"}, text: "out of range"},
 		{name: "unusable listen address", args: []string{"-listen", "256.0.0.1:80"}, text: "could not listen"},
 		{name: "bad log format", args: []string{"-log-format", "xml"}, text: "xml"},

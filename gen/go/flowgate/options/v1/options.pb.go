@@ -7,7 +7,7 @@
 // Package flowgate.options.v1 holds the method options the gateway reads from
 // the service descriptors: the access rule of every RPC is declared once,
 // next to the RPC, and enforced by the gateway whatever protocol a caller
-// speaks.
+// speaks, and again by the reference backends.
 
 package optionsv1
 
@@ -30,8 +30,9 @@ const (
 // AccessRule says who may call an RPC.
 type AccessRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The OAuth 2.0 scope a caller's credentials must carry, for example
-	// "workflows:read". Ignored when public is set.
+	// The OAuth 2.0 scopes a caller's credentials must carry, space
+	// separated, all of them required: "workflows:read", or
+	// "workflows:write workflows:execute". Ignored when public is set.
 	Scope string `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
 	// Public RPCs need no credentials (webhooks carry their own signatures).
 	Public        bool `protobuf:"varint,2,opt,name=public,proto3" json:"public,omitempty"`

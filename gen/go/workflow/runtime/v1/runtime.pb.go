@@ -1625,18 +1625,18 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\aheaders\x18\x05 \x03(\v28.workflow.runtime.v1.TriggerWebhookResponse.HeadersEntryR\aheaders\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xfb\f\n" +
-	"\x16WorkflowRuntimeService\x12\xb9\x01\n" +
-	"\x10CreateDeployment\x12,.workflow.runtime.v1.CreateDeploymentRequest\x1a-.workflow.runtime.v1.CreateDeploymentResponse\"H\xc2\xf3\x18\x11\n" +
-	"\x0fworkflows:write\x82\xd3\xe4\x93\x02-:\x01*b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\x9f\r\n" +
+	"\x16WorkflowRuntimeService\x12\xcb\x01\n" +
+	"\x10CreateDeployment\x12,.workflow.runtime.v1.CreateDeploymentRequest\x1a-.workflow.runtime.v1.CreateDeploymentResponse\"Z\xc2\xf3\x18#\n" +
+	"!workflows:write workflows:execute\x82\xd3\xe4\x93\x02-:\x01*b\n" +
 	"deployment\"\x1c/api/v1/workflow/deployments\x12\xa6\x01\n" +
 	"\x0fListDeployments\x12+.workflow.runtime.v1.ListDeploymentsRequest\x1a,.workflow.runtime.v1.ListDeploymentsResponse\"8\xc2\xf3\x18\x10\n" +
 	"\x0eworkflows:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/workflow/deployments\x12\xbc\x01\n" +
 	"\rGetDeployment\x12).workflow.runtime.v1.GetDeploymentRequest\x1a*.workflow.runtime.v1.GetDeploymentResponse\"T\xc2\xf3\x18\x10\n" +
 	"\x0eworkflows:read\x82\xd3\xe4\x93\x02:b\n" +
-	"deployment\x12,/api/v1/workflow/deployments/{deployment_id}\x12\xc9\x01\n" +
-	"\x10UpdateDeployment\x12,.workflow.runtime.v1.UpdateDeploymentRequest\x1a-.workflow.runtime.v1.UpdateDeploymentResponse\"X\xc2\xf3\x18\x11\n" +
-	"\x0fworkflows:write\x82\xd3\xe4\x93\x02=:\x01*b\n" +
+	"deployment\x12,/api/v1/workflow/deployments/{deployment_id}\x12\xdb\x01\n" +
+	"\x10UpdateDeployment\x12,.workflow.runtime.v1.UpdateDeploymentRequest\x1a-.workflow.runtime.v1.UpdateDeploymentResponse\"j\xc2\xf3\x18#\n" +
+	"!workflows:write workflows:execute\x82\xd3\xe4\x93\x02=:\x01*b\n" +
 	"deployment\x1a,/api/v1/workflow/deployments/{deployment_id}\x12\xba\x01\n" +
 	"\x10DeleteDeployment\x12,.workflow.runtime.v1.DeleteDeploymentRequest\x1a-.workflow.runtime.v1.DeleteDeploymentResponse\"I\xc2\xf3\x18\x11\n" +
 	"\x0fworkflows:write\x82\xd3\xe4\x93\x02.*,/api/v1/workflow/deployments/{deployment_id}\x12\xc5\x01\n" +

@@ -5,7 +5,7 @@
 // Package flowgate.options.v1 holds the method options the gateway reads from
 // the service descriptors: the access rule of every RPC is declared once,
 // next to the RPC, and enforced by the gateway whatever protocol a caller
-// speaks.
+// speaks, and again by the reference backends.
 
 import type { GenExtension, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { extDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
@@ -26,8 +26,9 @@ export const file_flowgate_options_v1_options: GenFile = /*@__PURE__*/
  */
 export type AccessRule = Message<"flowgate.options.v1.AccessRule"> & {
   /**
-   * The OAuth 2.0 scope a caller's credentials must carry, for example
-   * "workflows:read". Ignored when public is set.
+   * The OAuth 2.0 scopes a caller's credentials must carry, space
+   * separated, all of them required: "workflows:read", or
+   * "workflows:write workflows:execute". Ignored when public is set.
    *
    * @generated from field: string scope = 1;
    */
