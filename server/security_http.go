@@ -31,7 +31,8 @@ const accessTokenParam = "access_token"
 // client-sent gateway-owned header (X-Flowgate-*), so no path can smuggle
 // an identity; removal of the access_token query parameter from the URL,
 // so it is never logged, transcoded or forwarded; the caller's address;
-// and the body limit.
+// the body limit; and the inflation of compressed bodies within that
+// limit.
 func (s *security) wrapHTTP(next http.Handler) http.Handler {
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		interceptors.StripIdentityHeaders(r.Header)
@@ -51,6 +52,9 @@ func (s *security) wrapHTTP(next http.Handler) http.Handler {
 		}
 		r, ok := s.limitBody(w, r)
 		if !ok {
+			return
+		}
+		if r, ok = s.inflateRequest(w, r); !ok {
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -160,7 +164,10 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 }
 
 func (s *security) tooLarge(w http.ResponseWriter, r *http.Request) {
-	msg := fmt.Sprintf("request body exceeds %d bytes", s.cfg.MaxBodyBytes)
+	s.tooLargeMessage(w, r, fmt.Sprintf("request body exceeds %d bytes", s.cfg.MaxBodyBytes))
+}
+
+func (s *security) tooLargeMessage(w http.ResponseWriter, r *http.Request, msg string) {
 	// The rest of the body is not read: the connection cannot be reused.
 	w.Header().Set("Connection", "close")
 	if isRPCRequest(r) {
