@@ -153,45 +153,73 @@ func inflateBounded(src io.Reader, limit int64) (*chunkBody, error) {
 func readChunks(src io.Reader, limit int64) (*chunkBody, error) {
 	body := &chunkBody{}
 	for {
-		chunk := make([]byte, min(inflateChunk, limit+1-body.size))
-		n, err := io.ReadFull(src, chunk)
-		if n > 0 {
-			body.chunks = append(body.chunks, chunk[:n])
-			body.size += int64(n)
+		chunk, _ := inflateChunks.Get().(*[inflateChunk]byte)
+		if chunk == nil {
+			chunk = new([inflateChunk]byte)
 		}
+		body.chunks = append(body.chunks, chunk)
+		n, err := io.ReadFull(src, chunk[:min(inflateChunk, limit+1-body.size)])
+		body.size += int64(n)
 		switch {
 		case body.size > limit:
+			body.release()
 			return nil, errInflatedTooLarge
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 			return body, nil
 		case err != nil:
+			body.release()
 			return nil, err
 		}
 	}
 }
 
+// inflateChunks recycles chunks: a bomb's are reused by the next request
+// rather than left for the collector, and a body's go back as soon as
+// they are read.
+var inflateChunks sync.Pool
+
 // chunkBody is an inflated body served from its chunks.
 type chunkBody struct {
-	chunks [][]byte
+	chunks []*[inflateChunk]byte
 	size   int64
+	off    int64 // bytes read so far
 }
 
 func (b *chunkBody) Read(p []byte) (int, error) {
 	n := 0
-	for n < len(p) && len(b.chunks) > 0 {
-		c := copy(p[n:], b.chunks[0])
+	for n < len(p) && b.off < b.size {
+		i, at := b.off/inflateChunk, b.off%inflateChunk
+		end := min(inflateChunk, b.size-i*inflateChunk)
+		c := copy(p[n:], b.chunks[i][at:end])
 		n += c
-		if b.chunks[0] = b.chunks[0][c:]; len(b.chunks[0]) == 0 {
-			b.chunks = b.chunks[1:]
+		b.off += int64(c)
+		if at+int64(c) == end {
+			inflateChunks.Put(b.chunks[i])
+			b.chunks[i] = nil
 		}
 	}
-	if n == 0 && len(b.chunks) == 0 {
+	if n == 0 && len(p) > 0 {
+		b.release()
 		return 0, io.EOF
 	}
 	return n, nil
 }
 
-func (b *chunkBody) Close() error { return nil }
+// Close returns the chunks not read.
+func (b *chunkBody) Close() error {
+	b.release()
+	return nil
+}
+
+func (b *chunkBody) release() {
+	for i, c := range b.chunks {
+		if c != nil {
+			inflateChunks.Put(c)
+			b.chunks[i] = nil
+		}
+	}
+	b.off = b.size
+}
 
 // envelopeInflater reads enveloped messages from src and yields them with
 // compressed messages inflated and flagged uncompressed.

@@ -346,15 +346,13 @@ func (s *security) newLimiter() (interceptors.Limiter, error) {
 func (s *security) interceptors() []connect.Interceptor { return s.chain }
 
 // transcodeBufferFactor sizes the transcoder's per-message buffer from the
-// body limit. Requests are held to the body limit by the handlers; the
-// transcoder's buffer also bounds responses, which may legitimately be
-// larger, and what a compressed request inflates to before a handler sees
-// it.
+// body limit. Requests are held to the body limit before the transcoder
+// (compressed ones inflated there, see inflateRequest); the transcoder's
+// buffer bounds responses, which may legitimately be larger.
 const transcodeBufferFactor = 4
 
-// handlerOptions bound what a handler reads of one message after
-// decompression, so that a small compressed body cannot inflate past the
-// body limit (a gzip "bomb").
+// handlerOptions bound what a handler reads of one message, a second line
+// behind the inflate guard.
 func (s *security) handlerOptions() []connect.HandlerOption {
 	return []connect.HandlerOption{connect.WithReadMaxBytes(int(s.cfg.MaxBodyBytes))}
 }

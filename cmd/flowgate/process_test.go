@@ -27,8 +27,16 @@ func TestMain(m *testing.M) {
 // returns its base URL once it serves.
 func startProcess(t *testing.T, env []string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(append(os.Environ(), "FLOWGATE_TEST_MAIN=1"), env...)
+	url, _ := startBinary(t, os.Args[0], append(env, "FLOWGATE_TEST_MAIN=1"), args...)
+	return url
+}
+
+// startBinary runs the flowgate binary bin with args and env, and returns
+// its base URL once it serves, and its process id.
+func startBinary(t *testing.T, bin string, env []string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +66,7 @@ func startProcess(t *testing.T, env []string, args ...string) string {
 		t.Fatalf("flowgate process printed no start-up line: %v", err)
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	return strings.Fields(line[strings.Index(line, "http://"):])[0]
+	return strings.Fields(line[strings.Index(line, "http://"):])[0], cmd.Process.Pid
 }
 
 // TestTwoProcessesShareOneRedisLimit starts two gateway processes on the
