@@ -108,21 +108,11 @@ func (s *security) inflateEnvelopes(w http.ResponseWriter, r *http.Request, head
 }
 
 func (s *security) inflateFailed(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, errInflatedTooLarge) {
-		s.tooLargeMessage(w, r, fmt.Sprintf("request body exceeds %d bytes once decompressed", s.cfg.MaxBodyBytes))
-		return
-	}
-	var maxErr *http.MaxBytesError
-	if errors.As(err, &maxErr) {
-		s.tooLarge(w, r)
-		return
-	}
-	w.Header().Set("Connection", "close")
+	fallback := "could not read the request body"
 	if isCorruptGzip(err) {
-		s.errs.write(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New("request body is not valid gzip")))
-		return
+		fallback = "request body is not valid gzip"
 	}
-	s.errs.write(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New("could not read the request body")))
+	s.bodyFailed(w, r, err, fallback)
 }
 
 func isCorruptGzip(err error) bool {

@@ -263,6 +263,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelDebug),
 	}
 	g.security.configureServer(srv)
+	ln = g.security.limitListener(ln)
 	errc := make(chan error, 1)
 	go func() {
 		if g.tlsConfig != nil {
