@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -241,31 +242,58 @@ func smallWindowDial(t *testing.T, addr string) net.Conn {
 	return conn
 }
 
-// TestStalledReaderCut: a caller that stops reading a large response has
-// its call ended once a write makes no progress for the write timeout,
-// instead of holding the response (and the gateway's memory) for as long
-// as it likes.
-func TestStalledReaderCut(t *testing.T) {
-	t.Parallel()
-	const size = 6 << 20
+// TestStalledReadersReleaseMemory: callers that stop reading large
+// responses have their calls ended once a write makes no progress for the
+// write timeout, so the responses they pinned are released instead of
+// held for as long as the callers like. Not parallel: it measures the
+// heap of this process, where the gateway runs.
+func TestStalledReadersReleaseMemory(t *testing.T) {
+	const size, readers = 6 << 20, 6
 	url := startLimitGateway(t, func(c *SecurityConfig) {
 		c.WriteTimeout = 300 * time.Millisecond
 		c.MaxBodyBytes = 4 << 20
 	})
 	body := fmt.Sprintf(`{"workflow_definition":{"name":"big"},"trigger_data":{"size":%d}}`, size)
-	conn := smallWindowDial(t, strings.TrimPrefix(url, "http://"))
-	fmt.Fprintf(conn, "POST /api/v1/workflow/execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"+
+	request := fmt.Sprintf("POST /api/v1/workflow/execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"+
 		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", hsToken(t, nil), len(body), body)
-	time.Sleep(1500 * time.Millisecond) // read nothing
-	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	n, err := io.Copy(io.Discard, conn)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("the gateway kept the stalled connection open (read %d bytes)", n)
+	before := heapInUse()
+	conns := make([]net.Conn, readers)
+	for i := range conns {
+		conns[i] = smallWindowDial(t, strings.TrimPrefix(url, "http://"))
+		if _, err := io.WriteString(conns[i], request); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if n >= size {
-		t.Errorf("the caller got all %d bytes after stalling: the write was never cut", n)
+	// Read nothing. Building the responses takes a while under the race
+	// detector; once they are written as far as the callers let them, the
+	// write timeout must free them.
+	peak, after := uint64(0), heapInUse()
+	for deadline := time.Now().Add(15 * time.Second); after > before+size && time.Now().Before(deadline); after = heapInUse() {
+		peak = max(peak, after)
+		time.Sleep(250 * time.Millisecond)
 	}
+	t.Logf("heap in use: %d MiB before %d stalled readers of %d MiB, %d MiB at the peak, %d MiB after",
+		before>>20, readers, size>>20, peak>>20, after>>20)
+	if after > before+size {
+		t.Errorf("the heap grew by %d MiB and stayed: the stalled responses are still held", (after-before)>>20)
+	}
+	for _, conn := range conns {
+		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		n, err := io.Copy(io.Discard, conn)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("the gateway kept a stalled connection open (read %d bytes)", n)
+		} else if n >= size {
+			t.Errorf("a caller got all %d bytes after stalling: the write was never cut", n)
+		}
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
 }
 
 // TestConnectionCapPerIP: connections over the per-address cap are closed
