@@ -16,14 +16,12 @@ import (
 // the interceptor after authentication. Unary, client- and
 // bidirectional-streaming calls are not counted.
 type StreamLimit struct {
-	max  int
-	mu   sync.Mutex
-	open map[string]int
+	open *Tally[string]
 }
 
 // NewStreamLimit returns a limit of max open server streams per caller.
 func NewStreamLimit(max int) *StreamLimit {
-	return &StreamLimit{max: max, open: map[string]int{}}
+	return &StreamLimit{open: NewTally[string](max)}
 }
 
 // streamCaller names who a stream is counted against.
@@ -38,21 +36,38 @@ func streamCaller(ctx context.Context, peerAddr string) string {
 	return "ip:" + ip.String()
 }
 
-func (l *StreamLimit) acquire(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.open[key] >= l.max {
+// Tally counts what each key holds open, up to a maximum per key.
+type Tally[K comparable] struct {
+	max  int
+	mu   sync.Mutex
+	open map[K]int
+}
+
+// NewTally returns a tally allowing max open per key.
+func NewTally[K comparable](max int) *Tally[K] {
+	return &Tally[K]{max: max, open: map[K]int{}}
+}
+
+// Max is the most each key may hold.
+func (t *Tally[K]) Max() int { return t.max }
+
+// Acquire takes one place for key, if it has one left.
+func (t *Tally[K]) Acquire(key K) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open[key] >= t.max {
 		return false
 	}
-	l.open[key]++
+	t.open[key]++
 	return true
 }
 
-func (l *StreamLimit) release(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.open[key]--; l.open[key] <= 0 {
-		delete(l.open, key)
+// Release gives back one place Acquire took for key.
+func (t *Tally[K]) Release(key K) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open[key]--; t.open[key] <= 0 {
+		delete(t.open, key)
 	}
 }
 
@@ -71,10 +86,10 @@ func (l *StreamLimit) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 			return next(ctx, conn)
 		}
 		key := streamCaller(ctx, conn.Peer().Addr)
-		if !l.acquire(key) {
+		if !l.open.Acquire(key) {
 			return l.exceeded()
 		}
-		defer l.release(key)
+		defer l.open.Release(key)
 		return next(ctx, conn)
 	}
 }
@@ -83,7 +98,7 @@ func (l *StreamLimit) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 // a stream.
 func (l *StreamLimit) exceeded() error {
 	err := connect.NewError(connect.CodeResourceExhausted,
-		fmt.Errorf("too many open streams for this caller (limit %d); close one first", l.max))
+		fmt.Errorf("too many open streams for this caller (limit %d); close one first", l.open.Max()))
 	if d, derr := connect.NewErrorDetail(&errdetails.ErrorInfo{Reason: "STREAM_LIMIT", Domain: "flowgate"}); derr == nil {
 		err.AddDetail(d)
 	}

@@ -19,12 +19,9 @@ import (
 // proxies, which carry many callers each, are not counted.
 type connLimitListener struct {
 	net.Listener
-	max     int
+	open    *interceptors.Tally[netip.Addr]
 	proxies *interceptors.ProxyTrust
 	logger  *slog.Logger
-
-	mu   sync.Mutex
-	open map[netip.Addr]int
 	// lastWarn throttles the log line about refused connections.
 	lastWarn atomic.Int64
 }
@@ -34,8 +31,8 @@ func (s *security) limitListener(ln net.Listener) net.Listener {
 	if s.cfg.MaxConnsPerIP <= 0 {
 		return ln
 	}
-	return &connLimitListener{Listener: ln, max: s.cfg.MaxConnsPerIP, proxies: s.proxies,
-		logger: s.logger, open: map[netip.Addr]int{}}
+	return &connLimitListener{Listener: ln, open: interceptors.NewTally[netip.Addr](s.cfg.MaxConnsPerIP),
+		proxies: s.proxies, logger: s.logger}
 }
 
 func (l *connLimitListener) Accept() (net.Conn, error) {
@@ -49,8 +46,8 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 			return conn, nil
 		}
 		key := connKey(addr)
-		if l.acquire(key) {
-			return &limitedConn{Conn: conn, release: func() { l.release(key) }}, nil
+		if l.open.Acquire(key) {
+			return &limitedConn{Conn: conn, release: func() { l.open.Release(key) }}, nil
 		}
 		_ = conn.Close()
 		l.warn(addr)
@@ -66,24 +63,6 @@ func connKey(addr netip.Addr) netip.Addr {
 	return prefix.Addr()
 }
 
-func (l *connLimitListener) acquire(key netip.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.open[key] >= l.max {
-		return false
-	}
-	l.open[key]++
-	return true
-}
-
-func (l *connLimitListener) release(key netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.open[key]--; l.open[key] <= 0 {
-		delete(l.open, key)
-	}
-}
-
 // warn logs refused connections, at most once a minute.
 func (l *connLimitListener) warn(addr netip.Addr) {
 	now := time.Now().UnixNano()
@@ -92,7 +71,7 @@ func (l *connLimitListener) warn(addr netip.Addr) {
 		return
 	}
 	l.logger.Warn("refusing connections over the per-address cap (logged once a minute)",
-		slog.String("client_ip", addr.String()), slog.Int("max_conns_per_ip", l.max))
+		slog.String("client_ip", addr.String()), slog.Int("max_conns_per_ip", l.open.Max()))
 }
 
 // limitedConn gives its place back when closed, once.

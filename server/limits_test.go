@@ -302,49 +302,40 @@ func TestConnectionCapPerIP(t *testing.T) {
 	t.Parallel()
 	url := startLimitGateway(t, func(c *SecurityConfig) { c.MaxConnsPerIP = 2 })
 	addr := strings.TrimPrefix(url, "http://")
-	health := func(conn net.Conn) error {
-		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(conn, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-			return err
-		}
-		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			return err
-		}
-		res.Body.Close()
-		if res.StatusCode != http.StatusOK {
-			return fmt.Errorf("status %d", res.StatusCode)
-		}
-		return nil
-	}
-	var held []net.Conn
-	for range 2 {
+	// health asks for /health on a new connection, left open.
+	health := func() (net.Conn, error) {
 		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer conn.Close()
-		if err := health(conn); err != nil {
-			t.Fatalf("connection under the cap: %v", err)
+		t.Cleanup(func() { _ = conn.Close() })
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return conn, err
 		}
-		held = append(held, conn)
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return conn, err
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return conn, fmt.Errorf("status %d", res.StatusCode)
+		}
+		return conn, nil
 	}
-	over, err := net.Dial("tcp", addr)
+	first, err := health()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("connection under the cap: %v", err)
 	}
-	defer over.Close()
-	if err := health(over); err == nil {
+	if _, err := health(); err != nil {
+		t.Fatalf("connection under the cap: %v", err)
+	}
+	if _, err := health(); err == nil {
 		t.Error("a third connection from one address was served with a cap of two")
 	}
-	held[0].Close()
+	first.Close()
 	time.Sleep(100 * time.Millisecond) // the gateway sees the close
-	again, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	if err := health(again); err != nil {
+	if _, err := health(); err != nil {
 		t.Errorf("a connection after one closed: %v", err)
 	}
 }
