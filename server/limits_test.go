@@ -296,6 +296,38 @@ func heapInUse() uint64 {
 	return m.HeapInuse
 }
 
+// TestStalledGRPCReaderCut: a gRPC caller that stops reading a large
+// response has its stream reset once the gateway's write makes no progress
+// for the write timeout, rather than held open.
+func TestStalledGRPCReaderCut(t *testing.T) {
+	t.Parallel()
+	const size = 12 << 20 // past what the client's HTTP/2 windows take in unread
+	url := startLimitGateway(t, func(c *SecurityConfig) {
+		c.WriteTimeout = 300 * time.Millisecond
+		c.MaxBodyBytes = 4 << 20
+	})
+	msg := executeRequest("big", false)
+	msg.TriggerData, _ = structpb.NewStruct(map[string]any{"size": size})
+	req, _ := http.NewRequestWithContext(ctxTimeout(t, 30*time.Second), http.MethodPost, url+executePath,
+		strings.NewReader(string(envelope(mustMarshal(t, msg), false))))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	req.Header.Set("Authorization", "Bearer "+hsToken(t, nil))
+	res, err := h2cClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	time.Sleep(1500 * time.Millisecond) // read nothing
+	n, err := io.Copy(io.Discard, res.Body)
+	if err == nil && res.Trailer.Get("Grpc-Status") == "0" {
+		t.Errorf("the caller got the whole response (%d bytes) after stalling: the write was never cut", n)
+	}
+	if n >= size {
+		t.Errorf("the caller read %d bytes after stalling, want the stream cut short", n)
+	}
+}
+
 // TestConnectionCapPerIP: connections over the per-address cap are closed
 // at once; under it they are served, and a closed one frees its place.
 func TestConnectionCapPerIP(t *testing.T) {
