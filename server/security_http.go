@@ -31,8 +31,8 @@ const accessTokenParam = "access_token"
 // client-sent gateway-owned header (X-Flowgate-*), so no path can smuggle
 // an identity; removal of the access_token query parameter from the URL,
 // so it is never logged, transcoded or forwarded; the caller's address;
-// the body limit; and the inflation of compressed bodies within that
-// limit.
+// the write and body read timeouts; the body limit; and the inflation of
+// compressed bodies within that limit.
 func (s *security) wrapHTTP(next http.Handler) http.Handler {
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		interceptors.StripIdentityHeaders(r.Header)
@@ -151,7 +151,7 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 		}
 		return r, true
 	}
-	data, err := readBody(r.Body, r.ContentLength, limit)
+	data, err := readBody(r.Body, limit)
 	if err != nil {
 		s.bodyFailed(w, r, err, "could not read the request body")
 		return r, false
@@ -161,14 +161,10 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 	return r, true
 }
 
-// readBody reads a body of the given length (negative: unknown), or fails
-// with an *http.MaxBytesError past limit.
-func readBody(body io.Reader, length, limit int64) ([]byte, error) {
-	if length > 0 {
-		data := make([]byte, length)
-		_, err := io.ReadFull(body, data)
-		return data, err
-	}
+// readBody reads a body, or fails with an *http.MaxBytesError past limit.
+// Memory grows with what arrives, not with what Content-Length promises:
+// a caller that declares a large body and sends nothing costs nothing.
+func readBody(body io.Reader, limit int64) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(body, limit+1))
 	if err == nil && int64(len(data)) > limit {
 		err = &http.MaxBytesError{Limit: limit}
