@@ -272,3 +272,26 @@ func TestCompressedRequestsStillServed(t *testing.T) {
 		})
 	}
 }
+
+// TestEnvelopeInflaterLaterMessages: in a stream of several messages, a
+// plain message passes as it is, a compressed one arrives inflated and
+// flagged plain, and a bomb later in the stream fails the read with the
+// size error rather than inflating.
+func TestEnvelopeInflaterLaterMessages(t *testing.T) {
+	t.Parallel()
+	plain, small := []byte("plain message"), []byte("compressed message")
+	var body []byte
+	body = append(body, envelope(plain, false)...)
+	body = append(body, envelope(gzipped(t, small), true)...)
+	body = append(body, envelope(gzipped(t, make([]byte, 4<<20)), true)...)
+	in := &envelopeInflater{src: io.NopCloser(bytes.NewReader(body)), limit: 1 << 20}
+	got, err := io.ReadAll(in)
+	want := append(envelope(plain, false), envelope(small, false)...)
+	if !bytes.Equal(got, want) {
+		t.Errorf("read %q, want %q", got, want)
+	}
+	wantMsg := "request message exceeds 1048576 bytes once decompressed"
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), wantMsg) {
+		t.Errorf("bomb in the third message: %v, want resource_exhausted %q", err, wantMsg)
+	}
+}
