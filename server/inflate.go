@@ -93,6 +93,9 @@ func isGzip(encoding string) bool {
 // read. The first message is inflated now, so that a bomb in it (the only
 // message of unary and server-streaming calls) gets its answer here; a
 // later one fails the read, which the handler reports to the caller.
+// Waiting for the first message here would stall a compressing caller
+// that waits for response headers before it sends; no procedure the
+// gateway serves works that way.
 func (s *security) inflateEnvelopes(w http.ResponseWriter, r *http.Request, header string) (*http.Request, bool) {
 	in := &envelopeInflater{src: r.Body, limit: min(s.cfg.MaxBodyBytes, math.MaxUint32)}
 	if err := in.next(); err != nil && !errors.Is(err, io.EOF) {
