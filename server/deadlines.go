@@ -160,6 +160,9 @@ func (w *stallWriter) stop() {
 	w.timer.Stop()
 }
 
+// stalled runs when the timer fires. A timer that fired just as its write
+// finished may find the next write under way and end that one: the caller
+// had then taken the whole timeout to accept a chunk anyway.
 func (w *stallWriter) stalled() {
 	if w.busy.Load() {
 		_ = w.rc.SetWriteDeadline(time.Now().Add(-time.Second))
