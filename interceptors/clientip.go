@@ -43,6 +43,9 @@ func ParseTrustedProxies(entries []string) (*ProxyTrust, error) {
 	return t, nil
 }
 
+// Trusts reports whether addr is a configured trusted proxy.
+func (t *ProxyTrust) Trusts(addr netip.Addr) bool { return t.trusted(addr) }
+
 func (t *ProxyTrust) trusted(addr netip.Addr) bool {
 	for _, p := range t.prefixes {
 		if p.Contains(addr) {

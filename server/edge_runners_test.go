@@ -6,7 +6,6 @@ package server
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/binary"
 	"encoding/json"
 	"io"
@@ -245,18 +244,6 @@ func envelope(msg []byte, compressed bool) []byte {
 	}
 	binary.BigEndian.PutUint32(out[1:], uint32(len(msg))) //nolint:gosec // small test messages
 	return append(out, msg...)
-}
-
-func gzipped(t *testing.T, data []byte) []byte {
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	if _, err := zw.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
 
 // rpcOutcome reads the code and message of a response in the protocol's

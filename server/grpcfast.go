@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,9 @@ type grpcFast struct {
 	server   *grpc.Server
 	served   atomic.Int64 // calls, for tests
 	active   atomic.Int64 // calls in flight, for shutdown
+	// conns are the connections grpc-go serves, by remote address, so that
+	// a call can cut its own when its caller stalls (see fastConn.timed).
+	conns sync.Map
 }
 
 // fastMethod is one procedure the fast path serves: its spec and its
@@ -112,6 +116,9 @@ func (f *grpcFast) serve(_ any, stream grpc.ServerStream) error {
 	}
 	ctx := stream.Context()
 	conn := newFastConn(stream, m.spec)
+	conn.readTimeout, conn.writeTimeout = f.security.cfg.BodyReadTimeout, f.security.cfg.WriteTimeout
+	conn.cut = f.cutter(conn.peer.Addr)
+	conn.watch = f.watcher(conn.peer.Addr)
 	header := conn.RequestHeader()
 	interceptors.StripIdentityHeaders(header)
 	id := header.Get(requestIDHeader)
@@ -141,6 +148,14 @@ type fastConn struct {
 	header     http.Header
 	trailer    http.Header
 	headerSent bool
+	// readTimeout bounds waiting for the request message, writeTimeout one
+	// response write; past either the caller's connection is cut: grpc-go
+	// gives a handler no way to reset one stream, and a caller that sends
+	// or reads nothing for that long is not using the others either.
+	readTimeout, writeTimeout time.Duration
+	cut                       func()
+	// watch follows the delivery of a large message already queued.
+	watch func(size int64, timeout time.Duration)
 }
 
 func newFastConn(stream grpc.ServerStream, spec connect.Spec) *fastConn {
@@ -177,7 +192,7 @@ func (c *fastConn) ResponseTrailer() http.Header { return c.trailer }
 // grpc-go itself, in its words ("grpc: received message larger than
 // max"), before the handler could word it.
 func (c *fastConn) Receive(msg any) error {
-	if err := c.stream.RecvMsg(msg); err != nil {
+	if err := c.timed(c.readTimeout, func() error { return c.stream.RecvMsg(msg) }); err != nil {
 		return fastError(err)
 	}
 	return nil
@@ -185,10 +200,30 @@ func (c *fastConn) Receive(msg any) error {
 
 func (c *fastConn) Send(msg any) error {
 	c.flushHeader()
-	if err := c.stream.SendMsg(msg); err != nil {
+	if err := c.timed(c.writeTimeout, func() error { return c.stream.SendMsg(msg) }); err != nil {
 		return fastError(err)
 	}
+	if f, ok := msg.(*frame); ok && len(f.data) > sendQuota && c.writeTimeout > 0 && c.watch != nil {
+		c.watch(int64(len(f.data)), c.writeTimeout)
+	}
 	return nil
+}
+
+// sendQuota is what grpc-go takes of a stream's response before SendMsg
+// waits for the caller: a larger message is queued whole, so SendMsg
+// returning says nothing of its delivery.
+const sendQuota = 64 << 10
+
+// timed runs op, cutting the caller's connection if op is still waiting on
+// the caller after d.
+func (c *fastConn) timed(d time.Duration, op func() error) error {
+	if d <= 0 || c.cut == nil {
+		return op()
+	}
+	t := time.AfterFunc(d, c.cut)
+	err := op()
+	t.Stop()
+	return err
 }
 
 // flushHeader hands the response headers to grpc-go, which sends them with
@@ -322,9 +357,81 @@ func (s serviceNames) GetServiceInfo() map[string]grpc.ServiceInfo {
 	return m
 }
 
+// cutter closes the connection from addr.
+func (f *grpcFast) cutter(addr string) func() {
+	return func() {
+		if c, ok := f.conns.Load(addr); ok {
+			_ = c.(net.Conn).Close()
+		}
+	}
+}
+
+// watcher follows the delivery of size bytes just queued on the connection
+// from addr, and cuts the connection if it writes nothing for timeout
+// before they could have gone out: its caller stopped reading, and would
+// otherwise hold the message in the gateway's memory. Bytes of other calls
+// count as delivery too, so a busy connection is never cut by mistake.
+func (f *grpcFast) watcher(addr string) func(size int64, timeout time.Duration) {
+	return func(size int64, timeout time.Duration) {
+		c, ok := f.conns.Load(addr)
+		if !ok {
+			return
+		}
+		tc := c.(*trackedConn)
+		last := tc.written.Load()
+		target := last + size
+		var check func()
+		check = func() {
+			switch written := tc.written.Load(); {
+			case written >= target:
+			case written == last:
+				_ = tc.Close()
+			default:
+				last = written
+				time.AfterFunc(timeout, check)
+			}
+		}
+		time.AfterFunc(timeout, check)
+	}
+}
+
+// trackedListener records the connections it accepts in conns.
+type trackedListener struct {
+	net.Listener
+	conns *sync.Map
+}
+
+func (l trackedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, conns: l.conns}
+	l.conns.Store(c.RemoteAddr().String(), tc)
+	return tc, nil
+}
+
+type trackedConn struct {
+	net.Conn
+	conns   *sync.Map
+	once    sync.Once
+	written atomic.Int64
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.conns.Delete(c.RemoteAddr().String()) })
+	return c.Conn.Close()
+}
+
 // serve runs the grpc-go server on the connections ln delivers.
 func (f *grpcFast) serveOn(ln net.Listener) error {
-	err := f.server.Serve(ln)
+	err := f.server.Serve(trackedListener{Listener: ln, conns: &f.conns})
 	if errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}

@@ -118,6 +118,25 @@ type SecurityConfig struct {
 	// flags -read-header-timeout, -idle-timeout.
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
+	// BodyReadTimeout bounds reading a request's whole body (default 30s;
+	// negative: none). Bodies that are open-ended by design (client- and
+	// bidirectional-streaming calls) are exempt. Env
+	// FLOWGATE_BODY_READ_TIMEOUT, flag -body-read-timeout.
+	BodyReadTimeout time.Duration
+	// WriteTimeout ends a call when one write of its response makes no
+	// progress for this long, a caller that stopped reading (default 30s;
+	// negative: none). Idle streams are not affected: only writes under way
+	// are timed. Env FLOWGATE_WRITE_TIMEOUT, flag -write-timeout.
+	WriteTimeout time.Duration
+	// MaxConnsPerIP caps the open connections of one client address (an
+	// IPv6 /64), trusted proxies excepted (default 256; negative: no cap).
+	// Env FLOWGATE_MAX_CONNS_PER_IP, flag -max-conns-per-ip.
+	MaxConnsPerIP int
+	// MaxStreamsPerCaller caps the server streams (SSE included) one caller
+	// holds open at once: one authenticated subject, or one client address
+	// without credentials (default 32; negative: no cap). Env
+	// FLOWGATE_MAX_STREAMS_PER_CALLER, flag -max-streams-per-caller.
+	MaxStreamsPerCaller int
 	// MaxConcurrentStreams caps HTTP/2 streams per connection (default 250).
 	// Env FLOWGATE_MAX_CONCURRENT_STREAMS, flag -max-concurrent-streams.
 	MaxConcurrentStreams uint32
@@ -137,6 +156,10 @@ const (
 	defaultReadHeaderTimeout    = 10 * time.Second
 	defaultIdleTimeout          = 2 * time.Minute
 	defaultMaxConcurrentStreams = 250
+	defaultBodyReadTimeout      = 30 * time.Second
+	defaultWriteTimeout         = 30 * time.Second
+	defaultMaxConnsPerIP        = 256
+	defaultMaxStreamsPerCaller  = 32
 	defaultSSECookie            = "flowgate_token"
 	defaultSSEQueryTokenMaxTTL  = 5 * time.Minute
 	defaultRedisKeyPrefix       = "flowgate:rl:"
@@ -167,6 +190,8 @@ type security struct {
 	corsWildcard bool
 	errs         errorWriter
 	needClientIP bool
+	// openEnded are the procedures whose request bodies are not timed.
+	openEnded map[string]bool
 }
 
 // newSecurity validates cfg and builds the policy for services, whose
@@ -181,6 +206,7 @@ func newSecurity(cfg SecurityConfig, services []protoreflect.ServiceDescriptor, 
 	}
 	s := &security{cfg: cfg, logger: logger, errs: newErrorWriter()}
 	s.rules = accessRules(services, cfg.PublicReflection)
+	s.openEnded = openEndedProcedures(services)
 	if s.proxies, err = interceptors.ParseTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("security: %w", err)
 	}
@@ -211,6 +237,10 @@ func (cfg SecurityConfig) withDefaults() (SecurityConfig, error) {
 	setDefault(&cfg.ReadHeaderTimeout, defaultReadHeaderTimeout)
 	setDefault(&cfg.IdleTimeout, defaultIdleTimeout)
 	setDefault(&cfg.MaxConcurrentStreams, defaultMaxConcurrentStreams)
+	setDefault(&cfg.BodyReadTimeout, defaultBodyReadTimeout)
+	setDefault(&cfg.WriteTimeout, defaultWriteTimeout)
+	setDefault(&cfg.MaxConnsPerIP, defaultMaxConnsPerIP)
+	setDefault(&cfg.MaxStreamsPerCaller, defaultMaxStreamsPerCaller)
 	setDefault(&cfg.SSECookie, defaultSSECookie)
 	setDefault(&cfg.SSEQueryTokenMaxTTL, defaultSSEQueryTokenMaxTTL)
 	setDefault(&cfg.RedisKeyPrefix, defaultRedisKeyPrefix)
@@ -300,7 +330,8 @@ func (s *security) buildAuth() error {
 
 // buildChain assembles the interceptors in their order: the per-IP limit
 // first (so that guessing credentials is limited too), then
-// authentication and authorization, then the per-subject limit.
+// authentication and authorization, then the per-subject limit, then the
+// cap on open streams (which needs the identity).
 func (s *security) buildChain() error {
 	cfg := s.cfg
 	overrides, err := interceptors.ParseRateOverrides(cfg.RateLimitOverrides)
@@ -340,6 +371,12 @@ func (s *security) buildChain() error {
 			s.chain = append(s.chain, bySubject)
 		}
 	}
+	if cfg.MaxStreamsPerCaller > 0 {
+		// Without credentials a caller is its address: the peer's, unless
+		// a trusted proxy says otherwise.
+		s.chain = append(s.chain, interceptors.NewStreamLimit(cfg.MaxStreamsPerCaller))
+		s.needClientIP = s.needClientIP || len(cfg.TrustedProxies) > 0
+	}
 	return nil
 }
 
@@ -358,20 +395,20 @@ func (s *security) newLimiter() (interceptors.Limiter, error) {
 }
 
 // interceptors returns the Connect interceptors enforcing authentication,
-// authorization and rate limits, in the order they must run. It is empty
-// when none of them is configured, so an open gateway pays nothing.
+// authorization, rate limits and the stream cap, in the order they must
+// run. It is empty when none of them is configured, so an open gateway
+// without a stream cap pays nothing; the cap alone costs unary calls
+// nothing either.
 func (s *security) interceptors() []connect.Interceptor { return s.chain }
 
 // transcodeBufferFactor sizes the transcoder's per-message buffer from the
-// body limit. Requests are held to the body limit by the handlers; the
-// transcoder's buffer also bounds responses, which may legitimately be
-// larger, and what a compressed request inflates to before a handler sees
-// it.
+// body limit. Requests are held to the body limit before the transcoder
+// (compressed ones inflated there, see inflateRequest); the transcoder's
+// buffer bounds responses, which may legitimately be larger.
 const transcodeBufferFactor = 4
 
-// handlerOptions bound what a handler reads of one message after
-// decompression, so that a small compressed body cannot inflate past the
-// body limit (a gzip "bomb").
+// handlerOptions bound what a handler reads of one message, a second line
+// behind the inflate guard.
 func (s *security) handlerOptions() []connect.HandlerOption {
 	return []connect.HandlerOption{connect.WithReadMaxBytes(int(s.cfg.MaxBodyBytes))}
 }

@@ -32,7 +32,8 @@ const accessTokenParam = "access_token"
 // client-sent gateway-owned header (X-Flowgate-*), so no path can smuggle
 // an identity; removal of the access_token query parameter from the URL,
 // so it is never logged, transcoded or forwarded; the caller's address;
-// and the body limit.
+// the write and body read timeouts; the body limit; and the inflation of
+// compressed bodies within that limit.
 func (s *security) wrapHTTP(next http.Handler) http.Handler {
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		interceptors.StripIdentityHeaders(r.Header)
@@ -50,8 +51,13 @@ func (s *security) wrapHTTP(next http.Handler) http.Handler {
 			s.errs.write(w, r, err)
 			return
 		}
+		w = s.timeWrites(w, r)
+		r = s.timeBody(w, r)
 		r, ok := s.limitBody(w, r)
 		if !ok {
+			return
+		}
+		if r, ok = s.inflateRequest(w, r); !ok {
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -135,9 +141,10 @@ func takeQueryToken(r *http.Request) (string, bool) {
 }
 
 // limitBody refuses bodies over the limit: at once when Content-Length says
-// so; for REST bodies of unknown length by reading them now (the transcoder
-// buffers REST bodies whole anyway), so the caller gets the contract's 413;
-// for RPC bodies through http.MaxBytesReader, which connect turns into the
+// so; REST bodies by reading them now (the transcoder buffers them whole
+// anyway), so that the caller gets the contract's 413 or 408 rather than
+// whatever the transcoder makes of a failed read; RPC bodies of unknown
+// length through http.MaxBytesReader, which connect turns into the
 // protocol's ResourceExhausted error.
 func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
 	limit := s.cfg.MaxBodyBytes
@@ -148,22 +155,17 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return r, true
 	}
-	if r.ContentLength > 0 {
-		// Within the limit, and the server stops the body at its declared
-		// length (HTTP/1.1) or resets a stream that sends more (HTTP/2).
-		return r, true
-	}
 	if isRPCRequest(r) {
-		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		// Within a declared length the server stops the body there
+		// (HTTP/1.1) or resets a stream that sends more (HTTP/2).
+		if r.ContentLength < 0 {
+			r.Body = http.MaxBytesReader(w, r.Body, limit)
+		}
 		return r, true
 	}
-	data, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	data, err := readBody(r.Body, limit)
 	if err != nil {
-		s.errs.write(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New("could not read the request body")))
-		return r, false
-	}
-	if int64(len(data)) > limit {
-		s.tooLarge(w, r)
+		s.bodyFailed(w, r, err, "could not read the request body")
 		return r, false
 	}
 	r.Body = io.NopCloser(bytes.NewReader(data))
@@ -171,8 +173,39 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 	return r, true
 }
 
+// readBody reads a body, or fails with an *http.MaxBytesError past limit.
+// Memory grows with what arrives, not with what Content-Length promises:
+// a caller that declares a large body and sends nothing costs nothing.
+func readBody(body io.Reader, limit int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err == nil && int64(len(data)) > limit {
+		err = &http.MaxBytesError{Limit: limit}
+	}
+	return data, err
+}
+
+// bodyFailed answers a request whose body could not be read: too large,
+// too slow, or (with fallback as the message) broken.
+func (s *security) bodyFailed(w http.ResponseWriter, r *http.Request, err error, fallback string) {
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.Is(err, errInflatedTooLarge):
+		s.tooLargeMessage(w, r, fmt.Sprintf("request body exceeds %d bytes once decompressed", s.cfg.MaxBodyBytes))
+	case errors.As(err, &maxErr):
+		s.tooLarge(w, r)
+	case errors.Is(err, errBodyTimeout):
+		s.bodyTimedOut(w, r, err)
+	default:
+		w.Header().Set("Connection", "close")
+		s.errs.write(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New(fallback)))
+	}
+}
+
 func (s *security) tooLarge(w http.ResponseWriter, r *http.Request) {
-	msg := fmt.Sprintf("request body exceeds %d bytes", s.cfg.MaxBodyBytes)
+	s.tooLargeMessage(w, r, fmt.Sprintf("request body exceeds %d bytes", s.cfg.MaxBodyBytes))
+}
+
+func (s *security) tooLargeMessage(w http.ResponseWriter, r *http.Request, msg string) {
 	// The rest of the body is not read: the connection cannot be reused.
 	w.Header().Set("Connection", "close")
 	if isRPCRequest(r) {

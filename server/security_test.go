@@ -393,7 +393,7 @@ func TestRESTInputLimits(t *testing.T) {
 func TestAuthDisabledWarnsLoudly(t *testing.T) {
 	t.Parallel()
 	var logs strings.Builder
-	sec, err := newSecurity(SecurityConfig{}, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	sec, err := newSecurity(SecurityConfig{MaxStreamsPerCaller: -1}, nil, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -333,6 +333,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelDebug),
 	}
 	g.security.configureServer(srv)
+	ln = g.security.limitListener(ln)
 	drain := newDrainTracker()
 	drain.track(srv)
 	httpLn := ln

@@ -59,7 +59,8 @@ func serveGateway(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxTimeout:  time.Minute,
 		DialTimeout: 5 * time.Second,
 		SSE:         server.SSEConfig{Heartbeat: heartbeat, Retry: 3 * time.Second},
-		Security:    server.SecurityConfig{MaxBodyBytes: 4 << 20, APIKeys: apiKeys},
+		// One load client holds every stream from one address and key.
+		Security: server.SecurityConfig{MaxBodyBytes: 4 << 20, APIKeys: apiKeys, MaxConnsPerIP: -1, MaxStreamsPerCaller: -1},
 	})
 	if err != nil {
 		return err

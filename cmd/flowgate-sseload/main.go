@@ -144,7 +144,9 @@ func startGateway(ctx context.Context, o options, b *backends.Backends, stderr i
 		args = selfGatewayArgs(addr, debug, agent, runtime, engine, o.heartbeat)
 		args = append(args, "-api-keys", apiKeys(o.apiKey))
 	} else {
-		args = []string{"-listen", addr, "-sse-heartbeat", o.heartbeat.String(), "-log-format", "text"}
+		// One load client holds every stream from one address and key.
+		args = []string{"-listen", addr, "-sse-heartbeat", o.heartbeat.String(), "-log-format", "text",
+			"-max-conns-per-ip", "-1", "-max-streams-per-caller", "-1"}
 		for name, a := range map[string]string{"agent": agent, "runtime": runtime, "engine": engine} {
 			host, port, _ := net.SplitHostPort(a)
 			args = append(args, "-"+name+"-host", host, "-"+name+"-port", port)

@@ -45,8 +45,28 @@ func startProcess(t *testing.T, env []string, args ...string) string {
 // SIGTERM, as an orchestrator stops it, and returns how the process exited.
 func runProcess(t *testing.T, stderr io.Writer, env []string, args ...string) (base string, stop func() error) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(append(os.Environ(), "FLOWGATE_TEST_MAIN=1"), env...)
+	base, _, stop = runBinary(t, os.Args[0], stderr, append(env, "FLOWGATE_TEST_MAIN=1"), args...)
+	return base, stop
+}
+
+// startBinary runs the flowgate binary bin with args and env, and returns
+// its base URL once it serves, and its process id.
+func startBinary(t *testing.T, bin string, env []string, args ...string) (string, int) {
+	t.Helper()
+	base, pid, stop := runBinary(t, bin, io.Discard, env, args...)
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("flowgate process did not exit cleanly on SIGTERM: %v", err)
+		}
+	})
+	return base, pid
+}
+
+// runBinary runs bin as runProcess does, and also returns its process id.
+func runBinary(t *testing.T, bin string, stderr io.Writer, env []string, args ...string) (base string, pid int, stop func() error) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +93,7 @@ func runProcess(t *testing.T, stderr io.Writer, env []string, args ...string) (b
 		t.Fatalf("flowgate process printed no start-up line: %v", err)
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	return strings.Fields(line[strings.Index(line, "http://"):])[0], stop
+	return strings.Fields(line[strings.Index(line, "http://"):])[0], cmd.Process.Pid, stop
 }
 
 // A call that outlives -shutdown-timeout is cut: SIGTERM still exits 0,

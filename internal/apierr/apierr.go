@@ -166,6 +166,8 @@ func CodeOfStatus(status int) string {
 		return "NOT_FOUND"
 	case http.StatusMethodNotAllowed:
 		return "METHOD_NOT_ALLOWED"
+	case http.StatusRequestTimeout:
+		return "REQUEST_TIMEOUT"
 	case http.StatusConflict:
 		return "CONFLICT"
 	case http.StatusRequestEntityTooLarge:

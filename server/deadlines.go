@@ -1,0 +1,170 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Two clocks keep a slow caller from holding the gateway's memory and
+// connections for as long as it likes: a request body must arrive whole
+// within the body read timeout, and a response write that makes no
+// progress for the write timeout ends the call. Neither runs while a
+// stream is idle: the read clock stops when the body ends, and the write
+// clock only runs while a write is under way.
+
+// errBodyTimeout marks a request body that did not arrive in time.
+var errBodyTimeout = errors.New("request body not received")
+
+// openEndedProcedures are the procedures whose request body stays open as
+// long as the call: client- and bidirectional-streaming methods. Their
+// bodies are not timed.
+func openEndedProcedures(services []protoreflect.ServiceDescriptor) map[string]bool {
+	open := map[string]bool{reflectionV1Procedure: true, reflectionV1AlphaProcedure: true}
+	for _, svc := range services {
+		methods := svc.Methods()
+		for i := range methods.Len() {
+			if m := methods.Get(i); m.IsStreamingClient() {
+				open["/"+string(svc.FullName())+"/"+string(m.Name())] = true
+			}
+		}
+	}
+	return open
+}
+
+// timeBody starts the body read timeout of r. On HTTP/1.1 the deadline is
+// the connection's, so it is lifted as soon as the body ends: net/http
+// then reads in the background to notice the caller leaving, and a
+// deadline firing there would cancel a stream that is still wanted.
+func (s *security) timeBody(w http.ResponseWriter, r *http.Request) *http.Request {
+	timeout := s.cfg.BodyReadTimeout
+	if timeout <= 0 || r.Body == nil || r.Body == http.NoBody || s.openEnded[r.URL.Path] {
+		return r
+	}
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(time.Now().Add(timeout)) != nil {
+		return r
+	}
+	r.Body = &timedBody{ReadCloser: r.Body, rc: rc, timeout: timeout}
+	return r
+}
+
+// timedBody lifts the read deadline when its body ends and turns the
+// deadline's error into one the caller can read. A body that timed out
+// stays failed: whoever drains it after the error must not wait on a
+// caller that sends nothing.
+type timedBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+	err     error
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == nil:
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.err = connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("%w within %s", errBodyTimeout, b.timeout))
+		err = b.err
+	default:
+		b.err = err
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+// bodyTimedOut answers a request whose body did not arrive in time: 408
+// for REST callers, DeadlineExceeded for RPC callers.
+func (s *security) bodyTimedOut(w http.ResponseWriter, r *http.Request, err error) {
+	w.Header().Set("Connection", "close")
+	ce := asConnectError(err)
+	if isRPCRequest(r) {
+		_ = s.errs.rpc.Write(w, r, ce)
+		return
+	}
+	writeRESTStatus(w, http.StatusRequestTimeout, ce.Message())
+}
+
+// stallChunk is the most a timed write hands down at once, so that a large
+// response to a slow but steady reader is progress, not a stall.
+const stallChunk = 32 << 10
+
+// stallWriter ends a call whose response write makes no progress for the
+// timeout, by moving the write deadline into the past: the write under
+// way fails, and with it the call.
+type stallWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	timer   *time.Timer
+	busy    atomic.Bool
+}
+
+// timeWrites wraps w so that its writes are timed, unless writes are not
+// timed or the route times its own (the SSE bridge renews a deadline with
+// its heartbeats).
+func (s *security) timeWrites(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
+	if s.cfg.WriteTimeout <= 0 || ssePaths[r.URL.Path] {
+		return w
+	}
+	return &stallWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: s.cfg.WriteTimeout}
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		w.start()
+		n, err := w.ResponseWriter.Write(p[:min(len(p), stallChunk)])
+		w.stop()
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// Flush sends what is buffered, timed like a write.
+func (w *stallWriter) Flush() {
+	w.start()
+	_ = w.rc.Flush()
+	w.stop()
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *stallWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *stallWriter) start() {
+	w.busy.Store(true)
+	if w.timer == nil {
+		w.timer = time.AfterFunc(w.timeout, w.stalled)
+		return
+	}
+	w.timer.Reset(w.timeout)
+}
+
+func (w *stallWriter) stop() {
+	w.busy.Store(false)
+	w.timer.Stop()
+}
+
+// stalled runs when the timer fires. A timer that fired just as its write
+// finished may find the next write under way and end that one: the caller
+// had then taken the whole timeout to accept a chunk anyway.
+func (w *stallWriter) stalled() {
+	if w.busy.Load() {
+		_ = w.rc.SetWriteDeadline(time.Now().Add(-time.Second))
+	}
+}
