@@ -6,6 +6,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"io"
@@ -173,6 +174,8 @@ func rpcEdgeRequest(t *testing.T, base, protocol string, r *rpcEdge) *http.Reque
 		ct, body = "application/"+strings.TrimPrefix(protocol, "connect-"), payload
 	case "grpc", "grpc-web":
 		ct, body = "application/"+protocol+"+proto", envelope(payload, r.gzip)
+	case "grpc-web-text":
+		ct, body = "application/grpc-web-text", []byte(base64.StdEncoding.EncodeToString(envelope(payload, r.gzip)))
 	}
 	if r.get {
 		method, body = http.MethodGet, nil
@@ -268,8 +271,11 @@ func rpcOutcome(t *testing.T, protocol string, res *http.Response, data []byte) 
 	if res.StatusCode != http.StatusOK || !strings.HasPrefix(ct, "application/"+protocol) {
 		t.Fatalf("not a %s response: %d %q %q", protocol, res.StatusCode, ct, data)
 	}
+	if protocol == "grpc-web-text" {
+		data = decodeTextChunks(t, data)
+	}
 	status := grpcStatusOf(res.Header, res.Trailer)
-	if protocol == "grpc-web" && status.Get("Grpc-Status") == "" {
+	if strings.HasPrefix(protocol, "grpc-web") && status.Get("Grpc-Status") == "" {
 		status = grpcWebTrailer(t, data)
 	}
 	code, err := strconv.Atoi(status.Get("Grpc-Status"))
@@ -316,4 +322,22 @@ func grpcWebTrailer(t *testing.T, data []byte) http.Header {
 	}
 	t.Fatalf("gRPC-Web body has no trailer frame")
 	return nil
+}
+
+// decodeTextChunks decodes a gRPC-Web text body: base64 chunks, each padded,
+// one after another. Every four characters decode on their own.
+func decodeTextChunks(t *testing.T, data []byte) []byte {
+	t.Helper()
+	var out []byte
+	for i := 0; i+4 <= len(data); i += 4 {
+		quad, err := base64.StdEncoding.DecodeString(string(data[i : i+4]))
+		if err != nil {
+			t.Fatalf("text-mode body is not base64: %q", data)
+		}
+		out = append(out, quad...)
+	}
+	if len(data)%4 != 0 {
+		t.Fatalf("text-mode body is not whole base64: %q", data)
+	}
+	return out
 }

@@ -261,7 +261,7 @@ var edgeCases = []edgeCase{
 }
 
 // edgeProtocols are the RPC protocols of the table.
-var edgeProtocols = []string{"connect-json", "connect-proto", "grpc", "grpc-web"}
+var edgeProtocols = []string{"connect-json", "connect-proto", "grpc", "grpc-web", "grpc-web-text"}
 
 func TestEdgeTable(t *testing.T) {
 	t.Parallel()

@@ -159,7 +159,7 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 		// Within a declared length the server stops the body there
 		// (HTTP/1.1) or resets a stream that sends more (HTTP/2).
 		if r.ContentLength < 0 {
-			r.Body = http.MaxBytesReader(w, r.Body, limit)
+			r.Body = overLimitWords{http.MaxBytesReader(w, r.Body, limit), limit}
 		}
 		return r, true
 	}
@@ -339,4 +339,20 @@ func union(base []string, more ...string) []string {
 		}
 	}
 	return out
+}
+
+// overLimitWords words the error of a body read past the limit as the
+// gateway does elsewhere; the RPC handlers quote it.
+type overLimitWords struct {
+	io.ReadCloser
+	limit int64
+}
+
+func (b overLimitWords) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		err = fmt.Errorf("request body exceeds %d bytes", b.limit)
+	}
+	return n, err
 }
