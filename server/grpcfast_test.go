@@ -2,15 +2,11 @@ package server
 
 import (
 	"errors"
-	"io"
-	"net"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"connectrpc.com/connect"
-	"golang.org/x/net/http2"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -155,35 +151,6 @@ func TestMixedConnectionStaysWithNetHTTP(t *testing.T) {
 	}
 	if n := gw.fast.served.Load(); n != 0 {
 		t.Errorf("grpc-go served %d calls of a Connect connection", n)
-	}
-}
-
-// The splitter answers the preface at once with the limits both servers
-// state, and a client that never sends a request is handed to net/http,
-// which applies its own timeouts.
-func TestSplitterSettings(t *testing.T) {
-	t.Parallel()
-	f := newSecFixture(t, func(c *Config) { c.Security.MaxConcurrentStreams = 9 })
-	conn, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(conn, conn)
-	frame, err := fr.ReadFrame()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sf, ok := frame.(*http2.SettingsFrame)
-	if !ok {
-		t.Fatalf("first frame %v", frame)
-	}
-	if v, ok := sf.Value(http2.SettingMaxConcurrentStreams); !ok || v != 9 {
-		t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d (%v)", v, ok)
 	}
 }
 

@@ -413,7 +413,9 @@ func TestAuthDisabledWarnsLoudly(t *testing.T) {
 }
 
 // TestHTTP2StreamCap reads the gateway's HTTP/2 SETTINGS frame: the
-// concurrent stream cap is what the configuration says.
+// concurrent stream cap is what the configuration says. The first SETTINGS
+// a cleartext caller sees are the connection splitter's, which must carry
+// the cap before either server takes over.
 func TestHTTP2StreamCap(t *testing.T) {
 	t.Parallel()
 	f := newSecFixture(t, func(c *Config) { c.Security.MaxConcurrentStreams = 17 })
