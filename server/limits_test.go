@@ -269,7 +269,14 @@ func TestStalledReadersReleaseMemory(t *testing.T) {
 	// Read nothing. Building the responses takes a while under the race
 	// detector; once they are written as far as the callers let them, the
 	// write timeout must free them.
-	peak, after := uint64(0), heapInUse()
+	// First wait for the responses to be built and pinned, so that a slow
+	// machine is not taken for a released heap.
+	peak := heapInUse()
+	for deadline := time.Now().Add(15 * time.Second); peak <= before+size && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		peak = max(peak, heapInUse())
+	}
+	after := heapInUse()
 	for deadline := time.Now().Add(15 * time.Second); after > before+size && time.Now().Before(deadline); after = heapInUse() {
 		peak = max(peak, after)
 		time.Sleep(250 * time.Millisecond)
