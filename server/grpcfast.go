@@ -154,6 +154,7 @@ type fastConn struct {
 	// or reads nothing for that long is not using the others either.
 	readTimeout, writeTimeout time.Duration
 	cut                       func()
+	timer                     *time.Timer
 	// watch follows the delivery of a large message already queued.
 	watch func(size int64, timeout time.Duration)
 }
@@ -220,9 +221,15 @@ func (c *fastConn) timed(d time.Duration, op func() error) error {
 	if d <= 0 || c.cut == nil {
 		return op()
 	}
-	t := time.AfterFunc(d, c.cut)
+	// One timer a call, armed for each wait: a call's reads and writes come
+	// one after another.
+	if c.timer == nil {
+		c.timer = time.AfterFunc(d, c.cut)
+	} else {
+		c.timer.Reset(d)
+	}
 	err := op()
-	t.Stop()
+	c.timer.Stop()
 	return err
 }
 
