@@ -1,10 +1,14 @@
 package server
 
 import (
+	"bufio"
 	"errors"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -170,5 +174,30 @@ func TestGRPCGoPathErrors(t *testing.T) {
 	var ce *connect.Error
 	if errors.As(err, &ce) {
 		t.Errorf("unexpected connect error %v", ce)
+	}
+}
+
+// A request shorter than the HTTP/2 preface is answered at once, not after
+// the splitter gives up waiting for the rest of a preface.
+func TestShortHTTP1RequestNotDelayed(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	_, url := startGateway(t, b.cfg)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	start := time.Now()
+	if _, err := io.WriteString(conn, "GET /livez HTTP/1.0\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.0 ") {
+		t.Fatalf("status line %q (%v) after %v", line, err, time.Since(start))
+	}
+	if elapsed := time.Since(start); elapsed > time.Second {
+		t.Errorf("answered after %v", elapsed)
 	}
 }

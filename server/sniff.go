@@ -112,11 +112,16 @@ func (s *connSplitter) route(conn net.Conn) {
 // acknowledgement of the splitter's SETTINGS is still to come.
 func sniff(conn net.Conn, settings []byte) (prefix []byte, grpc, dropAck bool, err error) {
 	var buf bytes.Buffer
+	// Read only as far as the bytes agree with the preface: an HTTP/1.x
+	// request (shorter than the preface, even) is handed over at once.
 	head := make([]byte, len(h2Preface))
-	n, err := io.ReadFull(conn, head)
-	buf.Write(head[:n])
-	if err != nil || string(head) != h2Preface {
-		return buf.Bytes(), false, false, err
+	for got := 0; got < len(head); {
+		n, err := conn.Read(head[got:])
+		buf.Write(head[got : got+n])
+		got += n
+		if string(head[:got]) != h2Preface[:got] || err != nil {
+			return buf.Bytes(), false, false, err
+		}
 	}
 	if _, err := conn.Write(settings); err != nil {
 		return buf.Bytes(), false, false, err
