@@ -273,8 +273,11 @@ func (c *fastConn) fail(err error) error {
 
 // fastError gives stream errors the Connect form the forwarders expect.
 func fastError(err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return connect.NewError(connect.CodeOf(err), err)
+	switch {
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	}
 	if st, ok := status.FromError(err); ok {
 		return connect.NewError(connect.Code(st.Code()), errors.New(st.Message()))
@@ -345,10 +348,18 @@ func (f *grpcFast) addReflection(names []string, chain []connect.Interceptor) {
 				return connect.NewError(connect.CodeInternal, errors.New("reflection: unexpected connection"))
 			}
 			stream := fc.stream
+			var err error
 			if alpha {
-				return v1alpha.ServerReflectionInfo(&grpc.GenericServerStream[reflectionv1alpha.ServerReflectionRequest, reflectionv1alpha.ServerReflectionResponse]{ServerStream: stream})
+				err = v1alpha.ServerReflectionInfo(&grpc.GenericServerStream[reflectionv1alpha.ServerReflectionRequest, reflectionv1alpha.ServerReflectionResponse]{ServerStream: stream})
+			} else {
+				err = v1.ServerReflectionInfo(&grpc.GenericServerStream[reflectionv1.ServerReflectionRequest, reflectionv1.ServerReflectionResponse]{ServerStream: stream})
 			}
-			return v1.ServerReflectionInfo(&grpc.GenericServerStream[reflectionv1.ServerReflectionRequest, reflectionv1.ServerReflectionResponse]{ServerStream: stream})
+			if err != nil {
+				// A caller ending its stream is canceled, not unknown, in the
+				// access log as on the other path.
+				return fastError(err)
+			}
+			return nil
 		})
 	}
 }
