@@ -157,6 +157,8 @@ type fastConn struct {
 	timer                     *time.Timer
 	// watch follows the delivery of a large message already queued.
 	watch func(size int64, timeout time.Duration)
+	// received and sent count message bytes, for the metrics.
+	received, sent int
 }
 
 func newFastConn(stream grpc.ServerStream, spec connect.Spec) *fastConn {
@@ -196,6 +198,9 @@ func (c *fastConn) Receive(msg any) error {
 	if err := c.timed(c.readTimeout, func() error { return c.stream.RecvMsg(msg) }); err != nil {
 		return fastError(err)
 	}
+	if f, ok := msg.(*frame); ok {
+		c.received += len(f.data)
+	}
 	return nil
 }
 
@@ -204,8 +209,11 @@ func (c *fastConn) Send(msg any) error {
 	if err := c.timed(c.writeTimeout, func() error { return c.stream.SendMsg(msg) }); err != nil {
 		return fastError(err)
 	}
-	if f, ok := msg.(*frame); ok && len(f.data) > sendQuota && c.writeTimeout > 0 && c.watch != nil {
-		c.watch(int64(len(f.data)), c.writeTimeout)
+	if f, ok := msg.(*frame); ok {
+		c.sent += len(f.data)
+		if len(f.data) > sendQuota && c.writeTimeout > 0 && c.watch != nil {
+			c.watch(int64(len(f.data)), c.writeTimeout)
+		}
 	}
 	return nil
 }
