@@ -226,3 +226,16 @@ func TestMetricsSSEStreamsOpen(t *testing.T) {
 		t.Errorf("agent streams canceled = %v, want 1", v)
 	}
 }
+
+// TestNoMetricsRoute: with metrics off, /metrics is an unknown route.
+func TestNoMetricsRoute(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	cfg := b.cfg
+	cfg.NoMetrics = true
+	_, url := startGateway(t, cfg)
+	res, body := restCall(t, http.MethodGet, url+"/metrics", "", nil)
+	if e, _ := body["error"].(map[string]any); res.StatusCode != http.StatusNotFound || e["code"] != "NOT_FOUND" {
+		t.Errorf("/metrics with metrics off: %d %v", res.StatusCode, body)
+	}
+}

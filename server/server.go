@@ -1,9 +1,10 @@
 // Package server assembles the Flowgate gateway: one HTTP handler that
 // serves REST, Connect, gRPC and gRPC-Web for the three workflow services
 // by transcoding every caller's protocol onto forwarding Connect handlers,
-// plus health, server reflection, API docs and the Server-Sent-Events
-// routes. [New] builds a [Gateway] from a [Config]; [Gateway.Serve] runs it
-// on a listener until its context ends, then drains.
+// plus health probes, Prometheus metrics, server reflection, API docs and
+// the Server-Sent-Events routes. [New] builds a [Gateway] from a
+// [Config]; [Gateway.Serve] runs it on a listener until its context ends,
+// then drains.
 package server
 
 import (
