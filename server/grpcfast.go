@@ -99,6 +99,23 @@ func (f *grpcFast) add(procedure string, method protoreflect.MethodDescriptor, c
 	}
 }
 
+// asFastConn finds the grpc-go stream under the wrappers interceptors put
+// around a connection (the metrics' measuredConn).
+func asFastConn(conn connect.StreamingHandlerConn) (*fastConn, bool) {
+	for {
+		switch c := conn.(type) {
+		case *fastConn:
+			return c, true
+		case interface {
+			Unwrap() connect.StreamingHandlerConn
+		}:
+			conn = c.Unwrap()
+		default:
+			return nil, false
+		}
+	}
+}
+
 // idempotencyField is the idempotency_level field of a method's options.
 func idempotencyField(method protoreflect.MethodDescriptor) protoreflect.FieldDescriptor {
 	return method.Options().ProtoReflect().Descriptor().Fields().ByName("idempotency_level")
@@ -348,7 +365,7 @@ func (f *grpcFast) addReflection(names []string, chain []connect.Interceptor) {
 		procedure := "/" + string(svc.FullName()) + "/" + string(method.Name())
 		alpha := strings.Contains(procedure, "v1alpha")
 		f.add(procedure, method, chain, func(_ context.Context, conn connect.StreamingHandlerConn) error {
-			fc, ok := conn.(*fastConn)
+			fc, ok := asFastConn(conn)
 			if !ok {
 				return connect.NewError(connect.CodeInternal, errors.New("reflection: unexpected connection"))
 			}

@@ -259,6 +259,10 @@ type measuredConn struct {
 	series *callSeries
 }
 
+// Unwrap gives handlers that need the underlying connection (reflection on
+// the grpc-go path) a way to it.
+func (c *measuredConn) Unwrap() connect.StreamingHandlerConn { return c.StreamingHandlerConn }
+
 func (c *measuredConn) Receive(msg any) error {
 	err := c.StreamingHandlerConn.Receive(msg)
 	if err == nil {
