@@ -1,9 +1,7 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -68,19 +66,7 @@ func TestReadyzWhileDraining(t *testing.T) {
 	cfg.Agent, cfg.Runtime, cfg.Engine = startBackends(t, backends.Config{})
 	cfg.DrainDelay = 3 * time.Second
 	cfg.Security.BackendKey = testBackendKey
-	gw, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx, ln) }()
-	url := "http://" + ln.Addr().String()
+	_, url, cancel, done := serveLogged(t, cfg, 5*time.Second)
 	if status, body := getProbe(t, url+"/readyz"); status != http.StatusOK {
 		t.Fatalf("/readyz before shutdown: %d %+v", status, body)
 	}
