@@ -239,3 +239,23 @@ func TestNoMetricsRoute(t *testing.T) {
 		t.Errorf("/metrics with metrics off: %d %v", res.StatusCode, body)
 	}
 }
+
+// TestMetricsSSEAuthFailures: SSE credentials refused at the HTTP level
+// (a long-lived query token, a cookie from a foreign page) count as auth
+// failures too, although no interceptor sees them.
+func TestMetricsSSEAuthFailures(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, nil)
+	long := hsToken(t, nil)
+	stream := f.url + "/api/v1/chat/stream?session_id=metrics&user_message=hi"
+	if status, body := secSSEGet(t, stream+"&access_token="+long, nil); status != http.StatusUnauthorized {
+		t.Fatalf("long-lived query token: %d %.200s", status, body)
+	}
+	h := http.Header{"Cookie": {defaultSSECookie + "=" + long}, "Origin": {"https://evil.test"}, "Sec-Fetch-Site": {"cross-site"}}
+	if status, body := secSSEGet(t, stream, h); status != http.StatusUnauthorized {
+		t.Fatalf("foreign cookie: %d %.200s", status, body)
+	}
+	if v := value(scrape(t, f.url), "flowgate_auth_failures_total", map[string]string{"reason": "unauthenticated"}); v != 2 {
+		t.Errorf("auth failures = %v, want 2", v)
+	}
+}

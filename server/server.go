@@ -172,6 +172,7 @@ func New(cfg Config) (*Gateway, error) {
 func (g *Gateway) buildHandler() (http.Handler, error) {
 	access := interceptors.NewAccessLog(g.logger)
 	g.metrics = newMetrics(knownProcedures())
+	g.security.authFailed = g.metrics.authFails.WithLabelValues(codeLabel(connect.CodeUnauthenticated)).Inc
 	chain := append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor(), g.metrics.interceptor()},
 		g.metrics.watchRefusals(g.security.interceptors())...)
 	g.chain = chain
