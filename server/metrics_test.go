@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -257,5 +258,22 @@ func TestMetricsSSEAuthFailures(t *testing.T) {
 	}
 	if v := value(scrape(t, f.url), "flowgate_auth_failures_total", map[string]string{"reason": "unauthenticated"}); v != 2 {
 		t.Errorf("auth failures = %v, want 2", v)
+	}
+}
+
+// BenchmarkMetricsInterceptor is what the metrics add to a unary call.
+func BenchmarkMetricsInterceptor(b *testing.B) {
+	m := newMetrics(knownProcedures())
+	res := connect.NewResponse(&frame{data: make([]byte, 32)})
+	handler := m.interceptor().WrapUnary(func(context.Context, connect.AnyRequest) (connect.AnyResponse, error) {
+		return res, nil
+	})
+	req := connect.NewRequest(&frame{data: make([]byte, 16)})
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := handler(ctx, req); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
