@@ -135,13 +135,9 @@ func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Pe
 	if !a.logger.Enabled(ctx, level) {
 		return
 	}
-	protocol := peer.Protocol
-	if rec != nil && rec.protocol != "" {
-		protocol = rec.protocol
-	}
 	attrs := []slog.Attr{
 		slog.String("procedure", procedure),
-		slog.String("protocol", protocol),
+		slog.String("protocol", callerProtocol(rec, peer)),
 		slog.String("code", code),
 		slog.Duration("duration", time.Since(start)),
 		slog.String("request_id", header.Get("X-Request-Id")),
@@ -154,6 +150,21 @@ func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Pe
 		}
 	}
 	a.logger.LogAttrs(ctx, level, "rpc", attrs...)
+}
+
+// CallerProtocol is the protocol the caller spoke (rest, sse, connect,
+// grpc, grpcweb): what [AccessLog.Middleware] saw at the HTTP level when
+// the call came through it, else the protocol of the RPC itself.
+func CallerProtocol(ctx context.Context, peer connect.Peer) string {
+	rec, _ := ctx.Value(accessKey{}).(*accessRecord)
+	return callerProtocol(rec, peer)
+}
+
+func callerProtocol(rec *accessRecord, peer connect.Peer) string {
+	if rec != nil && rec.protocol != "" {
+		return rec.protocol
+	}
+	return peer.Protocol
 }
 
 // serverFault reports whether a code means the gateway or a backend failed,

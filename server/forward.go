@@ -18,6 +18,7 @@ type forwarder struct {
 	upstream   string // the upstream's name, for error messages and logs
 	call       upstreamCaller
 	guard      *upstreamGuard
+	stats      *upstreamStats
 	headers    headerPolicy
 	maxTimeout time.Duration
 	logger     *slog.Logger
@@ -47,12 +48,18 @@ func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) 
 	ctx, cancel := f.deadline(ctx, true)
 	defer cancel()
 	if err := f.guard.admit(); err != nil {
+		f.stats.refused.Inc()
 		return nil, err
 	}
+	start := time.Now()
 	reply, err := f.call.unary(ctx, out)
 	f.guard.done(ctx, err)
 	if err != nil {
-		return nil, f.upstreamError(ctx, err)
+		err = f.upstreamError(ctx, err)
+	}
+	f.stats.unary(err, time.Since(start))
+	if err != nil {
+		return nil, err
 	}
 	if f.hooks.response != nil {
 		if err := f.hooks.response(reply); err != nil {
@@ -137,8 +144,16 @@ func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stre
 	defer endStream(nil)
 	defer context.AfterFunc(f.shutdown, func() { endStream(errShuttingDown) })()
 	if err := f.guard.check(); err != nil {
+		f.stats.refused.Inc()
 		return err
 	}
+	err := f.relayOpen(ctx, out, stream)
+	f.stats.call(err)
+	return err
+}
+
+// relayOpen relays the stream once the guard let it through.
+func (f *forwarder) relayOpen(ctx context.Context, out *connect.Request[frame], stream streamSink) error {
 	upstream, err := f.call.serverStream(ctx, out)
 	f.guard.record(ctx, err)
 	if err != nil {

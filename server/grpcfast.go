@@ -99,6 +99,23 @@ func (f *grpcFast) add(procedure string, method protoreflect.MethodDescriptor, c
 	}
 }
 
+// asFastConn finds the grpc-go stream under the wrappers interceptors put
+// around a connection (the metrics' measuredConn).
+func asFastConn(conn connect.StreamingHandlerConn) (*fastConn, bool) {
+	for {
+		switch c := conn.(type) {
+		case *fastConn:
+			return c, true
+		case interface {
+			Unwrap() connect.StreamingHandlerConn
+		}:
+			conn = c.Unwrap()
+		default:
+			return nil, false
+		}
+	}
+}
+
 // idempotencyField is the idempotency_level field of a method's options.
 func idempotencyField(method protoreflect.MethodDescriptor) protoreflect.FieldDescriptor {
 	return method.Options().ProtoReflect().Descriptor().Fields().ByName("idempotency_level")
@@ -157,6 +174,8 @@ type fastConn struct {
 	timer                     *time.Timer
 	// watch follows the delivery of a large message already queued.
 	watch func(size int64, timeout time.Duration)
+	// received and sent count message bytes, for the metrics.
+	received, sent int
 }
 
 func newFastConn(stream grpc.ServerStream, spec connect.Spec) *fastConn {
@@ -196,6 +215,9 @@ func (c *fastConn) Receive(msg any) error {
 	if err := c.timed(c.readTimeout, func() error { return c.stream.RecvMsg(msg) }); err != nil {
 		return fastError(err)
 	}
+	if f, ok := msg.(*frame); ok {
+		c.received += len(f.data)
+	}
 	return nil
 }
 
@@ -204,8 +226,11 @@ func (c *fastConn) Send(msg any) error {
 	if err := c.timed(c.writeTimeout, func() error { return c.stream.SendMsg(msg) }); err != nil {
 		return fastError(err)
 	}
-	if f, ok := msg.(*frame); ok && len(f.data) > sendQuota && c.writeTimeout > 0 && c.watch != nil {
-		c.watch(int64(len(f.data)), c.writeTimeout)
+	if f, ok := msg.(*frame); ok {
+		c.sent += len(f.data)
+		if len(f.data) > sendQuota && c.writeTimeout > 0 && c.watch != nil {
+			c.watch(int64(len(f.data)), c.writeTimeout)
+		}
 	}
 	return nil
 }
@@ -343,7 +368,7 @@ func (f *grpcFast) addReflection(names []string, chain []connect.Interceptor) {
 		procedure := "/" + string(svc.FullName()) + "/" + string(method.Name())
 		alpha := strings.Contains(procedure, "v1alpha")
 		f.add(procedure, method, chain, func(_ context.Context, conn connect.StreamingHandlerConn) error {
-			fc, ok := conn.(*fastConn)
+			fc, ok := asFastConn(conn)
 			if !ok {
 				return connect.NewError(connect.CodeInternal, errors.New("reflection: unexpected connection"))
 			}

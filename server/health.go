@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -18,6 +19,9 @@ import (
 type healthChecker struct {
 	clients map[string]*grpchealth.Client // by service name
 	order   []string
+
+	// draining is set once shutdown begins.
+	draining atomic.Bool
 
 	mu      sync.Mutex
 	checked time.Time
@@ -62,19 +66,18 @@ func (h *healthChecker) statuses(ctx context.Context) map[string]grpchealth.Stat
 	return result
 }
 
-// Check implements grpchealth.Checker: the empty service is the gateway as a
-// whole, serving when every upstream is.
+// Check implements grpchealth.Checker. The empty service is the gateway
+// itself: serving until it drains, whatever its upstreams do, so that one
+// backend down does not take every gateway out of a load balancer. Each
+// service is as healthy as its upstream.
 func (h *healthChecker) Check(ctx context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
-	statuses := h.statuses(ctx)
 	if req.Service == "" {
-		for _, status := range statuses {
-			if status != grpchealth.StatusServing {
-				return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
-			}
+		if h.draining.Load() {
+			return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
 		}
 		return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil
 	}
-	status, ok := statuses[req.Service]
+	status, ok := h.statuses(ctx)[req.Service]
 	if !ok {
 		return nil, connect.NewError(connect.CodeNotFound, errorText("unknown service "+req.Service))
 	}

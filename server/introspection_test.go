@@ -108,7 +108,13 @@ func TestHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Status != grpchealth.StatusNotServing {
+	// The gateway itself serves although its upstreams do not: one backend
+	// down must not take every gateway out of a load balancer.
+	if res.Status != grpchealth.StatusServing {
 		t.Errorf("overall status = %v with unhealthy upstreams", res.Status)
+	}
+	res, err = grpchealth.NewClient(h2cClient(t), url, connect.WithGRPC()).Check(t.Context(), &grpchealth.CheckRequest{Service: "workflow.engine.v1.WorkflowEngineService"})
+	if err != nil || res.Status != grpchealth.StatusNotServing {
+		t.Errorf("engine status = %v, %v with an unhealthy engine", res, err)
 	}
 }

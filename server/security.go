@@ -189,6 +189,9 @@ type security struct {
 	cors         *cors.Cors
 	corsWildcard bool
 	errs         errorWriter
+	// authFailed counts credentials refused at the HTTP level, which the
+	// interceptors that count the others never see; nil counts nothing.
+	authFailed   func()
 	needClientIP bool
 	// openEnded are the procedures whose request bodies are not timed.
 	openEnded map[string]bool

@@ -232,7 +232,7 @@ func (s *security) wrapSSE(next http.Handler) http.Handler {
 		}
 		if fromQuery {
 			if err := s.checkQueryToken(token); err != nil {
-				s.errs.write(w, r, err)
+				s.refuseCredentials(w, r, err)
 				return
 			}
 		} else {
@@ -242,7 +242,7 @@ func (s *security) wrapSSE(next http.Handler) http.Handler {
 				return
 			}
 			if !s.cookieAllowed(r) {
-				s.errs.write(w, r, connect.NewError(connect.CodeUnauthenticated, errors.New(
+				s.refuseCredentials(w, r, connect.NewError(connect.CodeUnauthenticated, errors.New(
 					"cookie credentials are accepted only from the gateway's own pages or an allowed origin; send a token instead")))
 				return
 			}
@@ -252,6 +252,13 @@ func (s *security) wrapSSE(next http.Handler) http.Handler {
 		r.Header.Set("Authorization", "Bearer "+token)
 		next.ServeHTTP(w, r)
 	})
+}
+
+func (s *security) refuseCredentials(w http.ResponseWriter, r *http.Request, err error) {
+	if s.authFailed != nil {
+		s.authFailed()
+	}
+	s.errs.write(w, r, err)
 }
 
 // cookieAllowed reports whether a browser sent the request from a page

@@ -1,9 +1,10 @@
 // Package server assembles the Flowgate gateway: one HTTP handler that
 // serves REST, Connect, gRPC and gRPC-Web for the three workflow services
 // by transcoding every caller's protocol onto forwarding Connect handlers,
-// plus health, server reflection, API docs and the Server-Sent-Events
-// routes. [New] builds a [Gateway] from a [Config]; [Gateway.Serve] runs it
-// on a listener until its context ends, then drains.
+// plus health probes, Prometheus metrics, server reflection, API docs and
+// the Server-Sent-Events routes. [New] builds a [Gateway] from a
+// [Config]; [Gateway.Serve] runs it on a listener until its context ends,
+// then drains.
 package server
 
 import (
@@ -70,6 +71,12 @@ type Config struct {
 	NetHTTPGRPC bool
 	// ShutdownTimeout bounds draining in-flight calls (default 15s).
 	ShutdownTimeout time.Duration
+	// DrainDelay keeps the gateway serving this long after shutdown began,
+	// with /readyz answering 503, so that load balancers stop sending it
+	// calls before it stops accepting them. Zero stops accepting at once.
+	DrainDelay time.Duration
+	// NoMetrics leaves /metrics out of the routes.
+	NoMetrics bool
 	// Version is reported by the health endpoints.
 	Version string
 	// Logger receives the access log and operational messages; nil
@@ -89,6 +96,8 @@ type Gateway struct {
 	chain []connect.Interceptor
 	// fast serves gRPC callers' connections with grpc-go; nil when off.
 	fast        *grpcFast
+	metrics     *metrics
+	health      *healthChecker
 	security    *security
 	bridges     []*sse.Bridge
 	tlsConfig   *tls.Config
@@ -162,7 +171,10 @@ func New(cfg Config) (*Gateway, error) {
 // buildHandler assembles the routes and the middleware around them.
 func (g *Gateway) buildHandler() (http.Handler, error) {
 	access := interceptors.NewAccessLog(g.logger)
-	chain := append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor()}, g.security.interceptors()...)
+	g.metrics = newMetrics(knownProcedures())
+	g.security.authFailed = g.metrics.authFails.WithLabelValues(codeLabel(connect.CodeUnauthenticated)).Inc
+	chain := append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor(), g.metrics.interceptor()},
+		g.metrics.watchRefusals(g.security.interceptors())...)
 	g.chain = chain
 	if !g.cfg.NetHTTPGRPC {
 		g.fast = newGRPCFast(g.security, g.security.maxMessageBytes())
@@ -170,6 +182,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	handlerOpts := append([]connect.HandlerOption{connect.WithInterceptors(chain...)}, g.security.handlerOptions()...)
 	upstreams := []Upstream{g.cfg.Agent, g.cfg.Runtime, g.cfg.Engine}
 	health := newHealthChecker()
+	g.health = health
 	hooks := webhookHooks()
 	var vgServices []*vanguard.Service
 	// streams are the server-streaming forwarders, for in-process callers
@@ -195,6 +208,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 			us.grpcUp = &grpcUpstream{conn: conn}
 		}
 		us.guard = g.newGuard(svc.name, string(svc.desc.FullName()), us, base, upstreams[i])
+		us.stats = g.metrics.watchUpstream(svc.name, us.guard)
 		vs, err := g.buildService(us, upstreams[i], hooks, handlerOpts, streams)
 		if err != nil {
 			return nil, err
@@ -224,6 +238,11 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	mux.Handle("/", rpc)
 	mux.Handle("/health", health.serveHTTP(g.cfg.Version))
 	mux.Handle("/api/v1/health", health.serveHTTP(g.cfg.Version))
+	mux.Handle("/livez", serveLive())
+	mux.Handle("/readyz", health.serveReady())
+	if !g.cfg.NoMetrics {
+		mux.Handle("/metrics", g.metrics.handler())
+	}
 	mux.Handle(grpchealth.NewHandler(health, handlerOpts...))
 	reflector := grpcreflect.NewStaticReflector(reflectedServices()...)
 	if g.fast != nil {
@@ -259,6 +278,21 @@ func (g *Gateway) newGuard(name, service string, us upstreamService, base *url.U
 	}
 	go guard.run(g.streams)
 	return guard
+}
+
+// knownProcedures are the procedures the gateway serves, the only values
+// of the metrics' procedure label.
+func knownProcedures() []string {
+	procedures := []string{healthCheckProcedure, healthWatchProcedure,
+		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+		"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}
+	for _, svc := range services() {
+		methods := svc.desc.Methods()
+		for i := range methods.Len() {
+			procedures = append(procedures, "/"+string(svc.desc.FullName())+"/"+string(methods.Get(i).Name()))
+		}
+	}
+	return procedures
 }
 
 // reflectedServices are the services server reflection lists.
@@ -359,6 +393,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
+	g.beginDrain()
 	if fastDone != nil {
 		_ = ln.Close()
 	}

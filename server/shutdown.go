@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/flowgate/flowgate/sse"
 )
@@ -63,6 +64,16 @@ func (t *drainTracker) open() (conns, calls int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.conns), int(t.calls.Load())
+}
+
+// beginDrain turns /readyz to 503 and keeps serving for the drain delay,
+// the time load balancers take to notice and send calls elsewhere.
+func (g *Gateway) beginDrain() {
+	g.health.draining.Store(true)
+	if g.cfg.DrainDelay > 0 {
+		g.logger.Info("draining: not ready, still serving", slog.Duration("delay", g.cfg.DrainDelay))
+		time.Sleep(g.cfg.DrainDelay)
+	}
 }
 
 // shutdown stops srv: it stops accepting, ends open streams (their callers

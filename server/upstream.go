@@ -117,6 +117,7 @@ type upstreamService struct {
 	grpcUp *grpcUpstream
 	// guard fails calls fast while the upstream is full or ejected.
 	guard *upstreamGuard
+	stats *upstreamStats
 }
 
 // buildService returns the transcoder's view of the forwarding Connect
@@ -144,6 +145,7 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 			upstream:   svc.name,
 			call:       call,
 			guard:      svc.guard,
+			stats:      svc.stats,
 			headers:    g.headers,
 			maxTimeout: g.cfg.MaxTimeout,
 			logger:     g.logger,

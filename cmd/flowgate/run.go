@@ -32,6 +32,8 @@ type options struct {
 	maxInFlight     int
 	netHTTPGRPC     bool
 	shutdownTimeout time.Duration
+	drainDelay      time.Duration
+	metrics         bool
 	forwardHeaders  []string
 	sseHeartbeat    time.Duration
 	sseRetry        time.Duration
@@ -72,6 +74,8 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.Bool(&o.netHTTPGRPC, "grpc-net-http", "FLOWGATE_GRPC_NET_HTTP", false, "serve gRPC callers with net/http like every other caller, instead of with grpc-go on connections whose first request is gRPC")
 	set.Int(&o.maxInFlight, "upstream-max-in-flight", "FLOWGATE_UPSTREAM_MAX_IN_FLIGHT", 1024, "unary calls in flight to one upstream beyond which calls fail at once")
 	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM; what outlives it is cut, and the process still exits 0")
+	set.Duration(&o.drainDelay, "drain-delay", "FLOWGATE_DRAIN_DELAY", 0, "time to keep serving after SIGINT/SIGTERM with /readyz answering 503, so that load balancers stop sending calls first (e.g. 5s on Kubernetes)")
+	set.Bool(&o.metrics, "metrics", "FLOWGATE_METRICS", true, "serve Prometheus metrics on /metrics of the main port")
 	set.List(&o.forwardHeaders, "forward-headers", "FLOWGATE_FORWARD_HEADERS", nil, "extra request headers forwarded to upstreams")
 	set.Duration(&o.sseHeartbeat, "sse-heartbeat", "FLOWGATE_SSE_HEARTBEAT", 15*time.Second, "interval of comment heartbeats on SSE streams")
 	set.Duration(&o.sseRetry, "sse-retry", "FLOWGATE_SSE_RETRY", 3*time.Second, "reconnection delay advised to EventSource clients (0: none, except 3s with a retryable error)")
@@ -179,6 +183,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		TLSCertFile:     o.tlsCert,
 		TLSKeyFile:      o.tlsKey,
 		ShutdownTimeout: o.shutdownTimeout,
+		DrainDelay:      o.drainDelay,
+		NoMetrics:       !o.metrics,
 		Version:         version,
 		Logger:          logger,
 	})

@@ -146,3 +146,17 @@ func TestServesEmbeddedAndDrainsOnShutdown(t *testing.T) {
 		t.Fatal("run did not return after shutdown")
 	}
 }
+
+func TestOperationsFlags(t *testing.T) {
+	t.Parallel()
+	o, err := parse([]string{"-metrics=false"}, env(map[string]string{"FLOWGATE_DRAIN_DELAY": "5s"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.metrics || o.drainDelay != 5*time.Second {
+		t.Errorf("metrics %v, drain delay %v; want false, 5s", o.metrics, o.drainDelay)
+	}
+	if o, err = parse(nil, env(nil), io.Discard); err != nil || !o.metrics || o.drainDelay != 0 {
+		t.Errorf("defaults: metrics %v, drain delay %v, %v; want true, 0", o.metrics, o.drainDelay, err)
+	}
+}

@@ -1,0 +1,161 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowgate/flowgate/interceptors"
+)
+
+// upstreamVecs are the per-upstream metrics the forwarders update; the
+// in-flight count and ejections are read from the upstreams' guards when
+// scraped, so calls pay nothing for them.
+type upstreamVecs struct {
+	calls    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	refused  *prometheus.CounterVec
+}
+
+func newUpstreamVecs() upstreamVecs {
+	return upstreamVecs{
+		calls:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_calls_total", Help: "Calls sent to an upstream (unary calls and streams), by the code the caller got."}, []string{"upstream", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "flowgate_upstream_call_duration_seconds", Help: "Time an upstream took to answer a unary call.", Buckets: latencies}, []string{"upstream"}),
+		refused:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_refused_total", Help: "Calls failed fast without being sent: the upstream was ejected or had too many calls in flight."}, []string{"upstream"}),
+	}
+}
+
+// upstreamLabel is the upstream label of a service: "agent" for
+// "workflow agent".
+func upstreamLabel(name string) string { return strings.TrimPrefix(name, "workflow ") }
+
+// upstreamStats are one upstream's series, shared by its forwarders.
+type upstreamStats struct {
+	vecs     *upstreamVecs
+	name     string
+	duration prometheus.Observer
+	refused  prometheus.Counter
+	codes    [numCodes]atomic.Pointer[prometheus.Counter]
+}
+
+// watchUpstream registers the series of one upstream and of its guard.
+func (m *metrics) watchUpstream(name string, guard *upstreamGuard) *upstreamStats {
+	label := upstreamLabel(name)
+	labels := prometheus.Labels{"upstream": label}
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowgate_upstream_in_flight", Help: "Unary calls in flight to an upstream.", ConstLabels: labels},
+			func() float64 { return float64(guard.inFlight.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flowgate_upstream_ejections_total", Help: "Times an upstream was ejected for not answering.", ConstLabels: labels},
+			func() float64 { return float64(guard.ejections.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowgate_upstream_ejected", Help: "1 while an upstream is ejected and its calls fail fast.", ConstLabels: labels},
+			func() float64 { return boolValue(guard.ejected.Load()) }),
+	)
+	return &upstreamStats{
+		vecs:     &m.upstream,
+		name:     label,
+		duration: m.upstream.duration.WithLabelValues(label),
+		refused:  m.upstream.refused.WithLabelValues(label),
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// call counts a call that was sent, ended with err as the caller gets it.
+func (s *upstreamStats) call(err error) {
+	i := codeIndex(err)
+	c := s.codes[i].Load()
+	if c == nil {
+		counter := s.vecs.calls.WithLabelValues(s.name, codeLabel(connect.Code(i))) //nolint:gosec // below numCodes
+		c = &counter
+		s.codes[i].Store(c)
+	}
+	(*c).Inc()
+}
+
+// unary counts a unary call and observes how long the upstream took.
+func (s *upstreamStats) unary(err error, elapsed time.Duration) {
+	s.call(err)
+	s.duration.Observe(elapsed.Seconds())
+}
+
+// watchRefusals wraps the security interceptors so that the calls each
+// refuses are counted by why. An interceptor refused a call when it
+// returned an error without passing the call on; errors from further in
+// pass through it marked, so that they are not counted.
+func (m *metrics) watchRefusals(chain []connect.Interceptor) []connect.Interceptor {
+	out := make([]connect.Interceptor, len(chain))
+	for i, in := range chain {
+		out[i] = refusalCounter{inner: in, m: m}
+	}
+	return out
+}
+
+type refusalCounter struct {
+	inner connect.Interceptor
+	m     *metrics
+}
+
+// passedOn marks an error that did not come from the wrapped interceptor.
+type passedOn struct{ err error }
+
+func (p *passedOn) Error() string { return p.err.Error() }
+
+func (r refusalCounter) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	wrapped := r.inner.WrapUnary(func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		res, err := next(ctx, req)
+		if err != nil {
+			return res, &passedOn{err}
+		}
+		return res, nil
+	})
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		res, err := wrapped(ctx, req)
+		return res, r.outcome(err)
+	}
+}
+
+func (r refusalCounter) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return r.inner.WrapStreamingClient(next)
+}
+
+func (r refusalCounter) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	wrapped := r.inner.WrapStreamingHandler(func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if err := next(ctx, conn); err != nil {
+			return &passedOn{err}
+		}
+		return nil
+	})
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		return r.outcome(wrapped(ctx, conn))
+	}
+}
+
+// outcome unmarks an error passed on, and counts one the interceptor made.
+func (r refusalCounter) outcome(err error) error {
+	if err == nil {
+		return nil
+	}
+	if p, ok := err.(*passedOn); ok { //nolint:errorlint // the mark is never wrapped
+		return p.err
+	}
+	switch code := connect.CodeOf(err); {
+	case code == connect.CodeUnauthenticated || code == connect.CodePermissionDenied:
+		r.m.authFails.WithLabelValues(codeLabel(code)).Inc()
+	case code == connect.CodeResourceExhausted:
+		reason := "rate_limit"
+		if _, ok := r.inner.(*interceptors.StreamLimit); ok {
+			reason = "stream_limit"
+		}
+		r.m.refusals.WithLabelValues(reason).Inc()
+	}
+	return err
+}
