@@ -135,13 +135,9 @@ func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Pe
 	if !a.logger.Enabled(ctx, level) {
 		return
 	}
-	protocol := peer.Protocol
-	if rec != nil && rec.protocol != "" {
-		protocol = rec.protocol
-	}
 	attrs := []slog.Attr{
 		slog.String("procedure", procedure),
-		slog.String("protocol", protocol),
+		slog.String("protocol", callerProtocol(ctx, peer)),
 		slog.String("code", code),
 		slog.Duration("duration", time.Since(start)),
 		slog.String("request_id", header.Get("X-Request-Id")),
@@ -154,6 +150,16 @@ func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Pe
 		}
 	}
 	a.logger.LogAttrs(ctx, level, "rpc", attrs...)
+}
+
+// callerProtocol names the protocol the caller spoke: as the access log's
+// middleware saw it when it did (the transcoder hands REST calls on in
+// another protocol), else the call's own.
+func callerProtocol(ctx context.Context, peer connect.Peer) string {
+	if rec, _ := ctx.Value(accessKey{}).(*accessRecord); rec != nil && rec.protocol != "" {
+		return rec.protocol
+	}
+	return peer.Protocol
 }
 
 // serverFault reports whether a code means the gateway or a backend failed,

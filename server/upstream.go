@@ -142,6 +142,7 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 		}
 		fwd := &forwarder{
 			upstream:   svc.name,
+			procedure:  procedure,
 			call:       call,
 			guard:      svc.guard,
 			headers:    g.headers,
@@ -149,6 +150,7 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 			logger:     g.logger,
 			hooks:      hooks[procedure],
 			shutdown:   g.streams,
+			tracing:    g.tracing,
 		}
 		opts := append([]connect.HandlerOption{
 			connect.WithSchema(method),
