@@ -29,6 +29,7 @@ const listDeployments = "workflow.runtime.v1.WorkflowRuntimeService/ListDeployme
 // tracedStack runs the reference backends and a gateway in front of them,
 // each recording its spans in its own recorder.
 type tracedStack struct {
+	gw                *Gateway
 	base              string
 	gateway, backends *tracetest.SpanRecorder
 }
@@ -41,7 +42,7 @@ func startTraced(t *testing.T, upstreamProtocol string) tracedStack {
 		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(s.backends)),
 	})
 	cfg.Runtime.Protocol = upstreamProtocol
-	_, s.base = startGateway(t, cfg)
+	s.gw, s.base = startGateway(t, cfg)
 	return s
 }
 
@@ -61,14 +62,19 @@ func TestTracingSpansAcrossGatewayAndBackend(t *testing.T) {
 		{"rest", "grpc", "rest", "", restList},
 		{"rest with traceparent", "grpc", "rest", callerParent, restList},
 		{"rest to connect upstream with traceparent", "connect", "rest", callerParent, restList},
-		{"grpc", "grpc", "grpc", "", grpcList},
-		{"grpc with traceparent", "grpc", "grpc", callerParent, grpcList},
+		{"grpc", "grpc", "grpc", "", rpcList(connect.WithGRPC())},
+		{"grpc with traceparent", "grpc", "grpc", callerParent, rpcList(connect.WithGRPC())},
+		{"connect with traceparent", "grpc", "connect", callerParent, rpcList()},
+		{"grpcweb with traceparent", "grpc", "grpcweb", callerParent, rpcList(connect.WithGRPCWeb())},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			s := startTraced(t, tc.upstream)
 			tc.call(t, s.base, tc.traceparent)
+			if tc.protocol == "grpc" && s.gw.fast.served.Load() == 0 {
+				t.Error("the gRPC call did not take the grpc-go path")
+			}
 			gwServer := waitSpan(t, s.gateway, trace.SpanKindServer)
 			gwClient := waitSpan(t, s.gateway, trace.SpanKindClient)
 			backend := waitSpan(t, s.backends, trace.SpanKindServer)
@@ -152,14 +158,18 @@ func restList(t *testing.T, base, traceparent string) {
 	}
 }
 
-func grpcList(t *testing.T, base, traceparent string) {
-	client := runtimev1connect.NewWorkflowRuntimeServiceClient(h2cClient(t), base, connect.WithGRPC())
-	req := connect.NewRequest(&runtimev1.ListDeploymentsRequest{})
-	if traceparent != "" {
-		req.Header().Set("Traceparent", traceparent)
-	}
-	if _, err := client.ListDeployments(t.Context(), req); err != nil {
-		t.Fatal(err)
+// rpcList lists deployments as an RPC caller speaking the protocol opts
+// choose (gRPC on its own connection goes the grpc-go path).
+func rpcList(opts ...connect.ClientOption) func(t *testing.T, base, traceparent string) {
+	return func(t *testing.T, base, traceparent string) {
+		client := runtimev1connect.NewWorkflowRuntimeServiceClient(h2cClient(t), base, opts...)
+		req := connect.NewRequest(&runtimev1.ListDeploymentsRequest{})
+		if traceparent != "" {
+			req.Header().Set("Traceparent", traceparent)
+		}
+		if _, err := client.ListDeployments(t.Context(), req); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
