@@ -48,11 +48,15 @@ func accessRules(svc protoreflect.ServiceDescriptor) map[string]interceptors.Acc
 	return rules
 }
 
-// handlerOptions are the options of a service's handlers: authentication
-// of the caller, its access rules, and for services that store what they
-// are sent, the refusal of text the database cannot hold.
-func handlerOptions(tokens *interceptors.BackendTokens, svc protoreflect.ServiceDescriptor, stores bool) []connect.HandlerOption {
-	ics := []connect.Interceptor{interceptors.NewBackendAuthInterceptor(tokens, accessRules(svc), stores)}
+// handlerOptions are the options of a service's handlers: tracing when on,
+// authentication of the caller, its access rules, and for services that
+// store what they are sent, the refusal of text the database cannot hold.
+func (b *Backends) handlerOptions(tokens *interceptors.BackendTokens, svc protoreflect.ServiceDescriptor, stores bool) []connect.HandlerOption {
+	var ics []connect.Interceptor
+	if b.tracing != nil {
+		ics = append(ics, b.tracing)
+	}
+	ics = append(ics, interceptors.NewBackendAuthInterceptor(tokens, accessRules(svc), stores))
 	if stores {
 		ics = append(ics, textGuard{})
 	}

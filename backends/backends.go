@@ -19,6 +19,7 @@ import (
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/flowgate/flowgate/backends/agent"
@@ -54,6 +55,10 @@ type Config struct {
 	// OpenAI, when its BaseURL is set, makes the agent reason with an
 	// OpenAI-compatible chat-completions API instead of its offline planner.
 	OpenAI agent.OpenAIConfig
+	// TracerProvider records a server span for every call the services
+	// handle, continuing the caller's W3C trace context, and a client span
+	// for every call they make to each other; nil records none.
+	TracerProvider trace.TracerProvider
 	// Logger receives the services' operational logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -87,6 +92,7 @@ type Backends struct {
 	runtime *runtimesvc.Service
 	agent   *agent.Service
 	servers []*http.Server
+	tracing *interceptors.Tracing // nil when off
 	done    chan error
 	addrs   Listeners
 }
@@ -108,6 +114,7 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 	if err != nil {
 		return nil, err
 	}
+	b.tracing = interceptors.NewTracing(cfg.TracerProvider)
 	b.db, err = store.Open(ctx, store.Config{DatabaseURL: cfg.DatabaseURL, DataDir: cfg.DataDir, Logger: logger})
 	if err != nil {
 		return nil, err
@@ -118,11 +125,11 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 	}
 	engineDesc := enginev1.File_workflow_engine_v1_engine_proto.Services().Get(0)
 	b.serve(ls.Engine, engineDesc, tokens, func(mux *http.ServeMux) {
-		mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(eng, handlerOptions(tokens, engineDesc, false)...))
+		mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(eng, b.handlerOptions(tokens, engineDesc, false)...))
 	})
 	client := loopbackClient()
 	engineClient := enginev1connect.NewWorkflowEngineServiceClient(client, baseURL(ls.Engine), connect.WithGRPC(),
-		connect.WithInterceptors(interceptors.NewBackendClientInterceptor(tokens, &serviceIdentity)))
+		b.clientInterceptors(interceptors.NewBackendClientInterceptor(tokens, &serviceIdentity)))
 
 	b.runtime, err = runtimesvc.New(ctx, runtimesvc.Config{
 		Store:     b.db,
@@ -135,12 +142,12 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 	}
 	runtimeDesc := runtimev1.File_workflow_runtime_v1_runtime_proto.Services().Get(0)
 	b.serve(ls.Runtime, runtimeDesc, tokens, func(mux *http.ServeMux) {
-		mux.Handle(runtimev1connect.NewWorkflowRuntimeServiceHandler(b.runtime, handlerOptions(tokens, runtimeDesc, true)...))
+		mux.Handle(runtimev1connect.NewWorkflowRuntimeServiceHandler(b.runtime, b.handlerOptions(tokens, runtimeDesc, true)...))
 	})
 	// The agent reads and writes workflows as its caller: the runtime
 	// enforces that caller's scopes, not the agent's.
 	runtimeClient := runtimev1connect.NewWorkflowRuntimeServiceClient(client, baseURL(ls.Runtime), connect.WithGRPC(),
-		connect.WithInterceptors(interceptors.NewBackendClientInterceptor(tokens, nil)))
+		b.clientInterceptors(interceptors.NewBackendClientInterceptor(tokens, nil)))
 
 	var provider agent.Provider
 	if cfg.OpenAI.BaseURL != "" {
@@ -161,7 +168,7 @@ func Start(ctx context.Context, cfg Config, ls Listeners) (_ *Backends, err erro
 	}
 	agentDesc := agentv1.File_workflow_agent_v1_agent_proto.Services().Get(0)
 	b.serve(ls.Agent, agentDesc, tokens, func(mux *http.ServeMux) {
-		mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(b.agent, handlerOptions(tokens, agentDesc, true)...))
+		mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(b.agent, b.handlerOptions(tokens, agentDesc, true)...))
 	})
 	return b, nil
 }
@@ -233,6 +240,16 @@ func (b *Backends) Shutdown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// clientInterceptors are the interceptors of a client of a sibling
+// service: ics, and tracing outermost when on, so that the client span
+// covers the whole call.
+func (b *Backends) clientInterceptors(ics ...connect.Interceptor) connect.ClientOption {
+	if b.tracing != nil {
+		ics = append([]connect.Interceptor{b.tracing}, ics...)
+	}
+	return connect.WithInterceptors(ics...)
 }
 
 // loopbackClient speaks cleartext HTTP/2 to the sibling services.

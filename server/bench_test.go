@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	agentv1 "github.com/flowgate/flowgate/gen/go/workflow/agent/v1"
@@ -27,15 +28,20 @@ func (nopEngine) ExecuteWorkflow(context.Context, *connect.Request[enginev1.Exec
 	return connect.NewResponse(nopResult), nil
 }
 
-// benchStack is a do-nothing engine and a gateway in front of it.
-func benchStack(b *testing.B) (backendURL, gatewayURL string) {
+// benchStack is a do-nothing engine and a gateway in front of it; tweak
+// adjusts the gateway's configuration.
+func benchStack(b *testing.B, tweak ...func(*Config)) (backendURL, gatewayURL string) {
 	b.Helper()
 	mux := http.NewServeMux()
 	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(nopEngine{}))
 	backend := startH2C(b, mux)
 	up := Upstream{Address: backend.Listener.Addr().String()}
 	// The agent and runtime are never called; any address will do.
-	_, gw := startGateway(b, Config{Engine: up, Agent: up, Runtime: up})
+	cfg := Config{Engine: up, Agent: up, Runtime: up}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	_, gw := startGateway(b, cfg)
 	return backend.URL, gw
 }
 
@@ -45,6 +51,20 @@ func benchStack(b *testing.B) (backendURL, gatewayURL string) {
 // whole round trip; the gateway's own cost is the difference to the floor.
 func BenchmarkForward(b *testing.B) {
 	backendURL, gatewayURL := benchStack(b)
+	benchForward(b, backendURL, gatewayURL)
+}
+
+// BenchmarkForwardTraced is BenchmarkForward with every call traced: the
+// spans are recorded as when they are exported, then dropped, so that the
+// figure is the gateway's cost of tracing without an exporter's.
+func BenchmarkForwardTraced(b *testing.B) {
+	backendURL, gatewayURL := benchStack(b, func(cfg *Config) {
+		cfg.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	})
+	benchForward(b, backendURL, gatewayURL)
+}
+
+func benchForward(b *testing.B, backendURL, gatewayURL string) {
 	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: "bench"}}
 	rpc := func(url string, opts ...connect.ClientOption) func(b *testing.B) {
 		return func(b *testing.B) {

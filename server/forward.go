@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/flowgate/flowgate/interceptors"
 	"github.com/flowgate/flowgate/internal/apierr"
 )
 
@@ -16,6 +17,7 @@ import (
 // method at start-up; a call allocates only its outgoing request.
 type forwarder struct {
 	upstream   string // the upstream's name, for error messages and logs
+	procedure  string
 	call       upstreamCaller
 	guard      *upstreamGuard
 	stats      *upstreamStats
@@ -24,6 +26,8 @@ type forwarder struct {
 	logger     *slog.Logger
 	hooks      methodHooks
 	shutdown   context.Context //nolint:containedctx // the gateway's lifetime
+	// tracing records the upstream call's client span; nil when off.
+	tracing *interceptors.Tracing
 }
 
 // methodHooks lets a method adjust a forwarded call, for the few RPCs whose
@@ -52,7 +56,9 @@ func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) 
 		return nil, err
 	}
 	start := time.Now()
+	ctx, span := f.tracing.StartClient(ctx, f.procedure, out.Header())
 	reply, err := f.call.unary(ctx, out)
+	interceptors.EndClient(span, err)
 	f.guard.done(ctx, err)
 	if err != nil {
 		err = f.upstreamError(ctx, err)
@@ -137,17 +143,19 @@ func (c connSink) Send(msg *frame) error { return c.StreamingHandlerConn.Send(ms
 // relay sends out upstream and relays its stream to the caller. When the
 // caller goes away its context is canceled, which cancels the upstream
 // call at once.
-func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stream streamSink) error {
+func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stream streamSink) (err error) {
 	ctx, cancel := f.deadline(ctx, false)
 	defer cancel()
+	ctx, span := f.tracing.StartClient(ctx, f.procedure, out.Header())
+	defer func() { interceptors.EndClient(span, err) }()
 	ctx, endStream := context.WithCancelCause(ctx)
 	defer endStream(nil)
 	defer context.AfterFunc(f.shutdown, func() { endStream(errShuttingDown) })()
-	if err := f.guard.check(); err != nil {
+	if err = f.guard.check(); err != nil {
 		f.stats.refused.Inc()
 		return err
 	}
-	err := f.relayOpen(ctx, out, stream)
+	err = f.relayOpen(ctx, out, stream)
 	f.stats.call(err)
 	return err
 }

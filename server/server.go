@@ -24,6 +24,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 	"connectrpc.com/vanguard"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -79,6 +80,10 @@ type Config struct {
 	NoMetrics bool
 	// Version is reported by the health endpoints.
 	Version string
+	// TracerProvider records a span for every call (a server span, and a
+	// client span for its upstream call) and propagates W3C trace context
+	// to the upstreams; nil records none.
+	TracerProvider trace.TracerProvider
 	// Logger receives the access log and operational messages; nil
 	// discards them.
 	Logger *slog.Logger
@@ -94,6 +99,8 @@ type Gateway struct {
 	grpcConns []*grpc.ClientConn
 	// chain is the interceptors every call passes, in order.
 	chain []connect.Interceptor
+	// tracing records spans; nil when off.
+	tracing *interceptors.Tracing
 	// fast serves gRPC callers' connections with grpc-go; nil when off.
 	fast        *grpcFast
 	metrics     *metrics
@@ -175,6 +182,11 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	g.security.authFailed = g.metrics.authFails.WithLabelValues(codeLabel(connect.CodeUnauthenticated)).Inc
 	chain := append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor(), g.metrics.interceptor()},
 		g.metrics.watchRefusals(g.security.interceptors())...)
+	if g.tracing = interceptors.NewTracing(g.cfg.TracerProvider); g.tracing != nil {
+		// Outermost, so that calls refused by authentication or rate
+		// limits have their spans too.
+		chain = append([]connect.Interceptor{g.tracing}, chain...)
+	}
 	g.chain = chain
 	if !g.cfg.NetHTTPGRPC {
 		g.fast = newGRPCFast(g.security, g.security.maxMessageBytes())

@@ -143,6 +143,7 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 		}
 		fwd := &forwarder{
 			upstream:   svc.name,
+			procedure:  procedure,
 			call:       call,
 			guard:      svc.guard,
 			stats:      svc.stats,
@@ -151,6 +152,7 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 			logger:     g.logger,
 			hooks:      hooks[procedure],
 			shutdown:   g.streams,
+			tracing:    g.tracing,
 		}
 		opts := append([]connect.HandlerOption{
 			connect.WithSchema(method),

@@ -23,6 +23,7 @@ import (
 
 	"github.com/flowgate/flowgate/backends"
 	"github.com/flowgate/flowgate/cmd/internal/flagenv"
+	"github.com/flowgate/flowgate/cmd/internal/otelenv"
 )
 
 func main() {
@@ -60,6 +61,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	set.Bool(&debug, "debug", "DEBUG", false, "log at debug level")
 	set.String(&logFormat, "log-format", "FLOWGATE_LOG_FORMAT", "json", "log format: json or text")
 	set.Duration(&shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM")
+	set.Notes = otelenv.Usage
 	if err := set.Parse(args); err != nil {
 		return err
 	}
@@ -81,6 +83,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return errors.New("set -backend-key (FLOWGATE_BACKEND_KEY), the same key as the gateway's: the backends accept only calls it signed")
 	}
 	cfg.AuthKey = []byte(key)
+	tp, stopTracing, err := otelenv.TracerProvider(ctx, getenv, "flowgate-backends", "", logger)
+	if err != nil {
+		return err
+	}
+	defer otelenv.Flush(ctx, stopTracing, shutdownTimeout, logger)
+	cfg.TracerProvider = tp
 
 	var lns [3]net.Listener
 	for i, port := range ports {

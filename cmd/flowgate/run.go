@@ -14,6 +14,7 @@ import (
 	"github.com/flowgate/flowgate/backends"
 	"github.com/flowgate/flowgate/cmd/internal/flagenv"
 	"github.com/flowgate/flowgate/cmd/internal/logbuf"
+	"github.com/flowgate/flowgate/cmd/internal/otelenv"
 	"github.com/flowgate/flowgate/interceptors"
 	"github.com/flowgate/flowgate/server"
 )
@@ -85,6 +86,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.String(&o.gogc, "gogc", "GOGC", defaultGOGC, "garbage collector target percentage, as Go's GOGC, or off")
 	embeddedFlags(set, &o.embedded)
 	securityFlags(set, &o.security)
+	set.Notes = otelenv.Usage
 	if err := set.Parse(args); err != nil {
 		return nil, err
 	}
@@ -123,6 +125,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	tp, stopTracing, err := otelenv.TracerProvider(ctx, getenv, "flowgate", version, logger)
+	if err != nil {
+		return err
+	}
+	// Deferred first, so that it runs last: the spans of the calls drained
+	// at shutdown are flushed too.
+	defer otelenv.Flush(ctx, stopTracing, o.shutdownTimeout, logger)
 	if !embedded && o.security.BackendKey == "" {
 		// Not fatal: a remote backend that does not verify calls (a test
 		// double, a load-test stub) still works; flowgate-backends refuses
@@ -152,6 +161,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			o.embedded.PublicURL = defaultPublicURL(ln.Addr(), o.tlsCert != "")
 		}
 		o.embedded.Logger = logger
+		o.embedded.TracerProvider = tp
 		ls, err := backends.LoopbackListeners()
 		if err != nil {
 			return err
@@ -186,6 +196,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		DrainDelay:      o.drainDelay,
 		NoMetrics:       !o.metrics,
 		Version:         version,
+		TracerProvider:  tp,
 		Logger:          logger,
 	})
 	if err != nil {

@@ -90,18 +90,7 @@ func TestServesEmbeddedAndDrainsOnShutdown(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	stdout, w := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-data-dir", t.TempDir(), "-log-format", "text"}, env(nil), w, io.Discard)
-		_ = w.Close()
-	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("no start-up line: %v (%v)", err, <-done)
-	}
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	base := strings.Fields(line[strings.Index(line, "http://"):])[0]
+	base, done := startRun(t, ctx, []string{"-log-format", "text"}, env(nil))
 
 	res, err := http.Get(base + "/health")
 	if err != nil {
@@ -159,4 +148,24 @@ func TestOperationsFlags(t *testing.T) {
 	if o, err = parse(nil, env(nil), io.Discard); err != nil || !o.metrics || o.drainDelay != 0 {
 		t.Errorf("defaults: metrics %v, drain delay %v, %v; want true, 0", o.metrics, o.drainDelay, err)
 	}
+}
+
+// startRun runs the command on a loopback port with its embedded backends
+// until ctx ends, and returns its base URL and the channel run's result
+// arrives on.
+func startRun(t *testing.T, ctx context.Context, args []string, getenv func(string) string) (string, <-chan error) {
+	t.Helper()
+	stdout, w := io.Pipe()
+	done := make(chan error, 1)
+	args = append([]string{"-listen", "127.0.0.1:0", "-data-dir", t.TempDir()}, args...)
+	go func() {
+		done <- run(ctx, args, getenv, w, io.Discard)
+		_ = w.Close()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("no start-up line: %v (%v)", err, <-done)
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	return strings.Fields(line[strings.Index(line, "http://"):])[0], done
 }

@@ -20,6 +20,9 @@ type Set struct {
 	*flag.FlagSet
 	getenv func(string) string
 	errs   []error
+	// Notes follow the flags in the usage text: settings read from the
+	// environment only, which no flag names.
+	Notes string
 }
 
 // New returns a Set reading variables through getenv.
@@ -142,6 +145,7 @@ func (s *Set) Parse(args []string) error {
 	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprintf(out, "Usage of %s:\n", s.Name())
 		s.PrintDefaults()
+		fmt.Fprint(out, s.Notes)
 		return err
 	case err != nil:
 		return usageError{fmt.Errorf("%w (run %s -h for the flags)", err, s.Name())}
