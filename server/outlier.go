@@ -30,9 +30,6 @@ const (
 	stallAfter         = 2 * time.Second
 	probeTimeout       = time.Second
 	probeInterval      = 500 * time.Millisecond
-	// redialEvery bounds how often a refused upstream is redialled at once
-	// rather than after grpc-go's backoff.
-	redialEvery = 100 * time.Millisecond
 )
 
 // upstreamGuard fails calls to one upstream fast when it cannot take them:
@@ -42,15 +39,10 @@ type upstreamGuard struct {
 	name        string
 	maxInFlight int64
 	probe       func(context.Context) error
-	// redial, when set, reconnects at once to an upstream that refused
-	// its last connection, so that calls resume as soon as it is back.
-	redial func()
-	logger *slog.Logger
+	logger      *slog.Logger
 
 	inFlight     atomic.Int64
 	lastDone     atomic.Int64 // unix nanoseconds of the last call that got an answer
-	failures     atomic.Int32 // calls in a row that got no answer
-	redialed     atomic.Int64 // unix nanoseconds of the last redial
 	ejected      atomic.Bool
 	ejectedSince atomic.Int64
 	ejections    atomic.Int64 // total, for logs
@@ -81,11 +73,7 @@ func (g *upstreamGuard) run(ctx context.Context) {
 
 // watch probes an ejected upstream, and one that looks stalled: calls in
 // flight and none answered for stallAfter. Idle upstreams are not probed.
-// An upstream whose last calls could not reach it is redialled.
 func (g *upstreamGuard) watch(ctx context.Context) {
-	if g.failures.Load() > 0 {
-		g.redialNow()
-	}
 	ejected := g.ejected.Load()
 	stalled := g.inFlight.Load() > 0 && time.Since(time.Unix(0, g.lastDone.Load())) > stallAfter
 	if !ejected && !stalled {
@@ -93,11 +81,13 @@ func (g *upstreamGuard) watch(ctx context.Context) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	err := g.probe(pctx)
+	// Only a probe that ran out of time finds the upstream hung; one that
+	// was refused finds it down, and calls to it fail fast by themselves.
+	hung := err != nil && pctx.Err() != nil
 	cancel()
 	switch {
 	case ctx.Err() != nil:
-	case err == nil && ejected:
-		g.failures.Store(0)
+	case !hung && ejected:
 		g.lastDone.Store(time.Now().UnixNano())
 		g.ejected.Store(false)
 		g.logger.Info("upstream answers again; calls resume", slog.String("upstream", g.name),
@@ -105,22 +95,9 @@ func (g *upstreamGuard) watch(ctx context.Context) {
 	case err == nil:
 		// Alive, only slow: its calls are long ones.
 		g.lastDone.Store(time.Now().UnixNano())
-	case !ejected:
+	case hung && !ejected:
 		g.eject("no answer to a health probe while calls wait", err)
 	}
-}
-
-// redialNow reconnects to the upstream unless that was just done.
-func (g *upstreamGuard) redialNow() {
-	if g.redial == nil {
-		return
-	}
-	now := time.Now().UnixNano()
-	last := g.redialed.Load()
-	if now-last < int64(redialEvery) || !g.redialed.CompareAndSwap(last, now) {
-		return
-	}
-	g.redial()
 }
 
 func (g *upstreamGuard) eject(reason string, err error) {
@@ -173,20 +150,13 @@ func (g *upstreamGuard) done(ctx context.Context, err error) {
 	g.record(ctx, err)
 }
 
-// record notes answers as signs of life, and has an upstream that could
-// not be reached redialled. A call its caller gave up on tells neither.
-// Refused connections do not eject: they fail fast by themselves.
+// record notes answers, errors the upstream sent included, as signs of
+// life. A call its caller gave up on, or that reached no upstream, tells
+// nothing: refused connections need no ejection, they fail fast by
+// themselves (and are redialled as calls come, see grpcCaller).
 func (g *upstreamGuard) record(ctx context.Context, err error) {
-	switch {
-	case ctx.Err() != nil:
-	case err == nil || !noAnswer(err):
-		if g.failures.Load() != 0 {
-			g.failures.Store(0)
-		}
+	if ctx.Err() == nil && (err == nil || !noAnswer(err)) {
 		g.lastDone.Store(time.Now().UnixNano())
-	default:
-		g.failures.Add(1)
-		g.redialNow()
 	}
 }
 

@@ -208,3 +208,35 @@ func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context
 	t.Helper()
 	return context.WithTimeout(t.Context(), d)
 }
+
+// An upstream that refuses connections is down, not hung: its calls fail
+// fast with 502 by themselves, however long the gateway watches it, and
+// it is never ejected into 503s.
+func TestRefusedUpstreamNotEjected(t *testing.T) {
+	t.Parallel()
+	up := Upstream{Address: deadAddress(t)}
+	_, url := startGateway(t, Config{Engine: up, Agent: up, Runtime: up})
+	// Several callers at once, so that calls are in flight whenever the
+	// gateway looks.
+	deadline := time.Now().Add(stallAfter + 2*probeInterval + probeTimeout)
+	client := http1Client(t)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				res, err := client.Post(url+"/api/v1/workflow/execute", "application/json", strings.NewReader(`{}`))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				body, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "workflow engine is unavailable") {
+					t.Errorf("got %d %s, want 502 workflow engine is unavailable", res.StatusCode, body)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -285,9 +285,6 @@ func (g *Gateway) newGuard(name, service string, us upstreamService, base *url.U
 		probe = connectProbe(grpchealth.NewClient(us.httpClient, base.String(), opts[1:]...), service)
 	}
 	guard := newUpstreamGuard(name, g.cfg.MaxInFlight, probe, g.logger)
-	if us.grpcUp != nil {
-		guard.redial = us.grpcUp.conn.ResetConnectBackoff
-	}
 	go guard.run(g.streams)
 	return guard
 }
