@@ -27,8 +27,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
-
-	"github.com/flowgate/flowgate/interceptors"
 )
 
 // grpcFast serves gRPC callers' connections with grpc-go instead of
@@ -133,21 +131,9 @@ func (f *grpcFast) serve(_ any, stream grpc.ServerStream) error {
 	}
 	ctx := stream.Context()
 	conn := newFastConn(stream, m.spec)
-	conn.readTimeout, conn.writeTimeout = f.security.cfg.BodyReadTimeout, f.security.cfg.WriteTimeout
-	conn.cut = f.cutter(conn.peer.Addr)
-	conn.watch = f.watcher(conn.peer.Addr)
-	header := conn.RequestHeader()
-	interceptors.StripIdentityHeaders(header)
-	id := header.Get(requestIDHeader)
-	if !validRequestID(id) {
-		id = newRequestID()
-		header.Set(requestIDHeader, id)
-	}
-	conn.ResponseHeader().Set(requestIDHeader, id)
-	if f.security.needClientIP {
-		ctx = interceptors.WithClientIP(ctx, f.security.proxies.ClientIP(conn.peer.Addr, header.Values("X-Forwarded-For")))
-	}
-	err := m.handler(ctx, conn)
+	conn.fast = f
+	ensureRequestID(conn.reqHeader, conn.header)
+	err := m.handler(f.security.edge(ctx, conn.peer.Addr, conn.reqHeader), conn)
 	conn.flushHeader()
 	if err != nil {
 		return conn.fail(err)
@@ -165,15 +151,14 @@ type fastConn struct {
 	header     http.Header
 	trailer    http.Header
 	headerSent bool
-	// readTimeout bounds waiting for the request message, writeTimeout one
-	// response write; past either the caller's connection is cut: grpc-go
-	// gives a handler no way to reset one stream, and a caller that sends
-	// or reads nothing for that long is not using the others either.
-	readTimeout, writeTimeout time.Duration
-	cut                       func()
-	timer                     *time.Timer
-	// watch follows the delivery of a large message already queued.
-	watch func(size int64, timeout time.Duration)
+	// fast serves the call: its limits, and the connection to cut when
+	// the caller stalls. The body read timeout bounds waiting for the
+	// request message, the write timeout one response write; past either
+	// the caller's connection is cut: grpc-go gives a handler no way to
+	// reset one stream, and a caller that sends or reads nothing for that
+	// long is not using the others either.
+	fast  *grpcFast
+	timer *time.Timer
 	// received and sent count message bytes, for the metrics.
 	received, sent int
 }
@@ -212,7 +197,7 @@ func (c *fastConn) ResponseTrailer() http.Header { return c.trailer }
 // grpc-go itself, in its words ("grpc: received message larger than
 // max"), before the handler could word it.
 func (c *fastConn) Receive(msg any) error {
-	if err := c.timed(c.readTimeout, func() error { return c.stream.RecvMsg(msg) }); err != nil {
+	if err := c.timed(c.fast.security.cfg.BodyReadTimeout, func() error { return c.stream.RecvMsg(msg) }); err != nil {
 		return fastError(err)
 	}
 	if f, ok := msg.(*frame); ok {
@@ -223,13 +208,13 @@ func (c *fastConn) Receive(msg any) error {
 
 func (c *fastConn) Send(msg any) error {
 	c.flushHeader()
-	if err := c.timed(c.writeTimeout, func() error { return c.stream.SendMsg(msg) }); err != nil {
+	if err := c.timed(c.fast.security.cfg.WriteTimeout, func() error { return c.stream.SendMsg(msg) }); err != nil {
 		return fastError(err)
 	}
 	if f, ok := msg.(*frame); ok {
 		c.sent += len(f.data)
-		if len(f.data) > sendQuota && c.writeTimeout > 0 && c.watch != nil {
-			c.watch(int64(len(f.data)), c.writeTimeout)
+		if len(f.data) > sendQuota && c.fast.security.cfg.WriteTimeout > 0 {
+			c.watchDelivery(int64(len(f.data)), c.fast.security.cfg.WriteTimeout)
 		}
 	}
 	return nil
@@ -243,7 +228,7 @@ const sendQuota = 64 << 10
 // timed runs op, cutting the caller's connection if op is still waiting on
 // the caller after d.
 func (c *fastConn) timed(d time.Duration, op func() error) error {
-	if d <= 0 || c.cut == nil {
+	if d <= 0 || c.fast == nil {
 		return op()
 	}
 	// One timer a call, armed for each wait: a call's reads and writes come
@@ -400,42 +385,39 @@ func (s serviceNames) GetServiceInfo() map[string]grpc.ServiceInfo {
 	return m
 }
 
-// cutter closes the connection from addr.
-func (f *grpcFast) cutter(addr string) func() {
-	return func() {
-		if c, ok := f.conns.Load(addr); ok {
-			_ = c.(net.Conn).Close()
-		}
+// cut closes the caller's connection.
+func (c *fastConn) cut() {
+	if tc, ok := c.fast.conns.Load(c.peer.Addr); ok {
+		_ = tc.(net.Conn).Close()
 	}
 }
 
-// watcher follows the delivery of size bytes just queued on the connection
-// from addr, and cuts the connection if it writes nothing for timeout
-// before they could have gone out: its caller stopped reading, and would
-// otherwise hold the message in the gateway's memory. Bytes of other calls
-// count as delivery too, so a busy connection is never cut by mistake.
-func (f *grpcFast) watcher(addr string) func(size int64, timeout time.Duration) {
-	return func(size int64, timeout time.Duration) {
-		c, ok := f.conns.Load(addr)
-		if !ok {
-			return
-		}
-		tc := c.(*trackedConn)
-		last := tc.written.Load()
-		target := last + size
-		var check func()
-		check = func() {
-			switch written := tc.written.Load(); {
-			case written >= target:
-			case written == last:
-				_ = tc.Close()
-			default:
-				last = written
-				time.AfterFunc(timeout, check)
-			}
-		}
-		time.AfterFunc(timeout, check)
+// watchDelivery follows the delivery of size bytes just queued on the
+// caller's connection, and cuts the connection if it writes nothing for
+// timeout before they could have gone out: its caller stopped reading, and
+// would otherwise hold the message in the gateway's memory. Bytes of other
+// calls count as delivery too, so a busy connection is never cut by
+// mistake.
+func (c *fastConn) watchDelivery(size int64, timeout time.Duration) {
+	v, ok := c.fast.conns.Load(c.peer.Addr)
+	if !ok {
+		return
 	}
+	tc := v.(*trackedConn)
+	last := tc.written.Load()
+	target := last + size
+	var check func()
+	check = func() {
+		switch written := tc.written.Load(); {
+		case written >= target:
+		case written == last:
+			_ = tc.Close()
+		default:
+			last = written
+			time.AfterFunc(timeout, check)
+		}
+	}
+	time.AfterFunc(timeout, check)
 }
 
 // trackedListener records the connections it accepts in conns.

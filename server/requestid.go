@@ -14,14 +14,21 @@ const requestIDHeader = "X-Request-Id"
 // on the response so that callers can quote it.
 func requestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get(requestIDHeader)
-		if !validRequestID(id) {
-			id = newRequestID()
-			r.Header.Set(requestIDHeader, id)
-		}
-		w.Header().Set(requestIDHeader, id)
+		ensureRequestID(r.Header, w.Header())
 		next.ServeHTTP(w, r)
 	})
+}
+
+// ensureRequestID gives a request its id, the caller's or a new one, and
+// echoes it in the response headers; gRPC callers served by grpc-go get
+// theirs here too.
+func ensureRequestID(req, res http.Header) {
+	id := req.Get(requestIDHeader)
+	if !validRequestID(id) {
+		id = newRequestID()
+		req.Set(requestIDHeader, id)
+	}
+	res.Set(requestIDHeader, id)
 }
 
 func validRequestID(id string) bool {

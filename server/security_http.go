@@ -34,15 +34,22 @@ const accessTokenParam = "access_token"
 // so it is never logged, transcoded or forwarded; the caller's address;
 // the write and body read timeouts; the body limit; and the inflation of
 // compressed bodies within that limit.
+// edge is what every call gets before any policy looks at it, on either
+// server: the identity headers only the gateway may set are removed, and
+// the caller's address is resolved when rate limits need it.
+func (s *security) edge(ctx context.Context, remoteAddr string, header http.Header) context.Context {
+	interceptors.StripIdentityHeaders(header)
+	if s.needClientIP {
+		ctx = interceptors.WithClientIP(ctx, s.proxies.ClientIP(remoteAddr, header.Values("X-Forwarded-For")))
+	}
+	return ctx
+}
+
 func (s *security) wrapHTTP(next http.Handler) http.Handler {
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		interceptors.StripIdentityHeaders(r.Header)
-		ctx := r.Context()
+		ctx := s.edge(r.Context(), r.RemoteAddr, r.Header)
 		if token, ok := takeQueryToken(r); ok {
 			ctx = context.WithValue(ctx, queryTokenKey{}, token)
-		}
-		if s.needClientIP {
-			ctx = interceptors.WithClientIP(ctx, s.proxies.ClientIP(r.RemoteAddr, r.Header.Values("X-Forwarded-For")))
 		}
 		if ctx != r.Context() {
 			r = r.WithContext(ctx)
