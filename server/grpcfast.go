@@ -142,6 +142,10 @@ func (f *grpcFast) serve(_ any, stream grpc.ServerStream) error {
 	return nil
 }
 
+// notPseudoHeader keeps the request's headers, not HTTP/2's pseudo-headers
+// (":authority"), which grpc-go leaves in the metadata.
+func notPseudoHeader(name string) bool { return !strings.HasPrefix(name, ":") }
+
 // fastConn is a grpc-go server stream as a Connect handler connection.
 type fastConn struct {
 	stream     grpc.ServerStream
@@ -171,19 +175,7 @@ func newFastConn(stream grpc.ServerStream, spec connect.Spec) *fastConn {
 	}
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	c.reqHeader = make(http.Header, len(md))
-	for key, vals := range md {
-		if strings.HasPrefix(key, ":") {
-			continue
-		}
-		name := http.CanonicalHeaderKey(key)
-		if strings.HasSuffix(key, "-bin") {
-			for _, v := range vals {
-				c.reqHeader[name] = append(c.reqHeader[name], connect.EncodeBinaryHeader([]byte(v)))
-			}
-			continue
-		}
-		c.reqHeader[name] = vals
-	}
+	metadataToHeader(c.reqHeader, md, notPseudoHeader)
 	return c
 }
 

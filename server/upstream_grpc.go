@@ -247,12 +247,15 @@ func printableASCII(v string) bool {
 // copyMetadata copies upstream response metadata into HTTP headers under
 // the same rules as [copyResponse], base64-encoding binary values again.
 func copyMetadata(dst http.Header, md metadata.MD) {
+	metadataToHeader(dst, md, func(name string) bool { return !neverForwarded(name) })
+}
+
+// metadataToHeader copies the metadata keep accepts (by canonical name)
+// into dst, base64-encoding binary values as HTTP headers carry them.
+func metadataToHeader(dst http.Header, md metadata.MD, keep func(name string) bool) {
 	for key, vals := range md {
-		if len(vals) == 0 {
-			continue
-		}
 		name := http.CanonicalHeaderKey(key)
-		if neverForwarded(name) {
+		if len(vals) == 0 || !keep(name) {
 			continue
 		}
 		if strings.HasSuffix(key, "-bin") {
