@@ -182,11 +182,8 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 	}
 	claims := jwt.MapClaims{}
 	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		// RFC 7515 §4.1.11: a token naming critical extensions the
-		// recipient does not understand must be refused; this one
-		// understands none.
-		if _, ok := t.Header["crit"]; ok {
-			return nil, errCritical
+		if err := refuseCritical(t); err != nil {
+			return nil, err
 		}
 		kid, _ := t.Header["kid"].(string)
 		keys := v.keys.candidates(ctx, kid, t.Method.Alg())
@@ -316,4 +313,14 @@ func UnverifiedExpiry(token string) (time.Time, error) {
 		return time.Time{}, errors.New("token has no valid exp claim")
 	}
 	return exp.Time, nil
+}
+
+// refuseCritical follows RFC 7515 §4.1.11: a token naming critical
+// extensions the recipient does not understand must be refused, and the
+// gateway understands none.
+func refuseCritical(t *jwt.Token) error {
+	if _, ok := t.Header["crit"]; ok {
+		return errCritical
+	}
+	return nil
 }

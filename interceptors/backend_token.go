@@ -153,8 +153,8 @@ func (b *BackendTokens) Verify(token string) (Identity, error) {
 	}
 	claims := jwt.MapClaims{}
 	_, err := b.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		if _, ok := t.Header["crit"]; ok {
-			return nil, errCritical
+		if err := refuseCritical(t); err != nil {
+			return nil, err
 		}
 		return b.key, nil
 	})
