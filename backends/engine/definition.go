@@ -25,12 +25,16 @@ type workflow struct {
 
 type node struct {
 	index int
+	pos   int // in topological order
 	id    string
 	typ   string
 	cont  bool // continue_on_error
 	in    []*edge
 	out   []*edge
 	exec  executor
+	// upstream is every node with a path to this one, in topological
+	// order: the outputs its expressions may read as nodes.<id>.
+	upstream []*node
 }
 
 type edge struct {
@@ -80,7 +84,28 @@ func (c *compiler) compileDefinition(def *enginev1.WorkflowDefinition) (*workflo
 	if fe := checkReachable(wf); fe != nil {
 		return nil, fe
 	}
+	linkUpstream(wf)
 	return wf, nil
+}
+
+// linkUpstream numbers the nodes in topological order and gives each its
+// upstream nodes.
+func linkUpstream(wf *workflow) {
+	for i, n := range wf.order {
+		n.pos = i
+	}
+	for _, n := range wf.order {
+		seen := make(map[*node]bool)
+		for _, e := range n.in {
+			for _, u := range append(e.from.upstream, e.from) {
+				if !seen[u] {
+					seen[u] = true
+					n.upstream = append(n.upstream, u)
+				}
+			}
+		}
+		slices.SortFunc(n.upstream, func(a, b *node) int { return a.pos - b.pos })
+	}
 }
 
 func nodeField(i int, field string) string {

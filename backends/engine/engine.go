@@ -35,6 +35,7 @@ const (
 	DefaultMaxValueBytes    = 16 << 20
 	DefaultRunMemoryBytes   = 64 << 20
 	DefaultRunExprTime      = 5 * time.Second
+	DefaultMaxParallelNodes = 8
 )
 
 // Config tunes the engine. Zero values take the defaults above.
@@ -76,6 +77,9 @@ type Config struct {
 	RunMemoryBytes int64
 	// RunExprTime bounds the evaluation time of all of a run's expressions.
 	RunExprTime time.Duration
+	// MaxParallelNodes bounds how many nodes of one run execute at the
+	// same time (independent branches run concurrently).
+	MaxParallelNodes int
 }
 
 // Service runs workflows. It is safe for concurrent use.
@@ -83,8 +87,10 @@ type Service struct {
 	compiler   compiler
 	defTimeout time.Duration
 	maxTimeout time.Duration
-	httpClient *http.Client
-	logger     *slog.Logger
+	// maxParallel bounds the nodes of one run executing at once.
+	maxParallel int
+	httpClient  *http.Client
+	logger      *slog.Logger
 }
 
 var _ enginev1connect.WorkflowEngineServiceHandler = (*Service)(nil)
@@ -104,7 +110,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.DefaultRunTimeout > cfg.MaxRunTimeout {
 		return nil, fmt.Errorf("engine: DefaultRunTimeout %s exceeds MaxRunTimeout %s", cfg.DefaultRunTimeout, cfg.MaxRunTimeout)
 	}
-	if cfg.DefaultRunTimeout < 0 || cfg.MaxDelay < 0 || cfg.HTTPTimeout < 0 || cfg.MaxResponseBytes < 0 || cfg.MaxNodes < 0 || cfg.ExprTimeout < 0 ||
+	if cfg.DefaultRunTimeout < 0 || cfg.MaxDelay < 0 || cfg.HTTPTimeout < 0 || cfg.MaxResponseBytes < 0 || cfg.MaxNodes < 0 || cfg.ExprTimeout < 0 || cfg.MaxParallelNodes < 0 ||
 		cfg.ExprMaxLength < 0 || cfg.MaxValueBytes < 0 || cfg.RunMemoryBytes < 0 || cfg.RunExprTime < 0 {
 		return nil, errors.New("engine: limits must not be negative")
 	}
@@ -127,10 +133,11 @@ func New(cfg Config) (*Service, error) {
 			httpTimeout:      cfg.HTTPTimeout,
 			maxResponseBytes: cfg.MaxResponseBytes,
 		},
-		defTimeout: cfg.DefaultRunTimeout,
-		maxTimeout: cfg.MaxRunTimeout,
-		httpClient: newHTTPClient(allow),
-		logger:     cfg.Logger,
+		defTimeout:  cfg.DefaultRunTimeout,
+		maxTimeout:  cfg.MaxRunTimeout,
+		maxParallel: cfg.MaxParallelNodes,
+		httpClient:  newHTTPClient(allow),
+		logger:      cfg.Logger,
 	}, nil
 }
 
@@ -151,6 +158,7 @@ func withDefaults(cfg Config) Config {
 	setDefault(&cfg.MaxValueBytes, max(DefaultMaxValueBytes, cfg.MaxResponseBytes+1<<20))
 	setDefault(&cfg.RunMemoryBytes, max(DefaultRunMemoryBytes, 4*cfg.MaxValueBytes))
 	setDefault(&cfg.RunExprTime, DefaultRunExprTime)
+	setDefault(&cfg.MaxParallelNodes, DefaultMaxParallelNodes)
 	if cfg.DefaultRunTimeout > cfg.MaxRunTimeout && cfg.MaxRunTimeout < DefaultRunTimeout {
 		cfg.DefaultRunTimeout = cfg.MaxRunTimeout
 	}

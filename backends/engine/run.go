@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -21,16 +22,20 @@ const (
 	StatusSkipped   = "skipped"
 )
 
-// run is the state of one execution of a workflow.
+// run is the state of one execution of a workflow. Nodes run on their own
+// goroutines, at most maxParallel at a time; everything below except the
+// budget (atomic) and the read-only configuration is owned by the goroutine
+// that schedules them, so node executors must touch nothing else.
 type run struct {
 	engine  *Service
 	limits  *compiler
 	budget  *runBudget
-	outputs map[string]any // node id -> output, for expressions
+	wf      *workflow
+	trigger map[string]any
 	state   map[*node]*nodeState
 	results []*enginev1.NodeResult
 	resp    *webhookResponse
-	last    any
+	last    *node // the node latest in topological order that ran
 }
 
 type nodeState struct {
@@ -39,37 +44,45 @@ type nodeState struct {
 	branch string
 }
 
+// done is what a node's goroutine hands back to the scheduler.
+type done struct {
+	n   *node
+	res *enginev1.NodeResult
+	out outcome
+	err error // the node failed; nil also with continue_on_error
+}
+
+// errSiblingFailed is the cause with which the nodes still running are
+// stopped once another node has failed the run.
+var errSiblingFailed = errors.New("another node failed the run")
+
 func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any, timeout time.Duration) *enginev1.ExecutionResult {
 	started := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if trigger == nil {
+		trigger = map[string]any{}
+	}
 	r := &run{
 		engine:  s,
 		limits:  &s.compiler,
 		budget:  newRunBudget(s.compiler.expr),
-		outputs: make(map[string]any, len(wf.nodes)),
+		wf:      wf,
+		trigger: trigger,
 		state:   make(map[*node]*nodeState, len(wf.nodes)),
 	}
-	if trigger == nil {
-		trigger = map[string]any{}
-	}
-	status, runErr := StatusSucceeded, ""
-	for i, n := range wf.order {
-		err := r.step(ctx, n, trigger)
-		if err == nil {
-			continue
-		}
-		status, runErr = runStatus(ctx, n, err)
-		r.skipRest(wf.order[i+1:])
-		break
-	}
+	status, runErr := r.schedule(ctx)
 	result := &enginev1.ExecutionResult{
 		Status:      status,
 		NodeResults: r.results,
-		Output:      toValue(r.last),
 		Error:       runErr,
 		StartedAt:   timestamppb.New(started),
 		FinishedAt:  timestamppb.Now(),
+	}
+	if r.last != nil {
+		result.Output = toValue(r.state[r.last].output)
+	} else {
+		result.Output = toValue(nil)
 	}
 	if r.resp != nil {
 		result.WebhookResponse = &enginev1.WebhookResponse{
@@ -79,6 +92,66 @@ func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any,
 		}
 	}
 	return result
+}
+
+// schedule runs every node once all of its inputs are decided (ran,
+// failed on, or skipped), so independent branches run at the same time and
+// a merge waits for all of them. The first failure that stops the run
+// stops the nodes still running and skips the rest.
+func (r *run) schedule(ctx context.Context) (string, string) {
+	nodeCtx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	waiting := make(map[*node]int, len(r.wf.nodes))
+	for _, n := range r.wf.nodes {
+		waiting[n] = len(n.in)
+	}
+	ready := []*node{r.wf.trigger}
+	finished := make(chan done, len(r.wf.nodes)) // never blocks a node's goroutine
+	running := 0
+	status, runErr := StatusSucceeded, ""
+	decided := func(n *node) {
+		for _, e := range n.out {
+			if waiting[e.to]--; waiting[e.to] == 0 {
+				ready = insertByPos(ready, e.to)
+			}
+		}
+	}
+	for {
+		for runErr == "" && running < r.engine.maxParallel && len(ready) > 0 {
+			n := ready[0]
+			ready = ready[1:]
+			input, fired := r.input(n)
+			if !fired {
+				r.skip(n)
+				decided(n)
+				continue
+			}
+			env := r.env(n, input)
+			running++
+			go func() { finished <- r.exec(nodeCtx, n, env) }()
+		}
+		if running == 0 {
+			break
+		}
+		d := <-finished
+		running--
+		if err := r.finish(d); err != nil && runErr == "" {
+			status, runErr = runStatus(ctx, d.n, err)
+			stop(errSiblingFailed)
+		}
+		if runErr == "" {
+			decided(d.n)
+		}
+	}
+	if runErr != "" {
+		r.skipUndecided()
+	}
+	return status, runErr
+}
+
+func insertByPos(nodes []*node, n *node) []*node {
+	i, _ := slices.BinarySearchFunc(nodes, n, func(a, b *node) int { return a.pos - b.pos })
+	return slices.Insert(nodes, i, n)
 }
 
 // runStatus classifies the error that stopped a run.
@@ -93,22 +166,29 @@ func runStatus(ctx context.Context, n *node, err error) (string, string) {
 	}
 }
 
-// step runs one node if any of its inputs fired, and records its result.
-// It returns an error only when the node failed and the run must stop.
-func (r *run) step(ctx context.Context, n *node, trigger map[string]any) error {
-	input, fired := r.input(n)
-	if !fired {
-		r.skip(n)
-		return nil
+// env is what n's expressions see: the trigger data, n's input and the
+// outputs of the nodes upstream of n that ran. Only upstream nodes, so that
+// what an expression reads never depends on which branch finished first.
+func (r *run) env(n *node, input any) *exprEnv {
+	outputs := make(map[string]any, len(n.upstream))
+	for _, u := range n.upstream {
+		if st := r.state[u]; st != nil && st.ran {
+			outputs[u.id] = st.output
+		}
 	}
-	nodeStarted := time.Now()
-	res := &enginev1.NodeResult{NodeId: n.id, Type: n.typ, StartedAt: timestamppb.New(nodeStarted)}
+	return &exprEnv{Trigger: r.trigger, Input: input, Nodes: outputs, budget: r.budget}
+}
+
+// exec runs one node on its own goroutine. It reads only what env holds
+// and the run's configuration, and charges the run's budget.
+func (r *run) exec(ctx context.Context, n *node, env *exprEnv) done {
+	res := &enginev1.NodeResult{NodeId: n.id, Type: n.typ, StartedAt: timestamppb.Now()}
 	var (
 		out outcome
 		err = ctx.Err()
 	)
 	if err == nil {
-		out, err = n.exec.run(ctx, r, &exprEnv{Trigger: trigger, Input: input, Nodes: r.outputs, budget: r.budget})
+		out, err = n.exec.run(ctx, r, env)
 	}
 	if cerr := r.chargeOutput(out.output); cerr != nil {
 		out.output = nil // too big to keep, even as a failed node's output
@@ -120,9 +200,6 @@ func (r *run) step(ctx context.Context, n *node, trigger map[string]any) error {
 		err = ctx.Err()
 	}
 	res.FinishedAt = timestamppb.Now()
-	st := &nodeState{}
-	r.state[n] = st
-	r.results = append(r.results, res)
 	if err != nil {
 		err = nodeError(ctx, err)
 		res.Status, res.Error = StatusFailed, err.Error()
@@ -130,7 +207,7 @@ func (r *run) step(ctx context.Context, n *node, trigger map[string]any) error {
 			res.Output = toValue(out.output)
 		}
 		if !n.cont || ctx.Err() != nil {
-			return err
+			return done{n: n, res: res, err: err}
 		}
 		// continue_on_error: the error becomes the output downstream nodes see.
 		out = outcome{output: map[string]any{"error": err.Error(), "output": normalize(out.output)}}
@@ -141,13 +218,35 @@ func (r *run) step(ctx context.Context, n *node, trigger map[string]any) error {
 	if res.Output == nil {
 		res.Output = toValue(out.output)
 	}
-	st.ran, st.output, st.branch = true, out.output, out.branch
-	r.outputs[n.id] = out.output
-	r.last = out.output
-	if out.response != nil && r.resp == nil {
-		r.resp = out.response
+	return done{n: n, res: res, out: out}
+}
+
+// finish records a node that ran, failed or was skipped. Every node's
+// completion passes through here, once, on the scheduling goroutine. It
+// returns the node's error when the node failed the run.
+func (r *run) finish(d done) error {
+	r.results = append(r.results, d.res)
+	st := &nodeState{}
+	r.state[d.n] = st
+	if d.err != nil || d.res.GetStatus() == StatusSkipped {
+		return d.err
+	}
+	st.ran, st.output, st.branch = true, d.out.output, d.out.branch
+	if r.last == nil || d.n.pos > r.last.pos {
+		r.last = d.n
+	}
+	if d.out.response != nil {
+		r.respond(d.n, d.out.response)
 	}
 	return nil
+}
+
+// respond records what a respond node answered. The first respond node to
+// run decides the webhook caller's response.
+func (r *run) respond(_ *node, resp *webhookResponse) {
+	if r.resp == nil {
+		r.resp = resp
+	}
 }
 
 // chargeOutput measures a node's output before anything copies or
@@ -164,6 +263,8 @@ func (r *run) chargeOutput(v any) error {
 // nodeError gives context errors a readable text.
 func nodeError(ctx context.Context, err error) error {
 	switch {
+	case errors.Is(context.Cause(ctx), errSiblingFailed):
+		return errors.New("stopped because another node failed the run")
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return errors.New("the run's deadline passed while the node was running")
 	case errors.Is(ctx.Err(), context.Canceled):
@@ -174,8 +275,9 @@ func nodeError(ctx context.Context, err error) error {
 
 // input gathers what fired into n: the trigger fires by itself; another
 // node takes the output of its first input that fired (a merge node: of
-// every input that fired, in connection order). A connection from a
-// condition fires only for the branch the condition took.
+// every input that fired, in connection order, whichever finished first).
+// A connection from a condition fires only for the branch the condition
+// took.
 func (r *run) input(n *node) (any, bool) {
 	if n.typ == "trigger" {
 		return nil, true
@@ -199,12 +301,15 @@ func (r *run) input(n *node) (any, bool) {
 }
 
 func (r *run) skip(n *node) {
-	r.state[n] = &nodeState{}
-	r.results = append(r.results, &enginev1.NodeResult{NodeId: n.id, Type: n.typ, Status: StatusSkipped})
+	_ = r.finish(done{n: n, res: &enginev1.NodeResult{NodeId: n.id, Type: n.typ, Status: StatusSkipped}})
 }
 
-func (r *run) skipRest(nodes []*node) {
-	for _, n := range nodes {
-		r.skip(n)
+// skipUndecided records every node the stopped run never reached, in
+// topological order.
+func (r *run) skipUndecided() {
+	for _, n := range r.wf.order {
+		if r.state[n] == nil {
+			r.skip(n)
+		}
 	}
 }
