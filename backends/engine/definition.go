@@ -139,6 +139,7 @@ func (c *compiler) compileNode(i int, n *enginev1.Node, byID map[string]*node) (
 	}
 	exec, fe := spec.compile(c, params, field)
 	if fe != nil {
+		fe.Reason = fmt.Sprintf("node %q: %s", n.GetId(), fe.Reason)
 		return nil, fe
 	}
 	return &node{index: i, id: n.GetId(), typ: n.GetType(), cont: n.GetContinueOnError(), exec: exec}, nil

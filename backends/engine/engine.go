@@ -22,9 +22,11 @@ import (
 
 // Defaults of [Config].
 const (
-	DefaultRunTimeout       = 60 * time.Second
-	DefaultMaxRunTimeout    = 5 * time.Minute
-	DefaultMaxDelay         = 5 * time.Minute
+	DefaultMaxDelay = 5 * time.Minute
+	// DefaultRunTimeout holds the longest delay a node may take and leaves
+	// a minute for the rest of the run.
+	DefaultRunTimeout       = DefaultMaxDelay + time.Minute
+	DefaultMaxRunTimeout    = 30 * time.Minute
 	DefaultHTTPTimeout      = 30 * time.Second
 	DefaultMaxResponseBytes = 10 << 20
 	DefaultMaxNodes         = 500
@@ -51,7 +53,10 @@ type Config struct {
 	DefaultRunTimeout time.Duration
 	// MaxRunTimeout caps the deadline a request may ask for.
 	MaxRunTimeout time.Duration
-	// MaxDelay caps one delay node.
+	// MaxDelay caps one delay node. It must be shorter than
+	// DefaultRunTimeout, so that a run given no deadline can wait that long;
+	// unset, it is the smaller of DefaultMaxDelay and DefaultRunTimeout less
+	// a minute (or less half of it, when that is shorter than two minutes).
 	MaxDelay time.Duration
 	// HTTPTimeout is the default and the cap of one http_request.
 	HTTPTimeout time.Duration
@@ -110,6 +115,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.DefaultRunTimeout > cfg.MaxRunTimeout {
 		return nil, fmt.Errorf("engine: DefaultRunTimeout %s exceeds MaxRunTimeout %s", cfg.DefaultRunTimeout, cfg.MaxRunTimeout)
 	}
+	if cfg.MaxDelay >= cfg.DefaultRunTimeout {
+		return nil, fmt.Errorf("engine: MaxDelay %s must be shorter than DefaultRunTimeout %s, or the longest delay could never finish", cfg.MaxDelay, cfg.DefaultRunTimeout)
+	}
 	if cfg.DefaultRunTimeout < 0 || cfg.MaxDelay < 0 || cfg.HTTPTimeout < 0 || cfg.MaxResponseBytes < 0 || cfg.MaxNodes < 0 || cfg.ExprTimeout < 0 || cfg.MaxParallelNodes < 0 ||
 		cfg.ExprMaxLength < 0 || cfg.MaxValueBytes < 0 || cfg.RunMemoryBytes < 0 || cfg.RunExprTime < 0 {
 		return nil, errors.New("engine: limits must not be negative")
@@ -145,9 +153,9 @@ func withDefaults(cfg Config) Config {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	defaultTimeout := cfg.DefaultRunTimeout == 0 // a lower MaxRunTimeout then lowers it
 	setDefault(&cfg.DefaultRunTimeout, DefaultRunTimeout)
 	setDefault(&cfg.MaxRunTimeout, DefaultMaxRunTimeout)
-	setDefault(&cfg.MaxDelay, DefaultMaxDelay)
 	setDefault(&cfg.HTTPTimeout, DefaultHTTPTimeout)
 	setDefault(&cfg.MaxResponseBytes, DefaultMaxResponseBytes)
 	setDefault(&cfg.MaxNodes, DefaultMaxNodes)
@@ -159,9 +167,14 @@ func withDefaults(cfg Config) Config {
 	setDefault(&cfg.RunMemoryBytes, max(DefaultRunMemoryBytes, 4*cfg.MaxValueBytes))
 	setDefault(&cfg.RunExprTime, DefaultRunExprTime)
 	setDefault(&cfg.MaxParallelNodes, DefaultMaxParallelNodes)
-	if cfg.DefaultRunTimeout > cfg.MaxRunTimeout && cfg.MaxRunTimeout < DefaultRunTimeout {
+	if defaultTimeout && cfg.DefaultRunTimeout > cfg.MaxRunTimeout {
 		cfg.DefaultRunTimeout = cfg.MaxRunTimeout
 	}
+	margin := time.Minute
+	if cfg.DefaultRunTimeout < 2*margin {
+		margin = cfg.DefaultRunTimeout / 2
+	}
+	setDefault(&cfg.MaxDelay, min(DefaultMaxDelay, cfg.DefaultRunTimeout-margin))
 	return cfg
 }
 
@@ -183,6 +196,9 @@ func (s *Service) ExecuteWorkflow(ctx context.Context, req *connect.Request[engi
 	}
 	timeout, fe := s.runTimeout(msg)
 	if fe != nil {
+		return nil, invalidArgument(fe)
+	}
+	if fe := wf.checkDelays(timeout, s.maxTimeout); fe != nil {
 		return nil, invalidArgument(fe)
 	}
 	if msg.GetValidateOnly() {

@@ -270,7 +270,18 @@ func TestDelayAndDeadline(t *testing.T) {
 	if res.GetStatus() != "succeeded" || w.GetFinishedAt().AsTime().Sub(w.GetStartedAt().AsTime()) < 50*time.Millisecond {
 		t.Fatalf("delay: %v", res)
 	}
-	d.Nodes[1].Parameters.Fields["duration"] = structpb.NewStringValue("10s")
+	// A run whose deadline passes mid-node ends timed_out; the rest is skipped.
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); slow.Close() })
+	s = newEngine(t, engine.Config{HTTPAllowHosts: []string{"127.0.0.1"}})
+	d = def([]*enginev1.Node{n("start", "trigger", nil), n("wait", "http_request", map[string]any{"url": slow.URL}), n("after", "respond", nil)},
+		c("start", "wait"), c("wait", "after"))
 	start := time.Now()
 	res, err := executeErr(t.Context(), s, d, nil, 100*time.Millisecond)
 	if err != nil {
@@ -412,4 +423,14 @@ func TestConfig(t *testing.T) {
 	if _, err := engine.New(engine.Config{DefaultRunTimeout: time.Hour, MaxRunTimeout: time.Minute}); err == nil {
 		t.Fatal("default above max accepted")
 	}
+}
+
+func durationpbNew(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+
+func structValue(v any) *structpb.Value {
+	pv, err := structpb.NewValue(v)
+	if err != nil {
+		panic(err)
+	}
+	return pv
 }

@@ -166,6 +166,9 @@ func compileCondition(c *compiler, params map[string]any, field string) (executo
 	if err != nil {
 		return nil, fieldErrorf(field+".expression", "%s", err.Error())
 	}
+	if what := neverBoolean(prog); what != "" {
+		return nil, fieldErrorf(field+".expression", "%q is always %s, never true or false; a condition needs a comparison or test, e.g. input.priority == \"high\"", src, what)
+	}
 	return &conditionNode{expr: prog}, nil
 }
 
