@@ -18,7 +18,7 @@ import (
 
 var httpParams = map[string]bool{
 	"url": true, "method": false, "headers": false, "query": false, "body": false,
-	"timeout": false, "max_response_bytes": false, "fail_on_status": false,
+	"timeout": false, "max_response_bytes": false, "fail_on_status": false, "retry": false,
 }
 
 var httpMethods = map[string]bool{
@@ -37,6 +37,7 @@ type httpNode struct {
 	timeout      time.Duration
 	maxBytes     int64
 	failOnStatus bool
+	retry        *retryPolicy // nil: one attempt
 }
 
 func compileHTTP(c *compiler, params map[string]any, field string) (executor, *fieldError) {
@@ -113,6 +114,11 @@ func (n *httpNode) compileOptions(c *compiler, params map[string]any, field stri
 		}
 		n.failOnStatus = b
 	}
+	if v, ok := params["retry"]; ok {
+		if n.retry, fe = compileRetry(v, field+".retry"); fe != nil {
+			return fe
+		}
+	}
 	return nil
 }
 
@@ -138,29 +144,83 @@ func (n *httpNode) run(ctx context.Context, r *run, in *exprEnv) (outcome, error
 	if err != nil {
 		return outcome{}, err
 	}
+	for tries := 1; ; tries++ {
+		a := n.try(ctx, r, req)
+		if n.retry == nil {
+			return outcome{output: outputOf(a)}, a.err
+		}
+		if a.out != nil {
+			a.out["attempts"] = float64(tries)
+		}
+		wait, stop := n.retry.wait(ctx, tries, a)
+		if wait == 0 {
+			if a.err != nil && (tries > 1 || stop != "") {
+				a.err = fmt.Errorf("%w (attempt %d of %d%s)", a.err, tries, n.retry.attempts, prefixed("; no retry: ", stop))
+			}
+			return outcome{output: outputOf(a)}, a.err
+		}
+		if err := sleep(ctx, wait); err != nil {
+			return outcome{output: outputOf(a)}, err
+		}
+		if req, err = rewind(ctx, req); err != nil {
+			return outcome{}, err
+		}
+	}
+}
+
+func outputOf(a attempt) any {
+	if a.out == nil {
+		return nil
+	}
+	return a.out
+}
+
+func prefixed(prefix, s string) string {
+	if s == "" {
+		return ""
+	}
+	return prefix + s
+}
+
+// rewind makes a copy of req that sends its body again.
+func rewind(ctx context.Context, req *http.Request) (*http.Request, error) {
+	next := req.Clone(ctx)
+	if req.GetBody != nil {
+		body, err := req.GetBody()
+		if err != nil {
+			return nil, fmt.Errorf("resending the body: %w", err)
+		}
+		next.Body = body
+	}
+	return next, nil
+}
+
+// try sends the request once, under the node's own timeout.
+func (n *httpNode) try(ctx context.Context, r *run, req *http.Request) attempt {
 	ctx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
 	resp, err := r.engine.httpClient.Do(req.WithContext(ctx))
 	if err != nil {
-		return outcome{}, describeHTTPError(ctx, err, n.timeout)
+		return attempt{err: describeHTTPError(ctx, err, n.timeout), transient: transientError(err)}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, n.maxBytes+1))
 	if err != nil {
-		return outcome{}, describeHTTPError(ctx, err, n.timeout)
+		return attempt{err: describeHTTPError(ctx, err, n.timeout), transient: true}
 	}
 	if int64(len(data)) > n.maxBytes {
-		return outcome{}, fmt.Errorf("response body is larger than %d bytes", n.maxBytes)
+		return attempt{err: fmt.Errorf("response body is larger than %d bytes", n.maxBytes)}
 	}
-	out := map[string]any{
+	a := attempt{out: map[string]any{
 		"status_code": float64(resp.StatusCode),
 		"headers":     flatHeaders(resp.Header),
 		"body":        decodeBody(resp.Header.Get("Content-Type"), data),
-	}
+	}}
+	a.transient, a.retryAfter = retryable(resp)
 	if n.failOnStatus && resp.StatusCode >= 400 {
-		return outcome{output: out}, fmt.Errorf("%s %s answered HTTP %d", n.method, req.URL.Redacted(), resp.StatusCode)
+		a.err = fmt.Errorf("%s %s answered HTTP %d", n.method, req.URL.Redacted(), resp.StatusCode)
 	}
-	return outcome{output: out}, nil
+	return a
 }
 
 func (n *httpNode) request(ctx context.Context, r *run, in *exprEnv) (*http.Request, error) {

@@ -218,4 +218,3 @@ func TestConditionThatCannotBeBooleanIsRefused(t *testing.T) {
 		}
 	}
 }
-
