@@ -83,8 +83,11 @@ type Config struct {
 	// RunExprTime bounds the evaluation time of all of a run's expressions.
 	RunExprTime time.Duration
 	// MaxParallelNodes bounds how many nodes of one run execute at the
-	// same time (independent branches run concurrently).
+	// same time (independent branches run concurrently), and the
+	// concurrency one for_each node may ask for.
 	MaxParallelNodes int
+	// MaxLoopItems caps the max_items a for_each node may ask for.
+	MaxLoopItems int
 }
 
 // Service runs workflows. It is safe for concurrent use.
@@ -92,10 +95,8 @@ type Service struct {
 	compiler   compiler
 	defTimeout time.Duration
 	maxTimeout time.Duration
-	// maxParallel bounds the nodes of one run executing at once.
-	maxParallel int
-	httpClient  *http.Client
-	logger      *slog.Logger
+	httpClient *http.Client
+	logger     *slog.Logger
 }
 
 var _ enginev1connect.WorkflowEngineServiceHandler = (*Service)(nil)
@@ -107,6 +108,8 @@ type compiler struct {
 	maxDelay         time.Duration
 	httpTimeout      time.Duration
 	maxResponseBytes int64
+	maxParallel      int
+	maxLoopItems     int
 }
 
 // New validates cfg and builds the engine.
@@ -118,7 +121,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxDelay >= cfg.DefaultRunTimeout {
 		return nil, fmt.Errorf("engine: MaxDelay %s must be shorter than DefaultRunTimeout %s, or the longest delay could never finish", cfg.MaxDelay, cfg.DefaultRunTimeout)
 	}
-	if cfg.DefaultRunTimeout < 0 || cfg.MaxDelay < 0 || cfg.HTTPTimeout < 0 || cfg.MaxResponseBytes < 0 || cfg.MaxNodes < 0 || cfg.ExprTimeout < 0 || cfg.MaxParallelNodes < 0 ||
+	if cfg.DefaultRunTimeout < 0 || cfg.MaxDelay < 0 || cfg.HTTPTimeout < 0 || cfg.MaxResponseBytes < 0 || cfg.MaxNodes < 0 || cfg.ExprTimeout < 0 || cfg.MaxParallelNodes < 0 || cfg.MaxLoopItems < 0 ||
 		cfg.ExprMaxLength < 0 || cfg.MaxValueBytes < 0 || cfg.RunMemoryBytes < 0 || cfg.RunExprTime < 0 {
 		return nil, errors.New("engine: limits must not be negative")
 	}
@@ -140,12 +143,13 @@ func New(cfg Config) (*Service, error) {
 			maxDelay:         cfg.MaxDelay,
 			httpTimeout:      cfg.HTTPTimeout,
 			maxResponseBytes: cfg.MaxResponseBytes,
+			maxParallel:      cfg.MaxParallelNodes,
+			maxLoopItems:     cfg.MaxLoopItems,
 		},
-		defTimeout:  cfg.DefaultRunTimeout,
-		maxTimeout:  cfg.MaxRunTimeout,
-		maxParallel: cfg.MaxParallelNodes,
-		httpClient:  newHTTPClient(allow),
-		logger:      cfg.Logger,
+		defTimeout: cfg.DefaultRunTimeout,
+		maxTimeout: cfg.MaxRunTimeout,
+		httpClient: newHTTPClient(allow),
+		logger:     cfg.Logger,
 	}, nil
 }
 
@@ -167,6 +171,7 @@ func withDefaults(cfg Config) Config {
 	setDefault(&cfg.RunMemoryBytes, max(DefaultRunMemoryBytes, 4*cfg.MaxValueBytes))
 	setDefault(&cfg.RunExprTime, DefaultRunExprTime)
 	setDefault(&cfg.MaxParallelNodes, DefaultMaxParallelNodes)
+	setDefault(&cfg.MaxLoopItems, DefaultMaxLoopItems)
 	if defaultTimeout && cfg.DefaultRunTimeout > cfg.MaxRunTimeout {
 		cfg.DefaultRunTimeout = cfg.MaxRunTimeout
 	}

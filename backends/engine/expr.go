@@ -22,6 +22,10 @@ type exprEnv struct {
 	Input any `expr:"input"`
 	// Nodes maps the id of every node that has run to its output.
 	Nodes map[string]any `expr:"nodes"`
+	// Item and Index are, in a for_each node's steps, the list item the
+	// steps run for and its position from 0; nil elsewhere.
+	Item  any `expr:"item"`
+	Index any `expr:"index"`
 	// Guard is the evaluation's budget, passed by the compiler to every
 	// guarded call; expressions cannot name it.
 	Guard *evalGuard `expr:"__guard"`

@@ -45,6 +45,7 @@ func init() {
 		"delay":        {params: map[string]bool{"duration": true}, compile: compileDelay},
 		"merge":        {params: map[string]bool{"mode": false}, compile: compileMerge},
 		"respond":      {params: map[string]bool{"status_code": false, "headers": false, "body": false}, compile: compileRespond},
+		"for_each":     {params: map[string]bool{"items": true, "steps": true, "max_items": false, "concurrency": false}, compile: compileLoop},
 	}
 }
 

@@ -117,7 +117,7 @@ func (r *run) schedule(ctx context.Context) (string, string) {
 		}
 	}
 	for {
-		for runErr == "" && running < r.engine.maxParallel && len(ready) > 0 {
+		for runErr == "" && running < r.limits.maxParallel && len(ready) > 0 {
 			n := ready[0]
 			ready = ready[1:]
 			input, fired := r.input(n)

@@ -218,3 +218,13 @@ func TestConditionThatCannotBeBooleanIsRefused(t *testing.T) {
 		}
 	}
 }
+
+func validateOnly(t *testing.T, s *engine.Service, d *enginev1.WorkflowDefinition, timeout time.Duration) (*enginev1.ExecutionResult, error) {
+	t.Helper()
+	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: d, ValidateOnly: true, Timeout: durationpbNew(timeout)}
+	res, err := s.ExecuteWorkflow(t.Context(), connect.NewRequest(req))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg.GetResult(), nil
+}
