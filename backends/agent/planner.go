@@ -190,7 +190,7 @@ func (b *builder) connect(from, to, branch string) {
 }
 
 func (b *builder) chain(r *request, from, branch, prefix string, actions []action, resp *response) {
-	calls, waits := 0, 0
+	calls, waits, prevCall := 0, 0, ""
 	for _, a := range actions {
 		var id string
 		switch a.kind {
@@ -198,10 +198,14 @@ func (b *builder) chain(r *request, from, branch, prefix string, actions []actio
 			calls++
 			id = fmt.Sprintf("%scall_%d", prefix, calls)
 			params := map[string]any{"method": a.method, "url": a.url}
-			if a.method == "POST" || a.method == "PUT" || a.method == "PATCH" {
+			switch {
+			case a.fromPrev && prevCall != "":
+				params["body"] = "{{ nodes." + prevCall + ".body }}"
+			case a.method == "POST" || a.method == "PUT" || a.method == "PATCH":
 				params["body"] = "{{ " + r.dataRoot() + " }}"
 			}
 			b.node(id, "http_request", a.method+" "+hostOf(a.url), params)
+			prevCall = id
 		case "delay":
 			waits++
 			id = fmt.Sprintf("%swait_%d", prefix, waits)
@@ -251,6 +255,9 @@ func (r *request) sample() *structpb.Struct {
 			}
 			data[r.cond.field] = v
 		case string:
+			if r.cond.op == "!=" {
+				v = "not " + v
+			}
 			data[r.cond.field] = v
 		}
 	}
@@ -284,7 +291,7 @@ func (r *request) subject() string {
 	return "run"
 }
 
-var opWords = map[string]string{">": "over", ">=": "at least", "<": "under", "<=": "at most", "==": "equal to"}
+var opWords = map[string]string{">": "over", ">=": "at least", "<": "under", "<=": "at most", "==": "equal to", "!=": "not equal to"}
 
 func (r *request) name() string {
 	var b strings.Builder
@@ -345,7 +352,11 @@ func describeChain(lead string, actions []action, resp *response) []string {
 	for _, a := range actions {
 		switch a.kind {
 		case "http":
-			out = append(out, fmt.Sprintf("%s sends a %s request to %s.", lead, a.method, a.url))
+			with := ""
+			if a.fromPrev {
+				with = " with what the call before it returned"
+			}
+			out = append(out, fmt.Sprintf("%s sends a %s request to %s%s.", lead, a.method, a.url, with))
 		case "delay":
 			out = append(out, fmt.Sprintf("%s waits %s.", lead, a.delay))
 		}

@@ -28,7 +28,7 @@ type request struct {
 
 type condition struct {
 	field string
-	op    string // >, >=, <, <=, ==
+	op    string // >, >=, <, <=, ==, != (text only)
 	value any    // float64 or string
 }
 
@@ -37,6 +37,9 @@ type action struct {
 	method string
 	url    string
 	delay  string // a Go duration, e.g. "30s"
+	// fromPrev sends what the call before it returned instead of the
+	// incoming data ("fetch X then post the result to Y").
+	fromPrev bool
 }
 
 type response struct {
@@ -53,7 +56,8 @@ var (
 	reEvery     = regexp.MustCompile(`\b(?:every\s+(minute|hour|day|week|monday|tuesday|wednesday|thursday|friday|saturday|sunday)|(hourly|daily|weekly))\b(?:\s+at\s+(\d{1,2})(?::(\d{2}))?\s*(am|pm)?)?`)
 	reEntity    = regexp.MustCompile(`\b(?:receives?|received|receiving|for|with|new|incoming)\s+(?:an?\s+|the\s+|new\s+)?([a-z][a-z_]{2,30})\b`)
 	reCond      = regexp.MustCompile(`(?:\b([a-z][a-z0-9_]*)\s+)?(?:is\s+|are\s+|was\s+)?(over|above|more than|greater than|exceeds|exceeding|higher than|at least|under|below|less than|lower than|at most|equal to|equals|>=|<=|==|>|<|=)\s*\$?(-?\d+(?:\.\d+)?)`)
-	reCondText  = regexp.MustCompile(`\b([a-z][a-z0-9_]*)\s+(?:is|equals|==|=)\s+["']([^"']+)["']`)
+	reCondText  = regexp.MustCompile(`\b([a-z][a-z0-9_]*)\s+(is not equal to|not equal to|is not|isn't|!=|is equal to|equal to|equals|is|==|=)\s+["'“]([^"'“”]+)["'”]`)
+	rePrevOut   = regexp.MustCompile(`\b(?:result|results|response|output|what it returns|what it returned)\b`)
 	reMethod    = regexp.MustCompile(`\b(post|put|patch|get|delete|send|forward|notify|call|fetch|push|relay)\b`)
 	reVague     = regexp.MustCompile(`\b(post|send|forward|notify|call|push|email|slack|message)\b`)
 	reDelay     = regexp.MustCompile(`\b(?:wait|delay|pause|sleep)(?:\s+for)?\s+(\d+)\s*(seconds?|secs?|s|minutes?|mins?|m)\b`)
@@ -82,7 +86,7 @@ func parseMessage(text string) request {
 	main, other, _ := splitOtherwise(text)
 	lower := strings.ToLower(main)
 	r.parseTrigger(lower)
-	r.cond = parseCondition(lower, r.entity)
+	r.cond = parseCondition(main, r.entity)
 	r.actions = parseActions(main)
 	r.respond = parseRespond(main)
 	if other != "" {
@@ -170,7 +174,13 @@ var comparisons = map[string]string{
 	"equal to": "==", "equals": "==", ">=": ">=", "<=": "<=", "==": "==", ">": ">", "<": "<", "=": "==",
 }
 
-func parseCondition(lower, entity string) *condition {
+var textComparisons = map[string]string{
+	"is not equal to": "!=", "not equal to": "!=", "is not": "!=", "isn't": "!=", "!=": "!=",
+	"is equal to": "==", "equal to": "==", "equals": "==", "is": "==", "==": "==", "=": "==",
+}
+
+func parseCondition(text, entity string) *condition {
+	lower := strings.ToLower(text)
 	for _, m := range reCond.FindAllStringSubmatch(lower, -1) {
 		if strings.Contains(m[0], "://") {
 			continue
@@ -181,8 +191,12 @@ func parseCondition(lower, entity string) *condition {
 		}
 		return &condition{field: conditionField(m[1], entity), op: comparisons[m[2]], value: value}
 	}
-	if m := reCondText.FindStringSubmatch(lower); m != nil && !notAField[m[1]] {
-		return &condition{field: m[1], op: "==", value: m[2]}
+	if m := reCondText.FindStringSubmatchIndex(lower); m != nil && !notAField[lower[m[2]:m[3]]] {
+		value := lower[m[6]:m[7]]
+		if len(lower) == len(text) { // compare with the user's casing: "NL", not "nl"
+			value = text[m[6]:m[7]]
+		}
+		return &condition{field: lower[m[2]:m[3]], op: textComparisons[lower[m[4]:m[5]]], value: value}
 	}
 	return nil
 }
@@ -207,6 +221,7 @@ func conditionField(word, entity string) string {
 func parseActions(text string) []action {
 	var out []action
 	lower := strings.ToLower(text)
+	prevEnd := -1
 	for _, loc := range reURL.FindAllStringIndex(text, -1) {
 		url := strings.TrimRight(text[loc[0]:loc[1]], ".,;:!?")
 		start := max(0, loc[0]-48)
@@ -223,7 +238,13 @@ func parseActions(text string) []action {
 				method = "DELETE"
 			}
 		}
-		out = append(out, action{kind: "http", method: method, url: url})
+		a := action{kind: "http", method: method, url: url}
+		if prevEnd >= 0 && (method == "POST" || method == "PUT" || method == "PATCH") {
+			prev := out[len(out)-1]
+			a.fromPrev = prev.method == "GET" || rePrevOut.MatchString(lower[prevEnd:loc[0]])
+		}
+		out = append(out, a)
+		prevEnd = loc[1]
 	}
 	for _, m := range reDelay.FindAllStringSubmatchIndex(lower, -1) {
 		n := lower[m[2]:m[3]]

@@ -3,11 +3,12 @@ package agent
 import (
 	"regexp"
 	"strconv"
+	"strings"
 
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 )
 
-var reExpression = regexp.MustCompile(`^trigger(\.body)?\.([a-z][a-z0-9_]*)\s*(>=|<=|==|>|<)\s*(-?\d+(?:\.\d+)?|"[^"]*")$`)
+var reExpression = regexp.MustCompile(`^trigger(\.body)?\.([a-z][a-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?|"[^"]*")$`)
 
 // requestFromDefinition reads back a workflow of the shapes the planner
 // builds (trigger, optional condition, chains of calls and waits, and
@@ -81,7 +82,8 @@ func readChain(next func(string, string) *enginev1.Node, n *enginev1.Node) ([]ac
 			if method == "" {
 				method = "GET"
 			}
-			actions = append(actions, action{kind: "http", method: method, url: p["url"].GetStringValue()})
+			fromPrev := strings.HasPrefix(p["body"].GetStringValue(), "{{ nodes.")
+			actions = append(actions, action{kind: "http", method: method, url: p["url"].GetStringValue(), fromPrev: fromPrev})
 		case "delay":
 			actions = append(actions, action{kind: "delay", delay: p["duration"].GetStringValue()})
 		case "respond":
