@@ -84,6 +84,10 @@ func prepareREST(r *http.Request) *url.URL {
 			r.Header.Set(webhookQueryHeader, u.RawQuery)
 			u.RawQuery = ""
 		}
+		r.Header.Set(webhookMethodHeader, r.Method)
+		if ua := r.UserAgent(); ua != "" {
+			r.Header.Set(webhookAgentHeader, ua)
+		}
 		return &u
 	}
 	if isJSONMediaType(r.Header.Get("Content-Type")) {

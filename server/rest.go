@@ -55,6 +55,14 @@ func callerProtocol(r *http.Request) string {
 // onto scalar fields, and a webhook's parameters are arbitrary.
 const webhookQueryHeader = "X-Flowgate-Webhook-Query"
 
+// webhookMethodHeader and webhookAgentHeader carry a webhook request's
+// method and User-Agent the same way: the transcoder turns a GET into a
+// POST and sends its own User-Agent.
+const (
+	webhookMethodHeader = "X-Flowgate-Webhook-Method"
+	webhookAgentHeader  = "X-Flowgate-Webhook-Agent"
+)
+
 // statusHeader carries the HTTP status a forwarder asks for (a webhook's
 // respond node) to the REST layer, which removes it from the response.
 const statusHeader = "X-Flowgate-Http-Status"
@@ -72,6 +80,8 @@ func restLayer(next http.Handler, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Internal headers are the gateway's own; no caller may set them.
 		r.Header.Del(webhookQueryHeader)
+		r.Header.Del(webhookMethodHeader)
+		r.Header.Del(webhookAgentHeader)
 		r.Header.Del(statusHeader)
 		if err := checkEdgeHeaders(r); err != nil {
 			errs.write(w, r, err)

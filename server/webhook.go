@@ -48,7 +48,16 @@ func webhookRequest(in, out *connect.Request[frame]) error {
 			msg.Headers[key] = val
 		}
 	}
+	if msg.Method == "" {
+		msg.Method = in.Header().Get(webhookMethodHeader)
+	}
+	if ua := in.Header().Get(webhookAgentHeader); ua != "" && utf8.ValidString(ua) {
+		msg.Headers["user-agent"] = ua
+	}
 	if raw := in.Header().Get(webhookQueryHeader); raw != "" {
+		if msg.RawQuery == "" {
+			msg.RawQuery = raw
+		}
 		values, err := url.ParseQuery(raw)
 		if err != nil {
 			return connect.NewError(connect.CodeInvalidArgument, errorText("malformed query string"))

@@ -1,6 +1,7 @@
 package runtimesvc
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -8,8 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
+	"mime/multipart"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -171,48 +175,170 @@ func unauthenticated(msg string) error {
 }
 
 // webhookTriggerData is what the workflow's trigger node receives:
-// {body, headers, query, path}. A JSON body is parsed; any other body is
-// passed as text (or base64 when it is not UTF-8).
+// {method, path, headers, query, query_values, content_type, user_agent,
+// body}. A JSON body is parsed, a form body (urlencoded or multipart)
+// becomes an object of its fields; any other body is passed as text (or
+// base64 when it is not UTF-8). query holds the first value of each
+// parameter, query_values all of them.
 func webhookTriggerData(path string, msg *runtimev1.TriggerWebhookRequest) (*structpb.Struct, error) {
 	body, err := decodeWebhookBody(msg.GetBody())
 	if err != nil {
 		return nil, err
 	}
-	headers := make(map[string]any, len(msg.GetHeaders()))
+	headers := make(map[string]any, len(msg.GetHeaders())+1)
 	for k, v := range msg.GetHeaders() {
 		if k == headerSignature {
 			continue // no use to the workflow; keep it out of the history
 		}
 		headers[k] = v
 	}
-	query := make(map[string]any, len(msg.GetQuery()))
-	for k, v := range msg.GetQuery() {
-		query[k] = v
+	contentType := msg.GetBody().GetContentType()
+	if contentType != "" {
+		headers["content-type"] = contentType
 	}
-	data, err := structpb.NewStruct(map[string]any{"body": body, "headers": headers, "query": query, "path": path})
+	query, values, err := webhookQuery(msg)
+	if err != nil {
+		return nil, err
+	}
+	method := strings.ToUpper(msg.GetMethod())
+	if method == "" {
+		method = http.MethodPost
+	}
+	data, err := structpb.NewStruct(map[string]any{
+		"method": method, "path": path, "headers": headers, "query": query, "query_values": values,
+		"content_type": contentType, "user_agent": msg.GetHeaders()["user-agent"], "body": body,
+	})
 	if err != nil {
 		return nil, invalid("body", "cannot be represented: %v", err)
 	}
 	return data, nil
 }
 
+// webhookQuery reads the query parameters: from the raw query string when
+// the gateway passed it (every value of a repeated parameter), else from
+// the first-value map.
+func webhookQuery(msg *runtimev1.TriggerWebhookRequest) (map[string]any, map[string]any, error) {
+	first := make(map[string]any, len(msg.GetQuery()))
+	all := make(map[string]any, len(msg.GetQuery()))
+	for k, v := range msg.GetQuery() {
+		first[k], all[k] = v, []any{v}
+	}
+	if msg.GetRawQuery() == "" {
+		return first, all, nil
+	}
+	parsed, err := url.ParseQuery(msg.GetRawQuery())
+	if err != nil {
+		return nil, nil, invalid("raw_query", "is not a query string: %v", err)
+	}
+	for k, vals := range parsed {
+		if _, set := first[k]; !set && len(vals) > 0 {
+			first[k] = vals[0]
+		}
+		all[k] = stringsToAny(vals)
+	}
+	return first, all, nil
+}
+
+func stringsToAny(vals []string) []any {
+	out := make([]any, len(vals))
+	for i, v := range vals {
+		out[i] = v
+	}
+	return out
+}
+
+// maxFormParts bounds the parts of a multipart body the workflow sees.
+const maxFormParts = 1000
+
 func decodeWebhookBody(b *httpbody.HttpBody) (any, error) {
 	data := b.GetData()
 	if len(data) == 0 {
 		return nil, nil
 	}
-	mt, _, _ := mime.ParseMediaType(b.GetContentType())
-	if mt == "application/json" || strings.HasSuffix(mt, "+json") {
+	mt, params, _ := mime.ParseMediaType(b.GetContentType())
+	switch {
+	case mt == "application/json" || strings.HasSuffix(mt, "+json"):
 		var v any
 		if err := json.Unmarshal(data, &v); err != nil {
 			return nil, invalid("body", "is not valid JSON: %v", err)
 		}
 		return v, nil
+	case mt == "application/x-www-form-urlencoded":
+		vals, err := url.ParseQuery(string(data))
+		if err != nil {
+			return nil, invalid("body", "is not a valid form: %v", err)
+		}
+		return formFields(vals, nil), nil
+	case mt == "multipart/form-data":
+		return decodeMultipart(data, params["boundary"])
 	}
+	return textOrBase64(data), nil
+}
+
+func textOrBase64(data []byte) any {
 	if utf8.Valid(data) {
-		return string(data), nil
+		return string(data)
 	}
-	return map[string]any{"base64": base64Std(data)}, nil
+	return map[string]any{"base64": base64Std(data)}
+}
+
+// formFields is a form as an object: a field sent once is a string, a
+// field sent more than once a list, a file {filename, content_type, size,
+// content} (content as text, or {base64} when it is not UTF-8).
+func formFields(vals url.Values, files map[string][]any) map[string]any {
+	out := make(map[string]any, len(vals)+len(files))
+	for k, vs := range vals {
+		if len(vs) == 1 {
+			out[k] = vs[0]
+		} else {
+			out[k] = stringsToAny(vs)
+		}
+	}
+	for k, fs := range files {
+		if len(fs) == 1 {
+			out[k] = fs[0]
+		} else {
+			out[k] = fs
+		}
+	}
+	return out
+}
+
+func decodeMultipart(data []byte, boundary string) (any, error) {
+	if boundary == "" {
+		return nil, invalid("body", "multipart/form-data needs a boundary parameter")
+	}
+	r := multipart.NewReader(bytes.NewReader(data), boundary)
+	vals, files := url.Values{}, map[string][]any{}
+	for n := 0; ; n++ {
+		part, err := r.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, invalid("body", "is not valid multipart/form-data: %v", err)
+		}
+		if n == maxFormParts {
+			return nil, invalid("body", "has more than %d form parts", maxFormParts)
+		}
+		content, err := io.ReadAll(part) // bounded by the request's size limit
+		if err != nil {
+			return nil, invalid("body", "is not valid multipart/form-data: %v", err)
+		}
+		name := part.FormName()
+		if name == "" {
+			continue
+		}
+		if part.FileName() == "" {
+			vals.Add(name, string(content))
+			continue
+		}
+		files[name] = append(files[name], map[string]any{
+			"filename": part.FileName(), "content_type": part.Header.Get("Content-Type"),
+			"size": float64(len(content)), "content": textOrBase64(content),
+		})
+	}
+	return formFields(vals, files), nil
 }
 
 // replay answers a retried request with the execution it first started.

@@ -1346,8 +1346,13 @@ type TriggerWebhookRequest struct {
 	// and hop-by-hop headers). Carries the signature, timestamp and
 	// idempotency key.
 	Headers map[string]string `protobuf:"bytes,3,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// The request's query parameters.
-	Query         map[string]string `protobuf:"bytes,4,rep,name=query,proto3" json:"query,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The request's query parameters (the first value of each).
+	Query map[string]string `protobuf:"bytes,4,rep,name=query,proto3" json:"query,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The HTTP method: POST, or GET for verification handshakes. Empty means
+	// POST.
+	Method string `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	// The query string as sent, with every value of a repeated parameter.
+	RawQuery      string `protobuf:"bytes,6,opt,name=raw_query,json=rawQuery,proto3" json:"raw_query,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1408,6 +1413,20 @@ func (x *TriggerWebhookRequest) GetQuery() map[string]string {
 		return x.Query
 	}
 	return nil
+}
+
+func (x *TriggerWebhookRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *TriggerWebhookRequest) GetRawQuery() string {
+	if x != nil {
+		return x.RawQuery
+	}
+	return ""
 }
 
 // TriggerWebhookResponse is what the webhook caller gets back.
@@ -1603,12 +1622,14 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\x13GetExecutionRequest\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\"T\n" +
 	"\x14GetExecutionResponse\x12<\n" +
-	"\texecution\x18\x01 \x01(\v2\x1e.workflow.runtime.v1.ExecutionR\texecution\"\xeb\x02\n" +
+	"\texecution\x18\x01 \x01(\v2\x1e.workflow.runtime.v1.ExecutionR\texecution\"\xa0\x03\n" +
 	"\x15TriggerWebhookRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12(\n" +
 	"\x04body\x18\x02 \x01(\v2\x14.google.api.HttpBodyR\x04body\x12Q\n" +
 	"\aheaders\x18\x03 \x03(\v27.workflow.runtime.v1.TriggerWebhookRequest.HeadersEntryR\aheaders\x12K\n" +
-	"\x05query\x18\x04 \x03(\v25.workflow.runtime.v1.TriggerWebhookRequest.QueryEntryR\x05query\x1a:\n" +
+	"\x05query\x18\x04 \x03(\v25.workflow.runtime.v1.TriggerWebhookRequest.QueryEntryR\x05query\x12\x16\n" +
+	"\x06method\x18\x05 \x01(\tR\x06method\x12\x1b\n" +
+	"\traw_query\x18\x06 \x01(\tR\brawQuery\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a8\n" +
@@ -1625,7 +1646,7 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\aheaders\x18\x05 \x03(\v28.workflow.runtime.v1.TriggerWebhookResponse.HeadersEntryR\aheaders\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\x9f\r\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xc3\r\n" +
 	"\x16WorkflowRuntimeService\x12\xcb\x01\n" +
 	"\x10CreateDeployment\x12,.workflow.runtime.v1.CreateDeploymentRequest\x1a-.workflow.runtime.v1.CreateDeploymentResponse\"Z\xc2\xf3\x18#\n" +
 	"!workflows:write workflows:execute\x82\xd3\xe4\x93\x02-:\x01*b\n" +
@@ -1645,8 +1666,8 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\x0eListExecutions\x12*.workflow.runtime.v1.ListExecutionsRequest\x1a+.workflow.runtime.v1.ListExecutionsResponse\".\xc2\xf3\x18\x10\n" +
 	"\x0eworkflows:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/executions\x12\xad\x01\n" +
 	"\fGetExecution\x12(.workflow.runtime.v1.GetExecutionRequest\x1a).workflow.runtime.v1.GetExecutionResponse\"H\xc2\xf3\x18\x10\n" +
-	"\x0eworkflows:read\x82\xd3\xe4\x93\x02.b\texecution\x12!/api/v1/executions/{execution_id}\x12\x9f\x01\n" +
-	"\x0eTriggerWebhook\x12*.workflow.runtime.v1.TriggerWebhookRequest\x1a+.workflow.runtime.v1.TriggerWebhookResponse\"4\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02(:\x04bodyb\x04body\"\x1a/api/v1/webhooks/{path=**}B\xd8\x01\n" +
+	"\x0eworkflows:read\x82\xd3\xe4\x93\x02.b\texecution\x12!/api/v1/executions/{execution_id}\x12\xc3\x01\n" +
+	"\x0eTriggerWebhook\x12*.workflow.runtime.v1.TriggerWebhookRequest\x1a+.workflow.runtime.v1.TriggerWebhookResponse\"X\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02L:\x04bodyZ\"b\x04body\x12\x1a/api/v1/webhooks/{path=**}b\x04body\"\x1a/api/v1/webhooks/{path=**}B\xd8\x01\n" +
 	"\x17com.workflow.runtime.v1B\fRuntimeProtoP\x01ZAgithub.com/flowgate/flowgate/gen/go/workflow/runtime/v1;runtimev1\xa2\x02\x03WRX\xaa\x02\x13Workflow.Runtime.V1\xca\x02\x13Workflow\\Runtime\\V1\xe2\x02\x1fWorkflow\\Runtime\\V1\\GPBMetadata\xea\x02\x15Workflow::Runtime::V1b\x06proto3"
 
 var (
