@@ -146,11 +146,7 @@ func TestDelaysMustFitTheDeadline(t *testing.T) {
 	t.Parallel()
 	s := newEngine(t, engine.Config{})
 	validate := func(d *enginev1.WorkflowDefinition, timeout time.Duration) error {
-		req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: d, ValidateOnly: true}
-		if timeout > 0 {
-			req.Timeout = durationpbNew(timeout)
-		}
-		_, err := s.ExecuteWorkflow(t.Context(), connect.NewRequest(req))
+		_, err := validateOnly(t, s, d, timeout)
 		return err
 	}
 	wait := func(id, dur string) *enginev1.Node { return n(id, "delay", map[string]any{"duration": dur}) }
@@ -221,7 +217,10 @@ func TestConditionThatCannotBeBooleanIsRefused(t *testing.T) {
 
 func validateOnly(t *testing.T, s *engine.Service, d *enginev1.WorkflowDefinition, timeout time.Duration) (*enginev1.ExecutionResult, error) {
 	t.Helper()
-	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: d, ValidateOnly: true, Timeout: durationpbNew(timeout)}
+	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: d, ValidateOnly: true}
+	if timeout > 0 {
+		req.Timeout = durationpbNew(timeout)
+	}
 	res, err := s.ExecuteWorkflow(t.Context(), connect.NewRequest(req))
 	if err != nil {
 		return nil, err
