@@ -98,7 +98,8 @@ type Node struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique within the definition.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// One of: trigger, set, condition, http_request, delay, merge, respond.
+	// One of: trigger, set, condition, http_request, delay, merge, respond,
+	// for_each.
 	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
 	// A human readable name.
 	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`

@@ -68,7 +68,8 @@ export type Node = Message<"workflow.engine.v1.Node"> & {
   id: string;
 
   /**
-   * One of: trigger, set, condition, http_request, delay, merge, respond.
+   * One of: trigger, set, condition, http_request, delay, merge, respond,
+   * for_each.
    *
    * @generated from field: string type = 2;
    */
