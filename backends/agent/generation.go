@@ -322,6 +322,13 @@ func sideEffects(def *enginev1.WorkflowDefinition) string {
 			return fmt.Sprintf("node %q calls an external endpoint", n.GetId())
 		case "delay":
 			return fmt.Sprintf("node %q waits", n.GetId())
+		case "for_each":
+			for _, st := range n.GetParameters().GetFields()["steps"].GetListValue().GetValues() {
+				switch st.GetStructValue().GetFields()["type"].GetStringValue() {
+				case "http_request", "delay":
+					return fmt.Sprintf("node %q calls an external endpoint or waits for each item", n.GetId())
+				}
+			}
 		}
 	}
 	return ""

@@ -92,7 +92,23 @@ func (s *Service) webhookLaunch(ctx context.Context, d *deployment, wh *runtimev
 			return launch{}, err
 		}
 	}
-	return launch{d: d, triggerType: triggerWebhook, triggerData: data, idemKey: key, requestHash: requestHash(msg)}, nil
+	return launch{d: d, triggerType: triggerWebhook, triggerData: data, idemKey: key, requestHash: webhookRequestHash(msg)}, nil
+}
+
+// webhookRequestHash binds an idempotency key to the request's method and
+// every query value too: requestHash sees the first value of each query
+// parameter only. A POST without a query string hashes as it always has.
+func webhookRequestHash(msg *runtimev1.TriggerWebhookRequest) string {
+	base := requestHash(msg)
+	method := strings.ToUpper(msg.GetMethod())
+	if (method == "" || method == http.MethodPost) && msg.GetRawQuery() == "" {
+		return base
+	}
+	h := sha256.New()
+	writeField(h, []byte(base))
+	writeField(h, []byte(method))
+	writeField(h, []byte(msg.GetRawQuery()))
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // webhookTarget finds the deployment a webhook path names: the first

@@ -121,3 +121,24 @@ func testGetHandshake(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEn
 		t.Fatalf("POST answered %d %s", post.Msg.GetStatusCode(), post.Msg.GetBody().GetData())
 	}
 }
+
+func TestWebhookRequestHashSeesMethodAndRepeatedValues(t *testing.T) {
+	t.Parallel()
+	post := &runtimev1.TriggerWebhookRequest{Query: map[string]string{"id": "1"}}
+	base := webhookRequestHash(post)
+	if base != requestHash(post) {
+		t.Fatal("a POST without a raw query hashes differently than before")
+	}
+	seen := map[string]bool{base: true}
+	for _, msg := range []*runtimev1.TriggerWebhookRequest{
+		{Method: "GET", Query: map[string]string{"id": "1"}},
+		{Query: map[string]string{"id": "1"}, RawQuery: "id=1"},
+		{Query: map[string]string{"id": "1"}, RawQuery: "id=1&id=2"},
+	} {
+		h := webhookRequestHash(msg)
+		if seen[h] {
+			t.Fatalf("%v hashes like an earlier request", msg)
+		}
+		seen[h] = true
+	}
+}
