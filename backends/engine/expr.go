@@ -20,7 +20,8 @@ type exprEnv struct {
 	// Input is the node's input: the output of the node before it (a list
 	// of outputs for a merge node).
 	Input any `expr:"input"`
-	// Nodes maps the id of every node that has run to its output.
+	// Nodes maps the id of every node upstream of this one that has run to
+	// its output (in for_each steps, also the earlier steps of the item).
 	Nodes map[string]any `expr:"nodes"`
 	// Item and Index are, in a for_each node's steps, the list item the
 	// steps run for and its position from 0; nil elsewhere.
