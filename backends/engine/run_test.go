@@ -227,3 +227,24 @@ func validateOnly(t *testing.T, s *engine.Service, d *enginev1.WorkflowDefinitio
 	}
 	return res.Msg.GetResult(), nil
 }
+
+// Branches running at the same time draw on one budget: each of these
+// fits alone, together they do not.
+func TestParallelBranchesShareTheRunBudget(t *testing.T) {
+	t.Parallel()
+	s := newEngine(t, engine.Config{MaxResponseBytes: 1 << 10, MaxValueBytes: 1 << 20, RunMemoryBytes: 1 << 20})
+	nodes := []*enginev1.Node{n("start", "trigger", nil)}
+	var conns []*enginev1.Connection
+	for _, id := range []string{"a", "b", "c", "d"} {
+		nodes = append(nodes, n(id, "set", map[string]any{"values": map[string]any{"x": `{{ repeat("x", 200000) }}`}, "keep_input": false}))
+		conns = append(conns, c("start", id))
+	}
+	one := def(nodes[:2], conns[0])
+	if res := execute(t, s, one, nil); res.GetStatus() != "succeeded" {
+		t.Fatalf("one branch alone: %s", res.GetError())
+	}
+	res := execute(t, s, def(nodes, conns...), nil)
+	if res.GetStatus() != "failed" || !strings.Contains(res.GetError(), "resource exhausted: the run used more than its memory budget") {
+		t.Fatalf("status %q error %q", res.GetStatus(), res.GetError())
+	}
+}
