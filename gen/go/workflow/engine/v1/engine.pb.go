@@ -364,9 +364,11 @@ type ExecutionResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One of: valid (validate_only), succeeded, failed, timed_out, canceled.
 	Status string `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
-	// Every node's result, in the order the nodes ran.
+	// Every node's result, in the order the nodes finished (parallel
+	// branches interleave).
 	NodeResults []*NodeResult `protobuf:"bytes,2,rep,name=node_results,json=nodeResults,proto3" json:"node_results,omitempty"`
-	// The output of the last node that ran.
+	// The output of the last node that ran, in the topological order of the
+	// definition (whichever branch finished last).
 	Output *structpb.Value `protobuf:"bytes,3,opt,name=output,proto3" json:"output,omitempty"`
 	// Why the run failed, if it did.
 	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`

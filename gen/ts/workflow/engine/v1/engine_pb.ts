@@ -216,14 +216,16 @@ export type ExecutionResult = Message<"workflow.engine.v1.ExecutionResult"> & {
   status: string;
 
   /**
-   * Every node's result, in the order the nodes ran.
+   * Every node's result, in the order the nodes finished (parallel
+   * branches interleave).
    *
    * @generated from field: repeated workflow.engine.v1.NodeResult node_results = 2;
    */
   nodeResults: NodeResult[];
 
   /**
-   * The output of the last node that ran.
+   * The output of the last node that ran, in the topological order of the
+   * definition (whichever branch finished last).
    *
    * @generated from field: google.protobuf.Value output = 3;
    */
