@@ -368,7 +368,7 @@ type ExecutionResult struct {
 	// branches interleave).
 	NodeResults []*NodeResult `protobuf:"bytes,2,rep,name=node_results,json=nodeResults,proto3" json:"node_results,omitempty"`
 	// The output of the last node that ran, in the topological order of the
-	// definition (whichever branch finished last).
+	// definition, not of finishing.
 	Output *structpb.Value `protobuf:"bytes,3,opt,name=output,proto3" json:"output,omitempty"`
 	// Why the run failed, if it did.
 	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`

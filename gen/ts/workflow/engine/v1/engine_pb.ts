@@ -225,7 +225,7 @@ export type ExecutionResult = Message<"workflow.engine.v1.ExecutionResult"> & {
 
   /**
    * The output of the last node that ran, in the topological order of the
-   * definition (whichever branch finished last).
+   * definition, not of finishing.
    *
    * @generated from field: google.protobuf.Value output = 3;
    */
