@@ -46,9 +46,9 @@ func scaleOutDeps(t *testing.T) (dbURL, redisURL string) {
 // replicaSet is one replica of the three reference backends, started as
 // flowgate-backends starts them; kill cuts it off as a crash would.
 type replicaSet struct {
-	b                     *backends.Backends
+	b                      *backends.Backends
 	agent, runtime, engine string
-	killed                atomic.Bool
+	killed                 atomic.Bool
 }
 
 func startReplicaSet(t *testing.T, dbURL, publicURL string, key []byte) *replicaSet {
@@ -89,7 +89,7 @@ func scaleOutGateway(t *testing.T, ln net.Listener, reps []*replicaSet, key []by
 		}
 		return server.Upstream{Address: strings.Join(addrs, ",")}
 	}
-	gw, err := server.New(server.Config{
+	serveGateway(t, ln, server.Config{
 		Agent:      join(func(r *replicaSet) string { return r.agent }),
 		Runtime:    join(func(r *replicaSet) string { return r.runtime }),
 		Engine:     join(func(r *replicaSet) string { return r.engine }),
@@ -101,19 +101,6 @@ func scaleOutGateway(t *testing.T, ln net.Listener, reps []*replicaSet, key []by
 			// One procedure is limited, so that the load is not.
 			RateLimitOverrides: runtimev1connect.WorkflowRuntimeServiceGetExecutionProcedure + "=0.01:10",
 		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway: %v", err)
-		}
-		_ = gw.Close()
 	})
 }
 

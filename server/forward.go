@@ -16,11 +16,11 @@ import (
 // forwarder relays one RPC to its upstream. A forwarder is built once per
 // method at start-up; a call allocates only its outgoing request.
 type forwarder struct {
-	upstream   string // the upstream's name, for error messages and logs
-	procedure  string
-	method     int // index of the method in its service, for the replicas' callers
-	pool       *replicaPool
-	stats      *upstreamStats
+	upstream  string // the upstream's name, for error messages and logs
+	procedure string
+	method    int // index of the method in its service, for the replicas' callers
+	pool      *replicaPool
+	stats     *upstreamStats
 	// idempotent methods may be retried after they reached an upstream;
 	// attempts bounds the tries of a call, retries included.
 	idempotent bool

@@ -25,10 +25,10 @@ type upstreamVecs struct {
 
 func newUpstreamVecs() upstreamVecs {
 	return upstreamVecs{
-		calls:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_calls_total", Help: "Calls sent to an upstream (unary calls and streams), by the code the caller got."}, []string{"upstream", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "flowgate_upstream_call_duration_seconds", Help: "Time an upstream took to answer a unary call.", Buckets: latencies}, []string{"upstream"}),
-		refused:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_refused_total", Help: "Calls failed fast without being sent: every replica of the upstream was ejected or had too many calls in flight."}, []string{"upstream"}),
-		retries:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_retries_total", Help: "Calls sent again after a failed attempt."}, []string{"upstream"}),
+		calls:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_calls_total", Help: "Calls sent to an upstream (unary calls and streams), by the code the caller got."}, []string{"upstream", "code"}),
+		duration:      prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "flowgate_upstream_call_duration_seconds", Help: "Time an upstream took to answer a unary call.", Buckets: latencies}, []string{"upstream"}),
+		refused:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_refused_total", Help: "Calls failed fast without being sent: every replica of the upstream was ejected or had too many calls in flight."}, []string{"upstream"}),
+		retries:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_retries_total", Help: "Calls sent again after a failed attempt."}, []string{"upstream"}),
 		retriesDenied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_retries_denied_total", Help: "Retries not made because the upstream's retry budget was spent."}, []string{"upstream"}),
 	}
 }
@@ -45,7 +45,7 @@ type upstreamStats struct {
 	refused       prometheus.Counter
 	retries       prometheus.Counter
 	retriesDenied prometheus.Counter
-	codes    [numCodes]atomic.Pointer[prometheus.Counter]
+	codes         [numCodes]atomic.Pointer[prometheus.Counter]
 }
 
 // watchUpstream registers the series of one upstream and of its replicas'
@@ -65,11 +65,11 @@ func (m *metrics) watchUpstream(name string, pool *replicaPool) *upstreamStats {
 			func() float64 { return float64(pool.size()) }),
 	)
 	return &upstreamStats{
-		vecs:     &m.upstream,
-		name:     label,
-		duration: m.upstream.duration.WithLabelValues(label),
-		refused:  m.upstream.refused.WithLabelValues(label),
-		retries:  m.upstream.retries.WithLabelValues(label),
+		vecs:          &m.upstream,
+		name:          label,
+		duration:      m.upstream.duration.WithLabelValues(label),
+		refused:       m.upstream.refused.WithLabelValues(label),
+		retries:       m.upstream.retries.WithLabelValues(label),
 		retriesDenied: m.upstream.retriesDenied.WithLabelValues(label),
 	}
 }

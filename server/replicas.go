@@ -108,6 +108,8 @@ type replicaPool struct {
 	// from DNS included.
 	ejections atomic.Int64
 
+	// life is the gateway's lifetime, which replicas added later live in.
+	life     context.Context //nolint:containedctx // a lifetime, not a request scope
 	build    func(ctx context.Context, base *url.URL) (*replica, error)
 	lookup   func(ctx context.Context, host string) ([]string, error)
 	dns      string // host:port of a dns:/// address
@@ -127,6 +129,7 @@ func newReplicaPool(ctx context.Context, p *replicaPool, up Upstream) error {
 		return err
 	}
 	p.dns = dnsTarget
+	p.life = ctx
 	if p.interval <= 0 {
 		p.interval = defaultResolveInterval
 	}
@@ -210,7 +213,7 @@ func (p *replicaPool) resolve(ctx context.Context) {
 			delete(byAddr, a)
 			continue
 		}
-		r, err := p.build(context.WithoutCancel(ctx), &url.URL{Scheme: "http", Host: a})
+		r, err := p.build(p.life, &url.URL{Scheme: "http", Host: a})
 		if err != nil {
 			p.logger.Error("could not add an upstream replica", slog.String("upstream", p.name), slog.String("replica", a), slog.Any("error", err))
 			continue
@@ -261,7 +264,14 @@ func (p *replicaPool) pick(avoid *replica, unary bool) (*replica, error) {
 		return nil, apierr.UpstreamRefused(apierr.Public(p.name + " has no replica: its address does not resolve"))
 	}
 	n := len(reps)
-	start := int(p.next.Add(1))
+	// A retry does not take a turn: turns taken by retries would pair
+	// callers' first attempts with the same replicas.
+	var start int
+	if avoid == nil {
+		start = int(p.next.Add(1))
+	} else {
+		start = int(p.next.Load())
+	}
 	now := time.Now().UnixNano()
 	var refusal error
 	for pass := range 2 {

@@ -161,7 +161,7 @@ func TestRetriesOnlyIdempotent(t *testing.T) {
 			_, engine, runtime := replicaGateway(t, a.addr+","+b.addr, protocol)
 			for i := range 20 {
 				if err := getDeployment(t.Context(), runtime); err != nil {
-					t.Fatalf("read %d: %v", i, err)
+					t.Fatalf("read %d: %v (calls %d, %d)", i, err, a.calls.Load(), b.calls.Load())
 				}
 			}
 			if a.calls.Load() == 0 {

@@ -102,11 +102,11 @@ type Config struct {
 
 // Gateway is a configured gateway, ready to serve.
 type Gateway struct {
-	cfg       Config
-	logger    *slog.Logger
-	headers   headerPolicy
-	handler   http.Handler
-	pools     []*replicaPool
+	cfg     Config
+	logger  *slog.Logger
+	headers headerPolicy
+	handler http.Handler
+	pools   []*replicaPool
 	// chain is the interceptors every call passes, in order.
 	chain []connect.Interceptor
 	// tracing records spans; nil when off.
