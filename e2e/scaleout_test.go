@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"net"
 	"os"
 	"strings"
@@ -135,7 +134,7 @@ func (l *loadResult) record(started time.Time, err error) {
 func TestScaleOut(t *testing.T) {
 	t.Parallel()
 	dbURL, redisURL := scaleOutDeps(t)
-	ctx := withTimeout(t, time.Minute)
+	ctx := withTimeout(t, 2*time.Minute)
 	key := interceptors.GenerateBackendKey()
 	var lns [2]net.Listener
 	for i := range lns {
@@ -147,6 +146,9 @@ func TestScaleOut(t *testing.T) {
 	}
 	public := "http://" + lns[0].Addr().String()
 	reps := []*replicaSet{startReplicaSet(t, dbURL, public, key), startReplicaSet(t, dbURL, public, key)}
+	// A third replica, outside the gateways' lists, runs the schedule too:
+	// after the kill, two schedulers still race for every tick.
+	startReplicaSet(t, dbURL, public, key)
 	var suffix [6]byte
 	_, _ = rand.Read(suffix[:])
 	prefix := "flowgate:rl:scaleout-" + hex.EncodeToString(suffix[:]) + ":"
@@ -260,25 +262,25 @@ func TestScaleOut(t *testing.T) {
 	}
 	t.Logf("load: %d reads, %d writes ok, %d writes failed (in flight at the kill)", reads.ok, writes.ok, len(writes.failures))
 
-	checkScheduleTicks(ctx, t, runtimes[1], scheduleID, deployed, time.Unix(0, killedAt.Load()))
+	checkScheduleTicks(ctx, t, runtimes[1], scheduleID, deployed)
 }
 
-// checkScheduleTicks checks that every minute tick between deployed and
-// the end of the test ran the schedule exactly once, and that a tick both
-// replicas were up for did. Minute ticks are the finest cron has; the test
-// waits for one only when it is close, to stay short.
-func checkScheduleTicks(ctx context.Context, t *testing.T, runtime runtimev1connect.WorkflowRuntimeServiceClient, id string, deployed, killed time.Time) {
+// checkScheduleTicks waits for the first minute tick after deployed, the
+// finest cron has (the wait overlaps the rest of the test, but makes it last
+// up to a minute), and checks that it ran the schedule exactly once
+// although several replicas' schedulers were due to fire it.
+func checkScheduleTicks(ctx context.Context, t *testing.T, runtime runtimev1connect.WorkflowRuntimeServiceClient, id string, deployed time.Time) {
 	t.Helper()
 	next := deployed.Truncate(time.Minute).Add(time.Minute)
-	if next.Before(killed) || time.Until(next) < 15*time.Second {
-		// Wait for the tick and for its execution to be recorded.
-		select {
-		case <-time.After(time.Until(next) + 3*time.Second):
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		}
-	} else {
-		t.Logf("no minute tick near: the next is %s away", time.Until(next).Round(time.Second))
+	if next.Sub(deployed) < 3*time.Second {
+		// The schedulers may have loaded the schedule after that tick.
+		next = next.Add(time.Minute)
+	}
+	// The tick, and its execution being recorded.
+	select {
+	case <-time.After(time.Until(next) + 3*time.Second):
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
 	}
 	res, err := runtime.ListExecutions(ctx, connect.NewRequest(&runtimev1.ListExecutionsRequest{DeploymentId: id, PageSize: 100}))
 	if err != nil {
@@ -296,12 +298,7 @@ func checkScheduleTicks(ctx context.Context, t *testing.T, runtime runtimev1conn
 			t.Errorf("tick %s ran %d times", tick, n)
 		}
 	}
-	for tick := next; time.Since(tick) > 3*time.Second; tick = tick.Add(time.Minute) {
-		if at := tick.UTC().Format(time.RFC3339); fired[at] != 1 {
-			t.Errorf("tick %s ran %d times, want once (ran: %v)", at, fired[at], fired)
-		}
-	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		t.Fatal("out of time")
+	if at := next.UTC().Format(time.RFC3339); fired[at] != 1 {
+		t.Errorf("tick %s ran %d times, want once (ran: %v)", at, fired[at], fired)
 	}
 }

@@ -14,6 +14,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	agentv1 "github.com/flowgate/flowgate/gen/go/workflow/agent/v1"
+	"github.com/flowgate/flowgate/gen/go/workflow/agent/v1/agentv1connect"
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
@@ -49,6 +51,21 @@ func (r replicaRuntime) GetDeployment(_ context.Context, req *connect.Request[ru
 	return connect.NewResponse(&runtimev1.GetDeploymentResponse{Deployment: &runtimev1.Deployment{DeploymentId: req.Msg.GetDeploymentId()}}), nil
 }
 
+type replicaAgent struct {
+	agentv1connect.UnimplementedWorkflowAgentServiceHandler
+	*replicaBackend
+}
+
+func (a replicaAgent) WatchGeneration(_ context.Context, _ *connect.Request[agentv1.WatchGenerationRequest], stream *connect.ServerStream[agentv1.WatchGenerationResponse]) error {
+	a.took()
+	return stream.Send(&agentv1.WatchGenerationResponse{Type: "complete"})
+}
+
+func (a replicaAgent) Chat(_ context.Context, _ *connect.Request[agentv1.ChatRequest], stream *connect.ServerStream[agentv1.ChatResponse]) error {
+	a.took()
+	return stream.Send(&agentv1.ChatResponse{Type: "message", Content: "hi"})
+}
+
 func (b *replicaBackend) took() {
 	b.calls.Add(1)
 	if b.abort.Load() {
@@ -63,6 +80,7 @@ func startReplica(tb testing.TB, ln net.Listener) *replicaBackend {
 	mux := http.NewServeMux()
 	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(replicaEngine{replicaBackend: b}))
 	mux.Handle(runtimev1connect.NewWorkflowRuntimeServiceHandler(replicaRuntime{replicaBackend: b}))
+	mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(replicaAgent{replicaBackend: b}))
 	if ln == nil {
 		b.addr = startH2C(tb, mux).Listener.Addr().String()
 		return b
@@ -185,6 +203,60 @@ func TestRetriesOnlyIdempotent(t *testing.T) {
 			}
 			if int64(failed) != a.calls.Load() || failed == 0 {
 				t.Errorf("%d writes failed, the breaking replica took %d", failed, a.calls.Load())
+			}
+		})
+	}
+}
+
+// TestStreamRetriedBeforeFirstMessage: a read stream broken off before its
+// first message is opened again on the other replica; a stream with effects
+// is not.
+func TestStreamRetriedBeforeFirstMessage(t *testing.T) {
+	t.Parallel()
+	for _, protocol := range upstreamProtocols {
+		t.Run(protocol, func(t *testing.T) {
+			t.Parallel()
+			a, b := startReplica(t, nil), startReplica(t, nil)
+			a.abort.Store(true)
+			up := Upstream{Address: a.addr + "," + b.addr, Protocol: protocol}
+			_, url := startGateway(t, Config{Agent: up, Engine: up, Runtime: up, MaxTimeout: 10 * time.Second})
+			agent := agentv1connect.NewWorkflowAgentServiceClient(h2cClient(t), url, connect.WithGRPC())
+			first := func(stream interface {
+				Receive() bool
+				Err() error
+				Close() error
+			}, err error,
+			) error {
+				if err != nil {
+					return err
+				}
+				defer stream.Close()
+				if !stream.Receive() {
+					return stream.Err()
+				}
+				return nil
+			}
+			for i := range 10 {
+				if err := first(agent.WatchGeneration(t.Context(), connect.NewRequest(&agentv1.WatchGenerationRequest{SessionId: "s"}))); err != nil {
+					t.Fatalf("watch %d: %v", i, err)
+				}
+			}
+			if a.calls.Load() == 0 {
+				t.Fatal("the breaking replica got no stream: nothing was retried")
+			}
+			a.calls.Store(0)
+			b.calls.Store(0)
+			failed := 0
+			for range 10 {
+				if err := first(agent.Chat(t.Context(), connect.NewRequest(&agentv1.ChatRequest{SessionId: "s", UserMessage: "m"}))); err != nil {
+					if connect.CodeOf(err) != connect.CodeUnavailable {
+						t.Fatalf("chat: %v, want Unavailable", err)
+					}
+					failed++
+				}
+			}
+			if a.calls.Load()+b.calls.Load() != 10 || int64(failed) != a.calls.Load() {
+				t.Errorf("10 chats reached the backends %d times, %d failed", a.calls.Load()+b.calls.Load(), failed)
 			}
 		})
 	}
