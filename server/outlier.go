@@ -32,9 +32,10 @@ const (
 	probeInterval      = 500 * time.Millisecond
 )
 
-// upstreamGuard fails calls to one upstream replica fast when it cannot take them:
-// when it already has MaxInFlight unary calls, and while it is ejected for
-// not answering. An ejected upstream is probed until it answers again.
+// upstreamGuard fails calls to one upstream replica fast when it cannot
+// take them: when it already has MaxInFlight unary calls, and while it is
+// ejected for not answering. An ejected replica is probed until it answers
+// again.
 type upstreamGuard struct {
 	name        string
 	maxInFlight int64

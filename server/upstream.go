@@ -25,7 +25,10 @@ const (
 // Upstream is where one backend service is reached.
 type Upstream struct {
 	// Address is host:port (cleartext HTTP/2), or a URL: http://host:port
-	// for cleartext HTTP/2, https://host:port for HTTP/2 over TLS.
+	// for cleartext HTTP/2, https://host:port for HTTP/2 over TLS. Several
+	// of them separated by commas are replicas of the backend, and so are
+	// the addresses dns:///host:port resolves to, resolved again every
+	// Config.ResolveInterval; calls are balanced across the replicas.
 	Address string
 	// Protocol is grpc (the default), connect or grpcweb.
 	Protocol string
