@@ -166,6 +166,27 @@ func TestRefusingReplicaPassedOver(t *testing.T) {
 	}
 }
 
+// breakingPair starts two replicas; the first breaks every call off.
+func breakingPair(t *testing.T) (a, b *replicaBackend) {
+	t.Helper()
+	a, b = startReplica(t, nil), startReplica(t, nil)
+	a.abort.Store(true)
+	return a, b
+}
+
+// checkNotResent checks that n calls with effects, failed of which failed,
+// reached the replicas n times, and that the failed ones are those the
+// breaking replica a took.
+func checkNotResent(t *testing.T, a, b *replicaBackend, n, failed int) {
+	t.Helper()
+	if sent := a.calls.Load() + b.calls.Load(); sent != int64(n) {
+		t.Errorf("%d calls with effects reached the backends %d times: some were re-sent", n, sent)
+	}
+	if int64(failed) != a.calls.Load() || failed == 0 {
+		t.Errorf("%d calls failed, the breaking replica took %d", failed, a.calls.Load())
+	}
+}
+
 // TestRetriesOnlyIdempotent: a replica that breaks calls off after getting
 // them costs reads nothing (they are retried on the other replica), while
 // a call with effects is never sent twice and fails Unavailable.
@@ -174,8 +195,7 @@ func TestRetriesOnlyIdempotent(t *testing.T) {
 	for _, protocol := range upstreamProtocols {
 		t.Run(protocol, func(t *testing.T) {
 			t.Parallel()
-			a, b := startReplica(t, nil), startReplica(t, nil)
-			a.abort.Store(true)
+			a, b := breakingPair(t)
 			_, engine, runtime := replicaGateway(t, a.addr+","+b.addr, protocol)
 			for i := range 20 {
 				if err := getDeployment(t.Context(), runtime); err != nil {
@@ -198,12 +218,7 @@ func TestRetriesOnlyIdempotent(t *testing.T) {
 					t.Fatalf("write failed with %v, want Unavailable", err)
 				}
 			}
-			if sent := a.calls.Load() + b.calls.Load(); sent != 20 {
-				t.Errorf("20 writes reached the backends %d times: writes were re-sent", sent)
-			}
-			if int64(failed) != a.calls.Load() || failed == 0 {
-				t.Errorf("%d writes failed, the breaking replica took %d", failed, a.calls.Load())
-			}
+			checkNotResent(t, a, b, 20, failed)
 		})
 	}
 }
@@ -216,8 +231,7 @@ func TestStreamRetriedBeforeFirstMessage(t *testing.T) {
 	for _, protocol := range upstreamProtocols {
 		t.Run(protocol, func(t *testing.T) {
 			t.Parallel()
-			a, b := startReplica(t, nil), startReplica(t, nil)
-			a.abort.Store(true)
+			a, b := breakingPair(t)
 			up := Upstream{Address: a.addr + "," + b.addr, Protocol: protocol}
 			_, url := startGateway(t, Config{Agent: up, Engine: up, Runtime: up, MaxTimeout: 10 * time.Second})
 			agent := agentv1connect.NewWorkflowAgentServiceClient(h2cClient(t), url, connect.WithGRPC())
@@ -255,9 +269,7 @@ func TestStreamRetriedBeforeFirstMessage(t *testing.T) {
 					failed++
 				}
 			}
-			if a.calls.Load()+b.calls.Load() != 10 || int64(failed) != a.calls.Load() {
-				t.Errorf("10 chats reached the backends %d times, %d failed", a.calls.Load()+b.calls.Load(), failed)
-			}
+			checkNotResent(t, a, b, 10, failed)
 		})
 	}
 }
