@@ -50,26 +50,34 @@ func startStack(t testing.TB, mutate ...func(*server.Config)) *stack {
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	gw, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx, gwLn) }()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway: %v", err)
-		}
-		_ = gw.Close()
 		shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 		defer stop()
 		if err := b.Shutdown(shutdownCtx); err != nil {
 			t.Errorf("backends: %v", err)
 		}
 	})
+	serveGateway(t, gwLn, cfg)
 	return &stack{url: url}
+}
+
+// serveGateway serves a gateway built from cfg on ln until the test ends.
+func serveGateway(t testing.TB, ln net.Listener, cfg server.Config) {
+	t.Helper()
+	gw, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("gateway: %v", err)
+		}
+		_ = gw.Close()
+	})
 }
 
 // h2c is an HTTP/2-only cleartext client, as gRPC callers use.

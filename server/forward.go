@@ -16,11 +16,15 @@ import (
 // forwarder relays one RPC to its upstream. A forwarder is built once per
 // method at start-up; a call allocates only its outgoing request.
 type forwarder struct {
-	upstream   string // the upstream's name, for error messages and logs
-	procedure  string
-	call       upstreamCaller
-	guard      *upstreamGuard
-	stats      *upstreamStats
+	upstream  string // the upstream's name, for error messages and logs
+	procedure string
+	method    int // index of the method in its service, for the replicas' callers
+	pool      *replicaPool
+	stats     *upstreamStats
+	// idempotent methods may be retried after they reached an upstream;
+	// attempts bounds the tries of a call, retries included.
+	idempotent bool
+	attempts   int
 	headers    headerPolicy
 	maxTimeout time.Duration
 	logger     *slog.Logger
@@ -47,32 +51,50 @@ func (f *forwarder) unary(ctx context.Context, in *connect.Request[frame]) (*con
 	return f.callUnary(ctx, out)
 }
 
-// callUnary sends out upstream and returns the caller's response.
+// callUnary sends out upstream and returns the caller's response. A call
+// that failed where it may be retried (see retryable) is tried again on
+// another replica when there is one, after a jittered backoff.
 func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) (*connect.Response[frame], error) {
 	ctx, cancel := f.deadline(ctx, true)
 	defer cancel()
-	if err := f.guard.admit(); err != nil {
-		f.stats.refused.Inc()
-		return nil, err
-	}
 	start := time.Now()
-	ctx, span := f.tracing.StartClient(ctx, f.procedure, out.Header())
-	reply, err := f.call.unary(ctx, out)
-	interceptors.EndClient(span, err)
-	f.guard.done(ctx, err)
-	if err != nil {
-		err = f.upstreamError(ctx, err)
-	}
-	f.stats.unary(err, time.Since(start))
-	if err != nil {
-		return nil, err
-	}
-	if f.hooks.response != nil {
-		if err := f.hooks.response(reply); err != nil {
-			return nil, err
+	f.pool.budget.call()
+	var failed *replica
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		rep, err := f.pool.pick(failed, true)
+		if err != nil {
+			if lastErr == nil {
+				f.stats.refused.Inc()
+				return nil, err
+			}
+			// Nowhere left to retry: the caller gets the last failure.
+			return nil, f.endUnary(start, f.upstreamError(ctx, lastErr))
 		}
+		actx, span := f.tracing.StartClient(ctx, f.procedure, out.Header())
+		reply, err := rep.callers[f.method].unary(actx, out)
+		interceptors.EndClient(span, err)
+		rep.finish(ctx, err, true)
+		if err == nil {
+			f.stats.unary(nil, time.Since(start))
+			if f.hooks.response != nil {
+				if err := f.hooks.response(reply); err != nil {
+					return nil, err
+				}
+			}
+			return reply, nil
+		}
+		if !f.retryable(ctx, err, attempt) || !waitRetry(ctx, attempt) {
+			return nil, f.endUnary(start, f.upstreamError(ctx, err))
+		}
+		failed, lastErr = rep, err
 	}
-	return reply, nil
+}
+
+// endUnary counts a unary call that failed with err, the caller's error.
+func (f *forwarder) endUnary(start time.Time, err error) error {
+	f.stats.unary(err, time.Since(start))
+	return err
 }
 
 // unaryConn serves a unary call handed over as a stream connection (the
@@ -151,34 +173,64 @@ func (f *forwarder) relay(ctx context.Context, out *connect.Request[frame], stre
 	ctx, endStream := context.WithCancelCause(ctx)
 	defer endStream(nil)
 	defer context.AfterFunc(f.shutdown, func() { endStream(errShuttingDown) })()
-	if err = f.guard.check(); err != nil {
-		f.stats.refused.Inc()
-		return err
+	f.pool.budget.call()
+	var failed *replica
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		rep, perr := f.pool.pick(failed, false)
+		if perr != nil {
+			if lastErr == nil {
+				f.stats.refused.Inc()
+				return perr
+			}
+			err = f.upstreamError(ctx, lastErr)
+			f.stats.call(err)
+			return err
+		}
+		var retry bool
+		if retry, err = f.relayOpen(ctx, rep, attempt, out, stream); !retry {
+			f.stats.call(err)
+			return err
+		}
+		failed, lastErr = rep, err
 	}
-	err = f.relayOpen(ctx, out, stream)
-	f.stats.call(err)
-	return err
 }
 
-// relayOpen relays the stream once the guard let it through.
-func (f *forwarder) relayOpen(ctx context.Context, out *connect.Request[frame], stream streamSink) error {
-	upstream, err := f.call.serverStream(ctx, out)
-	f.guard.record(ctx, err)
+// relayOpen relays the stream from one replica once it let the call in.
+// Until the first message a failed stream may be retried: it then returns
+// true and the upstream's error, having waited the backoff.
+func (f *forwarder) relayOpen(ctx context.Context, rep *replica, attempt int, out *connect.Request[frame], stream streamSink) (bool, error) {
+	upstream, err := rep.callers[f.method].serverStream(ctx, out)
+	rep.finish(ctx, err, false)
 	if err != nil {
-		return f.upstreamError(ctx, err)
+		if f.retryable(ctx, err, attempt) && waitRetry(ctx, attempt) {
+			return true, err
+		}
+		return false, f.upstreamError(ctx, err)
 	}
 	defer upstream.Close()
-	if err := pump(upstream, stream); err != nil {
-		return err
+	received, err := pump(upstream, stream)
+	if err != nil {
+		return false, err
 	}
 	if err := upstream.Err(); err != nil {
 		if errors.Is(context.Cause(ctx), errShuttingDown) {
-			return connect.NewError(connect.CodeUnavailable, errShuttingDown)
+			return false, connect.NewError(connect.CodeUnavailable, errShuttingDown)
 		}
-		return f.upstreamError(ctx, err)
+		if !received {
+			rep.finish(ctx, err, false)
+			if f.retryable(ctx, err, attempt) && waitRetry(ctx, attempt) {
+				return true, err
+			}
+			forwardHeaders(upstream, stream)
+		}
+		return false, f.upstreamError(ctx, err)
+	}
+	if !received {
+		forwardHeaders(upstream, stream)
 	}
 	forwardTrailers(upstream, stream)
-	return nil
+	return false, nil
 }
 
 // pump sends the caller each message as it arrives. An idle stream waits
@@ -187,7 +239,7 @@ func (f *forwarder) relayOpen(ctx context.Context, out *connect.Request[frame], 
 // the goroutine's stack once the first messages are sent.
 //
 //go:noinline
-func pump(upstream upstreamStream, stream streamSink) error {
+func pump(upstream upstreamStream, stream streamSink) (received bool, err error) {
 	headersCopied := false
 	for upstream.Receive() {
 		if !headersCopied {
@@ -197,13 +249,12 @@ func pump(upstream upstreamStream, stream streamSink) error {
 			headersCopied = true
 		}
 		if err := stream.Send(upstream.Msg()); err != nil {
-			return err
+			return true, err
 		}
 	}
-	if !headersCopied {
-		forwardHeaders(upstream, stream)
-	}
-	return nil
+	// Headers of a stream that sent nothing are the caller's to forward,
+	// once it decided not to retry it.
+	return headersCopied, nil
 }
 
 // forwardHeaders and forwardTrailers are not inlined: connect's accessors

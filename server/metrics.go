@@ -88,7 +88,7 @@ func newMetrics(procedures []string) *metrics {
 	m.upstream = newUpstreamVecs()
 	m.registry.MustRegister(m.rpc.requests, m.rpc.duration, m.rpc.inFlight, m.rpc.reqSize, m.rpc.resSize,
 		m.sseOpen, m.refusals, m.authFails,
-		m.upstream.calls, m.upstream.duration, m.upstream.refused,
+		m.upstream.calls, m.upstream.duration, m.upstream.refused, m.upstream.retries, m.upstream.retriesDenied,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, p := range procedures {
 		m.procedures[p] = &procedureSeries{name: p}

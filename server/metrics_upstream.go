@@ -16,16 +16,20 @@ import (
 // in-flight count and ejections are read from the upstreams' guards when
 // scraped, so calls pay nothing for them.
 type upstreamVecs struct {
-	calls    *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-	refused  *prometheus.CounterVec
+	calls         *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	refused       *prometheus.CounterVec
+	retries       *prometheus.CounterVec
+	retriesDenied *prometheus.CounterVec
 }
 
 func newUpstreamVecs() upstreamVecs {
 	return upstreamVecs{
-		calls:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_calls_total", Help: "Calls sent to an upstream (unary calls and streams), by the code the caller got."}, []string{"upstream", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "flowgate_upstream_call_duration_seconds", Help: "Time an upstream took to answer a unary call.", Buckets: latencies}, []string{"upstream"}),
-		refused:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_refused_total", Help: "Calls failed fast without being sent: the upstream was ejected or had too many calls in flight."}, []string{"upstream"}),
+		calls:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_calls_total", Help: "Calls sent to an upstream (unary calls and streams), by the code the caller got."}, []string{"upstream", "code"}),
+		duration:      prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "flowgate_upstream_call_duration_seconds", Help: "Time an upstream took to answer a unary call.", Buckets: latencies}, []string{"upstream"}),
+		refused:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_refused_total", Help: "Calls failed fast without being sent: every replica of the upstream was ejected or had too many calls in flight."}, []string{"upstream"}),
+		retries:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_retries_total", Help: "Calls sent again after a failed attempt."}, []string{"upstream"}),
+		retriesDenied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_upstream_retries_denied_total", Help: "Retries not made because the upstream's retry budget was spent."}, []string{"upstream"}),
 	}
 }
 
@@ -35,38 +39,39 @@ func upstreamLabel(name string) string { return strings.TrimPrefix(name, "workfl
 
 // upstreamStats are one upstream's series, shared by its forwarders.
 type upstreamStats struct {
-	vecs     *upstreamVecs
-	name     string
-	duration prometheus.Observer
-	refused  prometheus.Counter
-	codes    [numCodes]atomic.Pointer[prometheus.Counter]
+	vecs          *upstreamVecs
+	name          string
+	duration      prometheus.Observer
+	refused       prometheus.Counter
+	retries       prometheus.Counter
+	retriesDenied prometheus.Counter
+	codes         [numCodes]atomic.Pointer[prometheus.Counter]
 }
 
-// watchUpstream registers the series of one upstream and of its guard.
-func (m *metrics) watchUpstream(name string, guard *upstreamGuard) *upstreamStats {
+// watchUpstream registers the series of one upstream and of its replicas'
+// guards, summed: replica addresses may come and go with DNS, so they are
+// not labels.
+func (m *metrics) watchUpstream(name string, pool *replicaPool) *upstreamStats {
 	label := upstreamLabel(name)
 	labels := prometheus.Labels{"upstream": label}
 	m.registry.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowgate_upstream_in_flight", Help: "Unary calls in flight to an upstream.", ConstLabels: labels},
-			func() float64 { return float64(guard.inFlight.Load()) }),
+			func() float64 { return float64(pool.inFlight()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flowgate_upstream_ejections_total", Help: "Times an upstream was ejected for not answering.", ConstLabels: labels},
-			func() float64 { return float64(guard.ejections.Load()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowgate_upstream_ejected", Help: "1 while an upstream is ejected and its calls fail fast.", ConstLabels: labels},
-			func() float64 { return boolValue(guard.ejected.Load()) }),
+			func() float64 { return float64(pool.ejections.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowgate_upstream_ejected", Help: "Replicas of an upstream ejected for not answering: calls pass them over.", ConstLabels: labels},
+			func() float64 { return float64(pool.ejected()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowgate_upstream_replicas", Help: "Replicas an upstream's address lists or resolves to.", ConstLabels: labels},
+			func() float64 { return float64(pool.size()) }),
 	)
 	return &upstreamStats{
-		vecs:     &m.upstream,
-		name:     label,
-		duration: m.upstream.duration.WithLabelValues(label),
-		refused:  m.upstream.refused.WithLabelValues(label),
+		vecs:          &m.upstream,
+		name:          label,
+		duration:      m.upstream.duration.WithLabelValues(label),
+		refused:       m.upstream.refused.WithLabelValues(label),
+		retries:       m.upstream.retries.WithLabelValues(label),
+		retriesDenied: m.upstream.retriesDenied.WithLabelValues(label),
 	}
-}
-
-func boolValue(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // call counts a call that was sent, ended with err as the caller gets it.

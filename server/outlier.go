@@ -32,9 +32,10 @@ const (
 	probeInterval      = 500 * time.Millisecond
 )
 
-// upstreamGuard fails calls to one upstream fast when it cannot take them:
-// when it already has MaxInFlight unary calls, and while it is ejected for
-// not answering. An ejected upstream is probed until it answers again.
+// upstreamGuard fails calls to one upstream replica fast when it cannot
+// take them: when it already has MaxInFlight unary calls, and while it is
+// ejected for not answering. An ejected replica is probed until it answers
+// again.
 type upstreamGuard struct {
 	name        string
 	maxInFlight int64
@@ -45,14 +46,15 @@ type upstreamGuard struct {
 	lastDone     atomic.Int64 // unix nanoseconds of the last call that got an answer
 	ejected      atomic.Bool
 	ejectedSince atomic.Int64
-	ejections    atomic.Int64 // total, for logs
+	// ejectionsTotal counts the ejections of every replica of the upstream.
+	ejectionsTotal *atomic.Int64
 }
 
 func newUpstreamGuard(name string, maxInFlight int, probe func(context.Context) error, logger *slog.Logger) *upstreamGuard {
 	if maxInFlight <= 0 {
 		maxInFlight = defaultMaxInFlight
 	}
-	g := &upstreamGuard{name: name, maxInFlight: int64(maxInFlight), probe: probe, logger: logger}
+	g := &upstreamGuard{name: name, maxInFlight: int64(maxInFlight), probe: probe, logger: logger, ejectionsTotal: new(atomic.Int64)}
 	g.lastDone.Store(time.Now().UnixNano())
 	return g
 }
@@ -105,7 +107,7 @@ func (g *upstreamGuard) eject(reason string, err error) {
 		return
 	}
 	g.ejectedSince.Store(time.Now().UnixNano())
-	g.ejections.Add(1)
+	g.ejectionsTotal.Add(1)
 	g.logger.Warn("upstream ejected: calls fail fast until it answers a probe", slog.String("upstream", g.name),
 		slog.String("reason", reason), slog.Any("error", err), slog.Int64("in_flight", g.inFlight.Load()))
 }

@@ -16,7 +16,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -25,7 +24,6 @@ import (
 	"connectrpc.com/grpcreflect"
 	"connectrpc.com/vanguard"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -54,6 +52,19 @@ type Config struct {
 	// MaxInFlight caps the unary calls in flight to each upstream (default
 	// 1024); calls over it fail at once with Unavailable.
 	MaxInFlight int
+	// RetryAttempts bounds the tries of one call, retries included
+	// (default 3; 1 never retries). Calls are retried when the upstream
+	// certainly did not get them, and calls of idempotent methods also when
+	// they failed in transport; see the README's "Many replicas".
+	RetryAttempts int
+	// RetryBudget caps an upstream's retries at this share of its calls of
+	// the last ten seconds, plus ten (default 0.2).
+	RetryBudget float64
+	// ResolveInterval is how often a dns:/// upstream address is resolved
+	// again (default 10s).
+	ResolveInterval time.Duration
+	// lookupHost replaces DNS lookups, for tests.
+	lookupHost func(ctx context.Context, host string) ([]string, error)
 	// ForwardHeaders are request headers forwarded to upstreams in addition
 	// to the defaults (request id, trace context, idempotency key, the
 	// gateway's identity headers).
@@ -91,12 +102,11 @@ type Config struct {
 
 // Gateway is a configured gateway, ready to serve.
 type Gateway struct {
-	cfg       Config
-	logger    *slog.Logger
-	headers   headerPolicy
-	handler   http.Handler
-	clients   []*http.Client
-	grpcConns []*grpc.ClientConn
+	cfg     Config
+	logger  *slog.Logger
+	headers headerPolicy
+	handler http.Handler
+	pools   []*replicaPool
 	// chain is the interceptors every call passes, in order.
 	chain []connect.Interceptor
 	// tracing records spans; nil when off.
@@ -137,6 +147,16 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 15 * time.Second
+	}
+	if cfg.RetryAttempts < 0 || cfg.RetryBudget < 0 || cfg.RetryBudget > 1 || cfg.ResolveInterval < 0 {
+		return nil, fmt.Errorf("retry attempts (%d) and resolve interval (%s) must not be negative, the retry budget (%g) within 0..1",
+			cfg.RetryAttempts, cfg.ResolveInterval, cfg.RetryBudget)
+	}
+	if cfg.RetryAttempts == 0 {
+		cfg.RetryAttempts = defaultRetryAttempts
+	}
+	if cfg.RetryBudget == 0 {
+		cfg.RetryBudget = defaultRetryBudget
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -201,33 +221,25 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	// (the SSE bridge).
 	streams := map[string]connect.StreamingHandlerFunc{}
 	for i, svc := range services() {
-		base, err := upstreams[i].baseURL()
-		if err != nil {
-			return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
-		}
 		if _, err := upstreams[i].clientOptions(); err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
 		}
-		client := newUpstreamClient(base, g.cfg.DialTimeout)
-		g.clients = append(g.clients, client)
-		us := upstreamService{name: svc.name, descriptor: svc.desc, httpClient: client}
-		if upstreams[i].speaksGRPC() && base.Path == "" {
-			conn, err := dialGRPC(base, g.cfg.DialTimeout, g.security.maxMessageBytes())
-			if err != nil {
-				return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
-			}
-			g.grpcConns = append(g.grpcConns, conn)
-			us.grpcUp = &grpcUpstream{conn: conn}
+		pool := &replicaPool{name: svc.name, service: string(svc.desc.FullName()),
+			interval: g.cfg.ResolveInterval, lookup: g.cfg.lookupHost, logger: g.logger}
+		pool.budget.init(g.cfg.RetryBudget)
+		pool.build = g.replicaBuilder(pool, svc.desc, upstreams[i])
+		if err := newReplicaPool(g.streams, pool, upstreams[i]); err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
 		}
-		us.guard = g.newGuard(svc.name, string(svc.desc.FullName()), us, base, upstreams[i])
-		us.stats = g.metrics.watchUpstream(svc.name, us.guard)
-		vs, err := g.buildService(us, upstreams[i], hooks, handlerOpts, streams)
+		g.pools = append(g.pools, pool)
+		us := upstreamService{name: svc.name, descriptor: svc.desc, pool: pool}
+		us.stats = g.metrics.watchUpstream(svc.name, pool)
+		vs, err := g.buildService(us, hooks, handlerOpts, streams)
 		if err != nil {
 			return nil, err
 		}
 		vgServices = append(vgServices, vs)
-		healthOpts, _ := upstreams[i].clientOptions()
-		health.add(string(svc.desc.FullName()), client, base.String(), healthOpts[1:]...)
+		health.add(string(svc.desc.FullName()), pool.healthStatus)
 	}
 	errs := newErrorWriter()
 	transcoder, err := vanguard.NewTranscoder(vgServices,
@@ -244,7 +256,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("could not build the transcoder: %w", err)
 	}
-	rpc := restLayer(transcoder, g.security.cfg.MaxBodyBytes)
+	rpc := cacheGET(restLayer(transcoder, g.security.cfg.MaxBodyBytes))
 
 	mux := http.NewServeMux()
 	mux.Handle("/", rpc)
@@ -274,20 +286,8 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	return requestID(access.Middleware(callerProtocol, grpcWebLayer(g.security.wrapHTTP(mux)))), nil
 }
 
-// newGuard builds the in-flight limit and outlier detection of one
-// upstream, watching it for the gateway's lifetime.
-func (g *Gateway) newGuard(name, service string, us upstreamService, base *url.URL, up Upstream) *upstreamGuard {
-	var probe func(context.Context) error
-	if us.grpcUp != nil {
-		probe = grpcProbe(us.grpcUp.conn, service)
-	} else {
-		opts, _ := up.clientOptions()
-		probe = connectProbe(grpchealth.NewClient(us.httpClient, base.String(), opts[1:]...), service)
-	}
-	guard := newUpstreamGuard(name, g.cfg.MaxInFlight, probe, g.logger)
-	go guard.run(g.streams)
-	return guard
-}
+// retryAttempts bounds the tries of one forwarded call.
+func (g *Gateway) retryAttempts() int { return g.cfg.RetryAttempts }
 
 // knownProcedures are the procedures the gateway serves, the only values
 // of the metrics' procedure label.
@@ -418,9 +418,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 // connections.
 func (g *Gateway) Close() error {
 	g.stopStreams()
-	closeIdle(g.clients)
-	for _, conn := range g.grpcConns {
-		_ = conn.Close()
+	for _, p := range g.pools {
+		p.close()
 	}
 	return g.security.Close()
 }

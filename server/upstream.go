@@ -25,7 +25,10 @@ const (
 // Upstream is where one backend service is reached.
 type Upstream struct {
 	// Address is host:port (cleartext HTTP/2), or a URL: http://host:port
-	// for cleartext HTTP/2, https://host:port for HTTP/2 over TLS.
+	// for cleartext HTTP/2, https://host:port for HTTP/2 over TLS. Several
+	// of them separated by commas are replicas of the backend, and so are
+	// the addresses dns:///host:port resolves to, resolved again every
+	// Config.ResolveInterval; calls are balanced across the replicas.
 	Address string
 	// Protocol is grpc (the default), connect or grpcweb.
 	Protocol string
@@ -112,41 +115,29 @@ func newUpstreamClient(base *url.URL, dialTimeout time.Duration) *http.Client {
 type upstreamService struct {
 	name       string
 	descriptor protoreflect.ServiceDescriptor
-	httpClient *http.Client
-	// grpcUp, when set, carries the forwarded calls instead of httpClient.
-	grpcUp *grpcUpstream
-	// guard fails calls fast while the upstream is full or ejected.
-	guard *upstreamGuard
+	// pool is the service's replicas, each with its connection, in-flight
+	// limit and outlier detection.
+	pool  *replicaPool
 	stats *upstreamStats
 }
 
 // buildService returns the transcoder's view of the forwarding Connect
 // handlers of one upstream service's methods. The streaming methods'
 // forwarders are also added to streams, for in-process callers.
-func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[string]methodHooks, handlerOpts []connect.HandlerOption, streams map[string]connect.StreamingHandlerFunc) (*vanguard.Service, error) {
-	base, err := up.baseURL()
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
-	}
-	clientOpts, err := up.clientOptions()
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
-	}
+func (g *Gateway) buildService(svc upstreamService, hooks map[string]methodHooks, handlerOpts []connect.HandlerOption, streams map[string]connect.StreamingHandlerFunc) (*vanguard.Service, error) {
 	mux := http.NewServeMux()
 	methods := svc.descriptor.Methods()
 	for i := range methods.Len() {
 		method := methods.Get(i)
-		procedure := "/" + string(svc.descriptor.FullName()) + "/" + string(method.Name())
-		var call upstreamCaller = connectCaller{connect.NewClient[frame, frame](svc.httpClient, base.String()+procedure, append(clientOpts, connect.WithSchema(method))...)}
-		if svc.grpcUp != nil {
-			call = grpcCaller{grpcUpstream: svc.grpcUp, procedure: procedure}
-		}
+		procedure := procedureOf(svc.descriptor, method)
 		fwd := &forwarder{
 			upstream:   svc.name,
 			procedure:  procedure,
-			call:       call,
-			guard:      svc.guard,
+			method:     i,
+			pool:       svc.pool,
 			stats:      svc.stats,
+			idempotent: idempotent(method),
+			attempts:   g.retryAttempts(),
 			headers:    g.headers,
 			maxTimeout: g.cfg.MaxTimeout,
 			logger:     g.logger,
@@ -195,13 +186,6 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 		vanguard.WithTargetCodecs(vanguard.CodecProto),
 		vanguard.WithNoTargetCompression(),
 	), nil
-}
-
-// closeIdle releases the upstream connections.
-func closeIdle(clients []*http.Client) {
-	for _, c := range clients {
-		c.CloseIdleConnections()
-	}
 }
 
 // upstreamCaller makes the calls of one upstream method: over grpc-go for

@@ -85,6 +85,9 @@ type grpcCaller struct {
 // of its methods share about it.
 type grpcUpstream struct {
 	conn *grpc.ClientConn
+	// alone reports whether the connection's upstream has no other
+	// replica: only then is a call worth holding for a redial.
+	alone func() bool
 	// redialing is set while one call waits for a redial.
 	redialing atomic.Bool
 }
@@ -97,8 +100,17 @@ const redialWait = 250 * time.Millisecond
 // try to connect again at once, as a fresh dial would, rather than fail
 // until grpc-go's backoff ends: a backend that is back is used at once.
 // One call at a time waits for the redial; the others fail fast meanwhile.
+// Where another replica can take the call, none waits: it fails fast and
+// is retried there.
 func (c grpcCaller) redialIfDown(ctx context.Context) {
-	if c.conn.GetState() != connectivity.TransientFailure || !c.redialing.CompareAndSwap(false, true) {
+	if c.conn.GetState() != connectivity.TransientFailure {
+		return
+	}
+	if !c.alone() {
+		c.conn.ResetConnectBackoff()
+		return
+	}
+	if !c.redialing.CompareAndSwap(false, true) {
 		return
 	}
 	defer c.redialing.Store(false)

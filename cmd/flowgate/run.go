@@ -31,6 +31,9 @@ type options struct {
 	maxTimeout      time.Duration
 	dialTimeout     time.Duration
 	maxInFlight     int
+	retryAttempts   int
+	retryBudget     float64
+	resolveInterval time.Duration
 	netHTTPGRPC     bool
 	shutdownTimeout time.Duration
 	drainDelay      time.Duration
@@ -66,14 +69,17 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	}{{"agent", "WORKFLOW_AGENT", 50051}, {"runtime", "WORKFLOW_RUNTIME", 50052}, {"engine", "WORKFLOW_ENGINE", 50053}} {
 		u := &o.upstreams[i]
 		u.name = svc.name
-		set.String(&u.host, svc.name+"-host", svc.env+"_HOST", "", "host of the remote workflow "+svc.name+"; unset for the embedded one")
-		set.Int(&u.port, svc.name+"-port", svc.env+"_PORT", svc.port, "port of the remote workflow "+svc.name)
+		set.String(&u.host, svc.name+"-host", svc.env+"_HOST", "", "host of the remote workflow "+svc.name+", or its replicas: hosts separated by commas, or dns:///name re-resolved periodically; unset for the embedded one")
+		set.Int(&u.port, svc.name+"-port", svc.env+"_PORT", svc.port, "port of the remote workflow "+svc.name+" (of each host that names none)")
 		set.String(&u.protocol, svc.name+"-protocol", "FLOWGATE_"+strings.ToUpper(svc.name)+"_PROTOCOL", "grpc", "protocol spoken to the workflow "+svc.name+": grpc, connect or grpcweb")
 	}
 	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
 	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
 	set.Bool(&o.netHTTPGRPC, "grpc-net-http", "FLOWGATE_GRPC_NET_HTTP", false, "serve gRPC callers with net/http like every other caller, instead of with grpc-go on connections whose first request is gRPC")
 	set.Int(&o.maxInFlight, "upstream-max-in-flight", "FLOWGATE_UPSTREAM_MAX_IN_FLIGHT", 1024, "unary calls in flight to one upstream beyond which calls fail at once")
+	set.Int(&o.retryAttempts, "upstream-retry-attempts", "FLOWGATE_UPSTREAM_RETRY_ATTEMPTS", 3, "tries of one call, retries included (1: never retry); only calls an upstream surely did not get, and reads, are retried")
+	set.Float(&o.retryBudget, "upstream-retry-budget", "FLOWGATE_UPSTREAM_RETRY_BUDGET", 0.2, "retries allowed per upstream as a share of its calls of the last 10 s (plus 10)")
+	set.Duration(&o.resolveInterval, "upstream-resolve-interval", "FLOWGATE_UPSTREAM_RESOLVE_INTERVAL", 10*time.Second, "how often a dns:/// upstream host is resolved again")
 	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM; what outlives it is cut, and the process still exits 0")
 	set.Duration(&o.drainDelay, "drain-delay", "FLOWGATE_DRAIN_DELAY", 0, "time to keep serving after SIGINT/SIGTERM with /readyz answering 503, so that load balancers stop sending calls first (e.g. 5s on Kubernetes)")
 	set.Bool(&o.metrics, "metrics", "FLOWGATE_METRICS", true, "serve Prometheus metrics on /metrics of the main port")
@@ -186,6 +192,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxTimeout:      o.maxTimeout,
 		DialTimeout:     o.dialTimeout,
 		MaxInFlight:     o.maxInFlight,
+		RetryAttempts:   o.retryAttempts,
+		RetryBudget:     o.retryBudget,
+		ResolveInterval: o.resolveInterval,
 		NetHTTPGRPC:     o.netHTTPGRPC,
 		ForwardHeaders:  o.forwardHeaders,
 		SSE:             server.SSEConfig{Heartbeat: o.sseHeartbeat, Retry: o.sseRetry},
@@ -235,10 +244,7 @@ func (o *options) upstreamConfig() ([3]server.Upstream, bool, error) {
 		ups[i].Protocol = u.protocol
 		if u.host != "" {
 			remote = append(remote, u.name)
-			ups[i].Address = net.JoinHostPort(u.host, strconv.Itoa(u.port))
-			if strings.Contains(u.host, "://") {
-				ups[i].Address = u.host + ":" + strconv.Itoa(u.port)
-			}
+			ups[i].Address = upstreamAddress(u.host, u.port)
 		}
 	}
 	switch len(remote) {
@@ -249,6 +255,39 @@ func (o *options) upstreamConfig() ([3]server.Upstream, bool, error) {
 	default:
 		return ups, false, fmt.Errorf("remote backends: set the host of all three services or of none (set: %s)", strings.Join(remote, ", "))
 	}
+}
+
+// upstreamAddress is the server.Upstream address of a host flag: each of
+// its comma-separated hosts, or its dns:/// name, with the port flag's port
+// unless it names one.
+func upstreamAddress(hosts string, port int) string {
+	withPort := func(host string) string {
+		host = strings.TrimSpace(host)
+		scheme, rest, isURL := strings.Cut(host, "://")
+		if !isURL {
+			scheme, rest = "", host
+		}
+		hostPart, path, hasPath := strings.Cut(rest, "/")
+		if _, p, err := net.SplitHostPort(hostPart); err == nil && p != "" {
+			return host
+		}
+		out := net.JoinHostPort(strings.Trim(hostPart, "[]"), strconv.Itoa(port))
+		if isURL {
+			out = scheme + "://" + out
+		}
+		if hasPath {
+			out += "/" + path
+		}
+		return out
+	}
+	if name, ok := strings.CutPrefix(hosts, "dns:///"); ok {
+		return "dns:///" + withPort(name)
+	}
+	parts := strings.Split(hosts, ",")
+	for i, h := range parts {
+		parts[i] = withPort(h)
+	}
+	return strings.Join(parts, ",")
 }
 
 func defaultPublicURL(addr net.Addr, tls bool) string {

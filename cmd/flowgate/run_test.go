@@ -169,3 +169,21 @@ func startRun(t *testing.T, ctx context.Context, args []string, getenv func(stri
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
 	return strings.Fields(line[strings.Index(line, "http://"):])[0], done
 }
+
+func TestUpstreamAddress(t *testing.T) {
+	t.Parallel()
+	for host, want := range map[string]string{
+		"backend":                      "backend:50052",
+		"a, b:7000,10.0.0.3":           "a:50052,b:7000,10.0.0.3:50052",
+		"::1":                          "[::1]:50052",
+		"https://runtime.internal":     "https://runtime.internal:50052",
+		"https://runtime.internal/api": "https://runtime.internal:50052/api",
+		"http://a:1,http://b":          "http://a:1,http://b:50052",
+		"dns:///backends.svc":          "dns:///backends.svc:50052",
+		"dns:///backends.svc:9000":     "dns:///backends.svc:9000",
+	} {
+		if got := upstreamAddress(host, 50052); got != want {
+			t.Errorf("upstreamAddress(%q) = %q, want %q", host, got, want)
+		}
+	}
+}

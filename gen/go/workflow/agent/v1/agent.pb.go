@@ -407,17 +407,17 @@ const file_workflow_agent_v1_agent_proto_rawDesc = "" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x1f\n" +
 	"\vworkflow_id\x18\x03 \x01(\tR\n" +
 	"workflowId\x12+\n" +
-	"\x04data\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x04data2\xc1\x03\n" +
+	"\x04data\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x04data2\xc4\x03\n" +
 	"\x14WorkflowAgentService\x12\x8e\x01\n" +
 	"\rCreateSession\x12'.workflow.agent.v1.CreateSessionRequest\x1a(.workflow.agent.v1.CreateSessionResponse\"*\xc2\xf3\x18\f\n" +
 	"\n" +
 	"agent:chat\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/api/v1/session\x12v\n" +
 	"\x04Chat\x12\x1e.workflow.agent.v1.ChatRequest\x1a\x1f.workflow.agent.v1.ChatResponse\"+\xc2\xf3\x18\f\n" +
 	"\n" +
-	"agent:chat\x82\xd3\xe4\x93\x02\x15\x12\x13/api/v1/chat/stream0\x01\x12\x9f\x01\n" +
-	"\x0fWatchGeneration\x12).workflow.agent.v1.WatchGenerationRequest\x1a*.workflow.agent.v1.WatchGenerationResponse\"3\xc2\xf3\x18\f\n" +
+	"agent:chat\x82\xd3\xe4\x93\x02\x15\x12\x13/api/v1/chat/stream0\x01\x12\xa2\x01\n" +
+	"\x0fWatchGeneration\x12).workflow.agent.v1.WatchGenerationRequest\x1a*.workflow.agent.v1.WatchGenerationResponse\"6\xc2\xf3\x18\f\n" +
 	"\n" +
-	"agent:chat\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/workflow_generation0\x01B\xc8\x01\n" +
+	"agent:chat\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/workflow_generation\x90\x02\x010\x01B\xc8\x01\n" +
 	"\x15com.workflow.agent.v1B\n" +
 	"AgentProtoP\x01Z=github.com/flowgate/flowgate/gen/go/workflow/agent/v1;agentv1\xa2\x02\x03WAX\xaa\x02\x11Workflow.Agent.V1\xca\x02\x11Workflow\\Agent\\V1\xe2\x02\x1dWorkflow\\Agent\\V1\\GPBMetadata\xea\x02\x13Workflow::Agent::V1b\x06proto3"
 

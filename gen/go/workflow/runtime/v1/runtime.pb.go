@@ -1646,27 +1646,27 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\aheaders\x18\x05 \x03(\v28.workflow.runtime.v1.TriggerWebhookResponse.HeadersEntryR\aheaders\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xc3\r\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xcf\r\n" +
 	"\x16WorkflowRuntimeService\x12\xcb\x01\n" +
 	"\x10CreateDeployment\x12,.workflow.runtime.v1.CreateDeploymentRequest\x1a-.workflow.runtime.v1.CreateDeploymentResponse\"Z\xc2\xf3\x18#\n" +
 	"!workflows:write workflows:execute\x82\xd3\xe4\x93\x02-:\x01*b\n" +
-	"deployment\"\x1c/api/v1/workflow/deployments\x12\xa6\x01\n" +
-	"\x0fListDeployments\x12+.workflow.runtime.v1.ListDeploymentsRequest\x1a,.workflow.runtime.v1.ListDeploymentsResponse\"8\xc2\xf3\x18\x10\n" +
-	"\x0eworkflows:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/workflow/deployments\x12\xbc\x01\n" +
-	"\rGetDeployment\x12).workflow.runtime.v1.GetDeploymentRequest\x1a*.workflow.runtime.v1.GetDeploymentResponse\"T\xc2\xf3\x18\x10\n" +
+	"deployment\"\x1c/api/v1/workflow/deployments\x12\xa9\x01\n" +
+	"\x0fListDeployments\x12+.workflow.runtime.v1.ListDeploymentsRequest\x1a,.workflow.runtime.v1.ListDeploymentsResponse\";\xc2\xf3\x18\x10\n" +
+	"\x0eworkflows:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/workflow/deployments\x90\x02\x01\x12\xbf\x01\n" +
+	"\rGetDeployment\x12).workflow.runtime.v1.GetDeploymentRequest\x1a*.workflow.runtime.v1.GetDeploymentResponse\"W\xc2\xf3\x18\x10\n" +
 	"\x0eworkflows:read\x82\xd3\xe4\x93\x02:b\n" +
-	"deployment\x12,/api/v1/workflow/deployments/{deployment_id}\x12\xdb\x01\n" +
+	"deployment\x12,/api/v1/workflow/deployments/{deployment_id}\x90\x02\x01\x12\xdb\x01\n" +
 	"\x10UpdateDeployment\x12,.workflow.runtime.v1.UpdateDeploymentRequest\x1a-.workflow.runtime.v1.UpdateDeploymentResponse\"j\xc2\xf3\x18#\n" +
 	"!workflows:write workflows:execute\x82\xd3\xe4\x93\x02=:\x01*b\n" +
 	"deployment\x1a,/api/v1/workflow/deployments/{deployment_id}\x12\xba\x01\n" +
 	"\x10DeleteDeployment\x12,.workflow.runtime.v1.DeleteDeploymentRequest\x1a-.workflow.runtime.v1.DeleteDeploymentResponse\"I\xc2\xf3\x18\x11\n" +
 	"\x0fworkflows:write\x82\xd3\xe4\x93\x02.*,/api/v1/workflow/deployments/{deployment_id}\x12\xc5\x01\n" +
 	"\rRunDeployment\x12).workflow.runtime.v1.RunDeploymentRequest\x1a*.workflow.runtime.v1.RunDeploymentResponse\"]\xc2\xf3\x18\x13\n" +
-	"\x11workflows:execute\x82\xd3\xe4\x93\x02@:\x01*b\texecution\"0/api/v1/workflow/deployments/{deployment_id}/run\x12\x99\x01\n" +
-	"\x0eListExecutions\x12*.workflow.runtime.v1.ListExecutionsRequest\x1a+.workflow.runtime.v1.ListExecutionsResponse\".\xc2\xf3\x18\x10\n" +
-	"\x0eworkflows:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/executions\x12\xad\x01\n" +
-	"\fGetExecution\x12(.workflow.runtime.v1.GetExecutionRequest\x1a).workflow.runtime.v1.GetExecutionResponse\"H\xc2\xf3\x18\x10\n" +
-	"\x0eworkflows:read\x82\xd3\xe4\x93\x02.b\texecution\x12!/api/v1/executions/{execution_id}\x12\xc3\x01\n" +
+	"\x11workflows:execute\x82\xd3\xe4\x93\x02@:\x01*b\texecution\"0/api/v1/workflow/deployments/{deployment_id}/run\x12\x9c\x01\n" +
+	"\x0eListExecutions\x12*.workflow.runtime.v1.ListExecutionsRequest\x1a+.workflow.runtime.v1.ListExecutionsResponse\"1\xc2\xf3\x18\x10\n" +
+	"\x0eworkflows:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/executions\x90\x02\x01\x12\xb0\x01\n" +
+	"\fGetExecution\x12(.workflow.runtime.v1.GetExecutionRequest\x1a).workflow.runtime.v1.GetExecutionResponse\"K\xc2\xf3\x18\x10\n" +
+	"\x0eworkflows:read\x82\xd3\xe4\x93\x02.b\texecution\x12!/api/v1/executions/{execution_id}\x90\x02\x01\x12\xc3\x01\n" +
 	"\x0eTriggerWebhook\x12*.workflow.runtime.v1.TriggerWebhookRequest\x1a+.workflow.runtime.v1.TriggerWebhookResponse\"X\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02L:\x04bodyZ\"b\x04body\x12\x1a/api/v1/webhooks/{path=**}b\x04body\"\x1a/api/v1/webhooks/{path=**}B\xd8\x01\n" +
 	"\x17com.workflow.runtime.v1B\fRuntimeProtoP\x01ZAgithub.com/flowgate/flowgate/gen/go/workflow/runtime/v1;runtimev1\xa2\x02\x03WRX\xaa\x02\x13Workflow.Runtime.V1\xca\x02\x13Workflow\\Runtime\\V1\xe2\x02\x1fWorkflow\\Runtime\\V1\\GPBMetadata\xea\x02\x15Workflow::Runtime::V1b\x06proto3"
 

@@ -86,6 +86,7 @@ func NewWorkflowAgentServiceClient(httpClient connect.HTTPClient, baseURL string
 			httpClient,
 			baseURL+WorkflowAgentServiceWatchGenerationProcedure,
 			connect.WithSchema(workflowAgentServiceMethods.ByName("WatchGeneration")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 	}
@@ -150,6 +151,7 @@ func NewWorkflowAgentServiceHandler(svc WorkflowAgentServiceHandler, opts ...con
 		WorkflowAgentServiceWatchGenerationProcedure,
 		svc.WatchGeneration,
 		connect.WithSchema(workflowAgentServiceMethods.ByName("WatchGeneration")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	return "/workflow.agent.v1.WorkflowAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -110,12 +110,14 @@ func NewWorkflowRuntimeServiceClient(httpClient connect.HTTPClient, baseURL stri
 			httpClient,
 			baseURL+WorkflowRuntimeServiceListDeploymentsProcedure,
 			connect.WithSchema(workflowRuntimeServiceMethods.ByName("ListDeployments")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 		getDeployment: connect.NewClient[v1.GetDeploymentRequest, v1.GetDeploymentResponse](
 			httpClient,
 			baseURL+WorkflowRuntimeServiceGetDeploymentProcedure,
 			connect.WithSchema(workflowRuntimeServiceMethods.ByName("GetDeployment")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 		updateDeployment: connect.NewClient[v1.UpdateDeploymentRequest, v1.UpdateDeploymentResponse](
@@ -140,12 +142,14 @@ func NewWorkflowRuntimeServiceClient(httpClient connect.HTTPClient, baseURL stri
 			httpClient,
 			baseURL+WorkflowRuntimeServiceListExecutionsProcedure,
 			connect.WithSchema(workflowRuntimeServiceMethods.ByName("ListExecutions")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 		getExecution: connect.NewClient[v1.GetExecutionRequest, v1.GetExecutionResponse](
 			httpClient,
 			baseURL+WorkflowRuntimeServiceGetExecutionProcedure,
 			connect.WithSchema(workflowRuntimeServiceMethods.ByName("GetExecution")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 		triggerWebhook: connect.NewClient[v1.TriggerWebhookRequest, v1.TriggerWebhookResponse](
@@ -256,12 +260,14 @@ func NewWorkflowRuntimeServiceHandler(svc WorkflowRuntimeServiceHandler, opts ..
 		WorkflowRuntimeServiceListDeploymentsProcedure,
 		svc.ListDeployments,
 		connect.WithSchema(workflowRuntimeServiceMethods.ByName("ListDeployments")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	workflowRuntimeServiceGetDeploymentHandler := connect.NewUnaryHandler(
 		WorkflowRuntimeServiceGetDeploymentProcedure,
 		svc.GetDeployment,
 		connect.WithSchema(workflowRuntimeServiceMethods.ByName("GetDeployment")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	workflowRuntimeServiceUpdateDeploymentHandler := connect.NewUnaryHandler(
@@ -286,12 +292,14 @@ func NewWorkflowRuntimeServiceHandler(svc WorkflowRuntimeServiceHandler, opts ..
 		WorkflowRuntimeServiceListExecutionsProcedure,
 		svc.ListExecutions,
 		connect.WithSchema(workflowRuntimeServiceMethods.ByName("ListExecutions")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	workflowRuntimeServiceGetExecutionHandler := connect.NewUnaryHandler(
 		WorkflowRuntimeServiceGetExecutionProcedure,
 		svc.GetExecution,
 		connect.WithSchema(workflowRuntimeServiceMethods.ByName("GetExecution")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	workflowRuntimeServiceTriggerWebhookHandler := connect.NewUnaryHandler(
