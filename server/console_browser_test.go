@@ -9,11 +9,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	cdplog "github.com/chromedp/cdproto/log"
+	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
 	"github.com/flowgate/flowgate/backends"
@@ -46,7 +50,11 @@ func TestBrowserConsole(t *testing.T) {
 			t.Parallel()
 			base := consoleGateway(t, auth)
 			c := &consoleRun{t: t, ctx: browser(t), base: base, name: name}
+			c.watchErrors()
 			c.run(auth)
+			if p := c.errors(); len(p) > 0 {
+				t.Errorf("the page reported errors (script exceptions, CSP violations):\n%s", strings.Join(p, "\n"))
+			}
 		})
 	}
 }
@@ -79,6 +87,40 @@ type consoleRun struct {
 	ctx  context.Context //nolint:containedctx // the browser tab's lifetime
 	base string
 	name string
+
+	mu       sync.Mutex
+	problems []string
+}
+
+// watchErrors records uncaught exceptions and the browser's own error
+// reports (a CSP violation among them). Refused calls are logged by the
+// browser as network errors, and the sign-in step makes some on purpose.
+func (c *consoleRun) watchErrors() {
+	err := chromedp.Listen(c.ctx, func(ev any) {
+		var problem string
+		switch ev := ev.(type) {
+		case *cdpruntime.EventExceptionThrown:
+			problem = fmt.Sprintf("exception: %s %v", ev.ExceptionDetails.Text, ev.ExceptionDetails.Exception)
+		case *cdplog.EventEntryAdded:
+			if ev.Entry.Level == cdplog.EntryLevelError && ev.Entry.Source != cdplog.EntrySourceNetwork {
+				problem = fmt.Sprintf("%s: %s", ev.Entry.Source, ev.Entry.Text)
+			}
+		}
+		if problem != "" {
+			c.mu.Lock()
+			c.problems = append(c.problems, problem)
+			c.mu.Unlock()
+		}
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *consoleRun) errors() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.problems)
 }
 
 func (c *consoleRun) run(auth bool) {
@@ -226,7 +268,7 @@ func (c *consoleRun) attr(sel, name string) string {
 func (c *consoleRun) waitFor(cond, what string) {
 	c.t.Helper()
 	for {
-		ok, err := chromedp.Run(c.ctx, chromedp.Evaluate[bool](`!!(` + cond + `)`))
+		ok, err := chromedp.Run(c.ctx, chromedp.Evaluate[bool](`!!(`+cond+`)`))
 		if err != nil {
 			c.t.Fatalf("waiting for %s: %v; the page says: %s", what, err, c.pageText())
 		}
