@@ -139,6 +139,14 @@ func (c *consoleRun) run(auth bool) {
 		c.waitText(`#who`, "Authentication is off")
 	}
 
+	if !auth {
+		// Older deployments, so that the list has two pages (the
+		// generated one, newest, leads the first).
+		for i := range 10 {
+			c.deploy(fmt.Sprintf(`{"name":"Filler %d","triggers":[{"type":"manual"}],"workflow_definition":{"nodes":[{"id":"t","type":"trigger"}]}}`, i))
+		}
+	}
+
 	// Chat, and watch the generation it starts until it is deployed.
 	c.waitFor(`document.querySelector("form.chat-form") !== null`, "the chat page")
 	c.do(chromedp.SendKeys(`textarea[name="message"]`, consoleMessage))
@@ -161,7 +169,15 @@ func (c *consoleRun) run(auth bool) {
 	c.do(chromedp.Click(`header nav a[href="#/deployments"]`))
 	row := fmt.Sprintf(`tr[data-deployment=%q]`, depID)
 	c.waitText(row, "Console orders")
-	c.shot("deployments", "Deployments", "Console orders", "active", webhook, "Copy", "Pause", "Page 1 of 1")
+	pages := map[bool]string{false: "Page 1 of 2 · 11 in all", true: "Page 1 of 1 · 1 in all"}[auth]
+	c.shot("deployments", "Deployments", "Console orders", "active", webhook, "Copy", "Pause", pages)
+	if !auth {
+		c.do(chromedp.Click(`.pager a[rel="next"]`))
+		c.waitText(`.pager`, "Page 2 of 2")
+		c.waitText(`table.deployments`, "Filler 0")
+		c.do(chromedp.Click(`.pager a[rel="prev"]`))
+		c.waitText(`.pager`, "Page 1 of 2")
+	}
 	c.do(chromedp.Click(row + ` button.toggle`))
 	c.waitText(row, "paused")
 	c.waitText(row+` button.toggle`, "Resume")
@@ -185,6 +201,65 @@ func (c *consoleRun) run(auth bool) {
 		}
 		if got := c.attr(fmt.Sprintf(`svg.graph g.node[data-node=%q]`, node), "class"); !strings.Contains(got, "status-"+status) {
 			c.t.Errorf("graph node %s has class %q, want status-%s", node, got, status)
+		}
+	}
+	if !auth {
+		c.watchRunning()
+	}
+}
+
+// watchRunning opens an execution while it runs and sees it finish
+// without a reload.
+func (c *consoleRun) watchRunning() {
+	c.t.Helper()
+	c.deploy(`{"name":"Slow","triggers":[{"type":"webhook","path":"slow"}],"workflow_definition":{"nodes":[` +
+		`{"id":"t","type":"trigger"},{"id":"wait","type":"delay","parameters":{"duration":"1500ms"}}],` +
+		`"connections":[{"source":"t","target":"wait"}]}}`)
+	var list struct {
+		Deployments []struct {
+			WebhookURL string `json:"webhook_url"`
+		}
+	}
+	c.rest(http.MethodGet, "/api/v1/workflow/deployments?page_size=1", "", &list)
+	_, path, _ := strings.Cut(list.Deployments[0].WebhookURL, "/api/v1/webhooks/")
+	var started struct {
+		ExecutionID string `json:"execution_id"`
+	}
+	c.rest(http.MethodPost, "/api/v1/webhooks/"+path, `{}`, &started)
+	c.waitFor(`(location.hash = "#/executions/`+started.ExecutionID+`") !== ""`, "the running execution's page")
+	c.waitText(`#execution-status`, "running")
+	c.waitText(`#execution-status`, "succeeded")
+	c.waitText(`table.nodes tr[data-node="wait"]`, "succeeded")
+}
+
+func (c *consoleRun) deploy(body string) {
+	c.t.Helper()
+	c.rest(http.MethodPost, "/api/v1/workflow/deployments", body, nil)
+}
+
+// rest calls the gateway's REST surface (the plain gateway's: no
+// credentials) and decodes the answer into out.
+func (c *consoleRun) rest(method, path, body string, out any) {
+	c.t.Helper()
+	req, err := http.NewRequestWithContext(c.t.Context(), method, c.base+path, strings.NewReader(body))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := http1Client(c.t).Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	got, _ := io.ReadAll(res.Body)
+	if res.StatusCode/100 != 2 {
+		c.t.Fatalf("%s %s: %d %s", method, path, res.StatusCode, got)
+	}
+	if out != nil {
+		if err := json.Unmarshal(got, out); err != nil {
+			c.t.Fatalf("%s %s: %v in %s", method, path, err, got)
 		}
 	}
 }
