@@ -1,7 +1,10 @@
 package console
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -114,5 +117,30 @@ func TestAssets(t *testing.T) {
 	}
 	if err := json.Unmarshal(res.Body.Bytes(), &e); err != nil || res.Code != http.StatusNotFound || e.Error.Code != "NOT_FOUND" {
 		t.Errorf("unknown asset: %d %s", res.Code, res.Body.String())
+	}
+}
+
+func TestGzip(t *testing.T) {
+	t.Parallel()
+	c := newConsole(t)
+	plain := serve(t, c.Page(), http.MethodGet, "/", nil)
+	zipped := serve(t, c.Page(), http.MethodGet, "/", http.Header{"Accept-Encoding": {"gzip, deflate, br"}})
+	refused := serve(t, c.Page(), http.MethodGet, "/", http.Header{"Accept-Encoding": {"gzip;q=0"}})
+	if plain.Header().Get("Content-Encoding") != "" || refused.Header().Get("Content-Encoding") != "" {
+		t.Error("gzip sent to a client that does not accept it")
+	}
+	if zipped.Header().Get("Content-Encoding") != "gzip" || zipped.Body.Len() >= plain.Body.Len() {
+		t.Fatalf("gzip: %q, %d bytes against %d", zipped.Header().Get("Content-Encoding"), zipped.Body.Len(), plain.Body.Len())
+	}
+	zr, err := gzip.NewReader(zipped.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(zr)
+	if !bytes.Equal(got, plain.Body.Bytes()) {
+		t.Error("the gzipped page is not the page")
+	}
+	if zipped.Header().Get("ETag") == plain.Header().Get("ETag") || zipped.Header().Get("Vary") != "Accept-Encoding" {
+		t.Errorf("representations: ETags %q and %q, Vary %q", zipped.Header().Get("ETag"), plain.Header().Get("ETag"), zipped.Header().Get("Vary"))
 	}
 }

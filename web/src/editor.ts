@@ -53,6 +53,7 @@ export function deploymentEditor(d: Deployment, onDeployed: (d: Deployment) => v
   const message = h("p", { class: "form-message", role: "status" });
   const deploy = h("button", { type: "submit", class: "primary" }, "Deploy");
   const form = h("form", { class: "editor" },
+    h("p", { class: "muted" }, "Deploy sends this workflow with the name and triggers below and makes it active; its webhook URL stays the same unless you change the path."),
     h("label", {}, "Name", name),
     h("label", {}, "Description", description),
     h("fieldset", {}, h("legend", {}, "Triggers"), list,
