@@ -201,23 +201,19 @@ function renderResult(): void {
   }
   const d = state.deployment;
   if (d) {
-    parts.push(
-      h("div", { class: "deployed" },
-        h("p", {}, "Deployment ", h("a", { href: `#/deployments/${d.deploymentId}` }, h("code", {}, d.deploymentId)), " ", statusBadge(d.status)),
-        h("p", {}, "Webhook: ", webhookLine(d.webhookUrl))),
-      h("h3", {}, "Name and triggers"),
+    parts.push(deployedLine(d), h("h3", {}, "Name and triggers"),
       deploymentEditor(d, (next) => {
         state.deployment = next;
-        if (view) {
-          const line = view.result.querySelector(".deployed");
-          line?.replaceWith(h("div", { class: "deployed" },
-            h("p", {}, "Deployment ", h("a", { href: `#/deployments/${next.deploymentId}` }, h("code", {}, next.deploymentId)), " ", statusBadge(next.status)),
-            h("p", {}, "Webhook: ", webhookLine(next.webhookUrl))));
-        }
-      }),
-    );
+        view?.result.querySelector(".deployed")?.replaceWith(deployedLine(next));
+      }));
   }
   replace(view.result, ...parts);
+}
+
+function deployedLine(d: Deployment): HTMLElement {
+  return h("div", { class: "deployed" },
+    h("p", {}, "Deployment ", h("a", { href: `#/deployments/${d.deploymentId}` }, h("code", {}, d.deploymentId)), " ", statusBadge(d.status)),
+    h("p", {}, "Webhook: ", webhookLine(d.webhookUrl)));
 }
 
 // describe says in words what a generation event means.
