@@ -35,8 +35,8 @@ const (
 )
 
 // TestBrowserConsole drives the web console in Chromium as a user would,
-// on a gateway without authentication and on one that asks for an API
-// key: sign in, chat, watch the generation complete, deploy it with a new
+// on a gateway without authentication and on one that asks for
+// credentials: sign in (with an API key, later with a token), chat, watch the generation complete, deploy it with a new
 // name and a webhook secret, fire the webhook, pause and resume it, and
 // read the execution's node results. Each page is photographed and its
 // text at that moment checked. FLOWGATE_CONSOLE_SCREENSHOTS names a
@@ -77,6 +77,7 @@ func consoleGateway(t *testing.T, auth bool) string {
 	if auth {
 		cfg.Security.APIKeys = interceptors.HashAPIKey(consoleKey) +
 			":console-user:acme:agent:chat workflows:read workflows:write workflows:execute"
+		cfg.Security.SecretKey = secTestSecret
 	}
 	_, base := startGateway(t, cfg)
 	return base
@@ -211,7 +212,17 @@ func (c *consoleRun) run(auth bool) {
 	}
 	if !auth {
 		c.watchRunning()
+		return
 	}
+	// Sign out, and in again with a bearer token of the same tenant.
+	c.do(chromedp.Click(`#who button`))
+	c.waitFor(`document.querySelector("form.signin") !== null`, "the sign-in page after signing out")
+	c.do(chromedp.SetValue(`select[name="kind"]`, "token"))
+	c.do(chromedp.SendKeys(`input[name="credential"]`, hsToken(c.t, nil)))
+	c.do(chromedp.Click(`form.signin button[type="submit"]`))
+	c.waitFor(`document.querySelector("#who button") !== null`, "signed in with a token")
+	c.do(chromedp.Click(`header nav a[href="#/deployments"]`))
+	c.waitText(row, "Console orders")
 }
 
 // watchRunning opens an execution while it runs and sees it finish
