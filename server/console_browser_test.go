@@ -223,6 +223,11 @@ func (c *consoleRun) run(auth bool) {
 	c.waitFor(`document.querySelector("#who button") !== null`, "signed in with a token")
 	c.do(chromedp.Click(`header nav a[href="#/deployments"]`))
 	c.waitText(row, "Console orders")
+	c.do(chromedp.Click(`header nav a[href="#/chat"]`))
+	c.waitText(`#generation-status`, "Nothing generated yet.")
+	if n := c.text(`.chat-log`); n != "" {
+		c.t.Errorf("the conversation outlived signing out: %q", n)
+	}
 }
 
 // watchRunning opens an execution while it runs and sees it finish

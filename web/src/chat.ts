@@ -71,7 +71,9 @@ export function chatPage(root: HTMLElement): () => void {
   return () => { view = undefined; };
 }
 
-function reset(): void {
+// reset forgets the conversation (and stops watching its generation), as
+// when the user starts afresh or signs out.
+export function reset(): void {
   state.watch?.close();
   Object.assign(state, {
     sessionId: "", turns: [], events: [], lastEventId: "", watch: undefined, watchProblem: "",

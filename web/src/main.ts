@@ -2,7 +2,7 @@
 // by the URL's fragment so that every page has a link of its own.
 import "./style.css";
 import { authRequired, explain, runtime, signedIn, signIn, signOut, whenSignedOut } from "./api";
-import { chatPage } from "./chat";
+import { chatPage, reset as resetChat } from "./chat";
 import { deploymentPage, deploymentsPage } from "./deployments";
 import { executionPage, executionsPage } from "./executions";
 import { h, replace } from "./dom";
@@ -84,6 +84,8 @@ function signInPage(): void {
 }
 
 whenSignedOut((reason) => {
+  // The next user of this tab must not see this one's conversation.
+  resetChat();
   signOutReason = reason;
   route();
 });
