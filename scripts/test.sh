@@ -28,6 +28,14 @@ if [ -n "$(git status --porcelain -- gen)" ]; then
   exit 1
 fi
 
+step "console build (server/console/dist must be what web/ builds)"
+node web/build.mjs >/dev/null
+if [ -n "$(git status --porcelain -- server/console/dist)" ]; then
+  git status --porcelain -- server/console/dist
+  echo "server/console/dist differs from what web/ builds: run 'node web/build.mjs' and commit it" >&2
+  exit 1
+fi
+
 step "tsc (the generated TypeScript, examples/browser-client.ts and the e2e grpc-web client type-check)"
 npx --no-install tsc -p tsconfig.json
 

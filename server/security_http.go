@@ -224,9 +224,10 @@ func (s *security) tooLargeMessage(w http.ResponseWriter, r *http.Request, msg s
 
 // wrapSSE lets the SSE routes accept the credentials a browser's
 // EventSource can send: a short-lived token in the access_token query
-// parameter (already taken out of the URL by wrapHTTP), or a token cookie.
-// Either becomes the Authorization header of the inner call, where the
-// interceptors verify it like any other. Headers, when sent, win.
+// parameter (already taken out of the URL by wrapHTTP), or a cookie with a
+// token or an API key. Either becomes the Authorization (or X-API-Key)
+// header of the inner call, where the interceptors verify it like any
+// other. Headers, when sent, win.
 func (s *security) wrapSSE(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, fromQuery := r.Context().Value(queryTokenKey{}).(string)
@@ -256,9 +257,31 @@ func (s *security) wrapSSE(next http.Handler) http.Handler {
 			token = c.Value
 		}
 		r = r.Clone(r.Context())
-		r.Header.Set("Authorization", "Bearer "+token)
+		if !fromQuery && !compactJWT(token) {
+			// The console keeps an API key in the cookie when that is
+			// what its user signed in with.
+			r.Header.Set(interceptors.HeaderAPIKey, token)
+		} else {
+			r.Header.Set("Authorization", "Bearer "+token)
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// compactJWT reports whether a cookie holds a JWT (three dot-separated
+// base64url parts) rather than an API key.
+func compactJWT(v string) bool {
+	parts := strings.Split(v, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	const base64url = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	for i, p := range parts {
+		if (p == "" && i < 2) || strings.Trim(p, base64url) != "" {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *security) refuseCredentials(w http.ResponseWriter, r *http.Request, err error) {

@@ -206,3 +206,30 @@ func TestSSECookieWithWildcardCORS(t *testing.T) {
 		t.Errorf("same-origin cookie: %d %.200s", status, body)
 	}
 }
+
+// TestSSECookieAPIKey: a cookie that holds no JWT is taken as an API key,
+// as the console stores one: a known key authenticates (here without the
+// scope to chat, so 403), an unknown one does not.
+func TestSSECookieAPIKey(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, nil)
+	for _, tc := range []struct {
+		key    string
+		status int
+		words  string
+	}{
+		{testAPIKey, http.StatusForbidden, `"FORBIDDEN"`},
+		{"not-a-known-key", http.StatusUnauthorized, "invalid API key"},
+	} {
+		h := http.Header{"Cookie": {defaultSSECookie + "=" + tc.key}, "Sec-Fetch-Site": {"same-origin"}}
+		status, body := secSSEGet(t, f.url+"/api/v1/chat/stream?session_id=s&user_message=hi", h)
+		if status != tc.status || !strings.Contains(body, tc.words) {
+			t.Errorf("cookie %q: status %d, want %d with %s: %.300s", tc.key, status, tc.status, tc.words, body)
+		}
+	}
+	for v, want := range map[string]bool{"a.b.c": true, "eyJh.eyJz.": true, "a.b": false, "a..c": false, "a b.c.d": false, "k3y-with.dots.and+plus": false} {
+		if compactJWT(v) != want {
+			t.Errorf("compactJWT(%q) = %v", v, !want)
+		}
+	}
+}

@@ -89,6 +89,9 @@ type Config struct {
 	DrainDelay time.Duration
 	// NoMetrics leaves /metrics out of the routes.
 	NoMetrics bool
+	// NoConsole leaves the web console (at / and /console/) out of the
+	// routes.
+	NoConsole bool
 	// Version is reported by the health endpoints.
 	Version string
 	// TracerProvider records a span for every call (a server span, and a
@@ -277,6 +280,11 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, handlerOpts...))
 	if err := mountDocs(mux, g.cfg.Version); err != nil {
 		return nil, err
+	}
+	if !g.cfg.NoConsole {
+		if err := mountConsole(mux, g.security.cfg.SSECookie); err != nil {
+			return nil, err
+		}
 	}
 	bridges, err := mountSSE(mux, streams, chain, g.cfg.SSE, g.security.wrapSSE, g.logger)
 	if err != nil {

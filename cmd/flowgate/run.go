@@ -38,6 +38,7 @@ type options struct {
 	shutdownTimeout time.Duration
 	drainDelay      time.Duration
 	metrics         bool
+	console         bool
 	forwardHeaders  []string
 	sseHeartbeat    time.Duration
 	sseRetry        time.Duration
@@ -83,6 +84,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM; what outlives it is cut, and the process still exits 0")
 	set.Duration(&o.drainDelay, "drain-delay", "FLOWGATE_DRAIN_DELAY", 0, "time to keep serving after SIGINT/SIGTERM with /readyz answering 503, so that load balancers stop sending calls first (e.g. 5s on Kubernetes)")
 	set.Bool(&o.metrics, "metrics", "FLOWGATE_METRICS", true, "serve Prometheus metrics on /metrics of the main port")
+	set.Bool(&o.console, "console", "FLOWGATE_CONSOLE", true, "serve the web console at / (its assets under /console/)")
 	set.List(&o.forwardHeaders, "forward-headers", "FLOWGATE_FORWARD_HEADERS", nil, "extra request headers forwarded to upstreams")
 	set.Duration(&o.sseHeartbeat, "sse-heartbeat", "FLOWGATE_SSE_HEARTBEAT", 15*time.Second, "interval of comment heartbeats on SSE streams")
 	set.Duration(&o.sseRetry, "sse-retry", "FLOWGATE_SSE_RETRY", 3*time.Second, "reconnection delay advised to EventSource clients (0: none, except 3s with a retryable error)")
@@ -204,6 +206,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ShutdownTimeout: o.shutdownTimeout,
 		DrainDelay:      o.drainDelay,
 		NoMetrics:       !o.metrics,
+		NoConsole:       !o.console,
 		Version:         version,
 		TracerProvider:  tp,
 		Logger:          logger,
