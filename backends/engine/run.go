@@ -31,6 +31,10 @@ type run struct {
 	results []*enginev1.NodeResult
 	resp    *webhookResponse
 	last    any
+	// observe hears of each node as it finishes and of the respond node's
+	// answer as soon as it exists; nil when nobody listens.
+	observe   func(*enginev1.StreamWorkflowResponse)
+	responded bool
 }
 
 type nodeState struct {
@@ -39,7 +43,7 @@ type nodeState struct {
 	branch string
 }
 
-func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any, timeout time.Duration) *enginev1.ExecutionResult {
+func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any, timeout time.Duration, observe func(*enginev1.StreamWorkflowResponse)) *enginev1.ExecutionResult {
 	started := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -49,6 +53,7 @@ func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any,
 		budget:  newRunBudget(s.compiler.expr),
 		outputs: make(map[string]any, len(wf.nodes)),
 		state:   make(map[*node]*nodeState, len(wf.nodes)),
+		observe: observe,
 	}
 	if trigger == nil {
 		trigger = map[string]any{}
@@ -72,13 +77,17 @@ func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any,
 		FinishedAt:  timestamppb.Now(),
 	}
 	if r.resp != nil {
-		result.WebhookResponse = &enginev1.WebhookResponse{
-			StatusCode: int32(r.resp.status), //nolint:gosec // validated to 200..599
-			Headers:    r.resp.headers,
-			Body:       toValue(r.resp.body),
-		}
+		result.WebhookResponse = r.resp.toProto()
 	}
 	return result
+}
+
+func (w *webhookResponse) toProto() *enginev1.WebhookResponse {
+	return &enginev1.WebhookResponse{
+		StatusCode: int32(w.status), //nolint:gosec // validated to 200..599
+		Headers:    w.headers,
+		Body:       toValue(w.body),
+	}
 }
 
 // runStatus classifies the error that stopped a run.
@@ -103,6 +112,7 @@ func (r *run) step(ctx context.Context, n *node, trigger map[string]any) error {
 	}
 	nodeStarted := time.Now()
 	res := &enginev1.NodeResult{NodeId: n.id, Type: n.typ, StartedAt: timestamppb.New(nodeStarted)}
+	defer r.finished(res)
 	var (
 		out outcome
 		err = ctx.Err()
@@ -200,7 +210,22 @@ func (r *run) input(n *node) (any, bool) {
 
 func (r *run) skip(n *node) {
 	r.state[n] = &nodeState{}
-	r.results = append(r.results, &enginev1.NodeResult{NodeId: n.id, Type: n.typ, Status: StatusSkipped})
+	res := &enginev1.NodeResult{NodeId: n.id, Type: n.typ, Status: StatusSkipped}
+	r.results = append(r.results, res)
+	r.finished(res)
+}
+
+// finished tells the observer that a node's result is final and, the first
+// time a respond node has set one, what the webhook caller gets.
+func (r *run) finished(res *enginev1.NodeResult) {
+	if r.observe == nil {
+		return
+	}
+	r.observe(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_NodeFinished{NodeFinished: res}})
+	if r.resp != nil && !r.responded {
+		r.responded = true
+		r.observe(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_Respond{Respond: r.resp.toProto()}})
+	}
 }
 
 func (r *run) skipRest(nodes []*node) {

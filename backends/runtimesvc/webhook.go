@@ -73,7 +73,7 @@ func (s *Service) webhookLaunch(ctx context.Context, d *deployment, wh *runtimev
 		}
 	}
 	if d.status != deploymentActive {
-		return launch{}, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment is paused"))
+		return launch{}, errPaused()
 	}
 	key := headers[headerIdempotency]
 	if len(key) > maxIdempotencyKey {
@@ -114,7 +114,9 @@ func (s *Service) webhookTarget(ctx context.Context, raw string) (*deployment, *
 }
 
 // answer is what the sender gets for a started execution: 202 at once
-// (async), or the workflow's response when it finishes in time (wait).
+// (async), or (wait) the respond node's answer as soon as it runs, while
+// the rest of the workflow goes on; without a respond node, the outcome
+// when the run finishes in time.
 func (s *Service) answer(ctx context.Context, st *started, wh *runtimev1.Trigger) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
 	if wh.GetResponseMode() != modeWait {
 		return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
@@ -123,13 +125,32 @@ func (s *Service) answer(ctx context.Context, st *started, wh *runtimev1.Trigger
 	if rt := wh.GetResponseTimeout(); rt != nil {
 		timeout = rt.AsDuration()
 	}
-	if !waitFor(ctx, st, timeout) {
-		if ctx.Err() != nil {
-			return nil, s.internal(ctx, "wait for execution", ctx.Err())
-		}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-st.responded:
+	case <-t.C:
 		return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
+	case <-ctx.Done():
+		return nil, s.internal(ctx, "wait for execution", ctx.Err())
 	}
-	return finishedResponse(st.e), nil
+	select {
+	case <-st.done:
+		return finishedResponse(st.e), nil
+	default:
+	}
+	if st.resp == nil { // the run is ending without a respond node
+		if !waitFor(ctx, st, timeout) {
+			return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
+		}
+		return finishedResponse(st.e), nil
+	}
+	return connect.NewResponse(respondNodeResponse(&execution{id: st.e.id, status: statusRunning}, st.resp)), nil
+}
+
+func errPaused() error {
+	// 409: the request is fine; the deployment's state refuses it.
+	return connect.NewError(connect.CodeAborted, errors.New("the deployment is paused"))
 }
 
 // signature is a verified webhook signature: the MAC in lower-case hex

@@ -22,7 +22,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file workflow/runtime/v1/runtime.proto.
  */
 export const file_workflow_runtime_v1_runtime: GenFile = /*@__PURE__*/
-  fileDesc("CiF3b3JrZmxvdy9ydW50aW1lL3YxL3J1bnRpbWUucHJvdG8SE3dvcmtmbG93LnJ1bnRpbWUudjEiwAIKCkRlcGxveW1lbnQSFQoNZGVwbG95bWVudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg4KBnN0YXR1cxgEIAEoCRJDChN3b3JrZmxvd19kZWZpbml0aW9uGAUgASgLMiYud29ya2Zsb3cuZW5naW5lLnYxLldvcmtmbG93RGVmaW5pdGlvbhIuCgh0cmlnZ2VycxgGIAMoCzIcLndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlchITCgt3ZWJob29rX3VybBgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKjAQoHVHJpZ2dlchIMCgR0eXBlGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGc2VjcmV0GAMgASgJEhIKCmhhc19zZWNyZXQYBCABKAgSFQoNcmVzcG9uc2VfbW9kZRgFIAEoCRIzChByZXNwb25zZV90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEgwKBGNyb24YByABKAkisQEKF0NyZWF0ZURlcGxveW1lbnRSZXF1ZXN0EkMKE3dvcmtmbG93X2RlZmluaXRpb24YASABKAsyJi53b3JrZmxvdy5lbmdpbmUudjEuV29ya2Zsb3dEZWZpbml0aW9uEi4KCHRyaWdnZXJzGAIgAygLMhwud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyEgwKBG5hbWUYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkiTwoYQ3JlYXRlRGVwbG95bWVudFJlc3BvbnNlEjMKCmRlcGxveW1lbnQYASABKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQiXQoWTGlzdERlcGxveW1lbnRzUmVxdWVzdBIMCgRwYWdlGAEgASgFEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIOCgZzdGF0dXMYAyABKAkSEgoKcGFnZV90b2tlbhgEIAEoCSKeAQoXTGlzdERlcGxveW1lbnRzUmVzcG9uc2USNAoLZGVwbG95bWVudHMYASADKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQSEwoLdG90YWxfY291bnQYAiABKAUSDAoEcGFnZRgDIAEoBRIRCglwYWdlX3NpemUYBCABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAUgASgJIi0KFEdldERlcGxveW1lbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkiTAoVR2V0RGVwbG95bWVudFJlc3BvbnNlEjMKCmRlcGxveW1lbnQYASABKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQi2AEKF1VwZGF0ZURlcGxveW1lbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSQwoTd29ya2Zsb3dfZGVmaW5pdGlvbhgCIAEoCzImLndvcmtmbG93LmVuZ2luZS52MS5Xb3JrZmxvd0RlZmluaXRpb24SLgoIdHJpZ2dlcnMYAyADKAsyHC53b3JrZmxvdy5ydW50aW1lLnYxLlRyaWdnZXISDAoEbmFtZRgEIAEoCRITCgtkZXNjcmlwdGlvbhgFIAEoCRIOCgZzdGF0dXMYBiABKAkiTwoYVXBkYXRlRGVwbG95bWVudFJlc3BvbnNlEjMKCmRlcGxveW1lbnQYASABKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQiMAoXRGVsZXRlRGVwbG95bWVudFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCSIxChhEZWxldGVEZXBsb3ltZW50UmVzcG9uc2USFQoNZGVwbG95bWVudF9pZBgBIAEoCSJcChRSdW5EZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEi0KDHRyaWdnZXJfZGF0YRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiSgoVUnVuRGVwbG95bWVudFJlc3BvbnNlEjEKCWV4ZWN1dGlvbhgBIAEoCzIeLndvcmtmbG93LnJ1bnRpbWUudjEuRXhlY3V0aW9uItsCCglFeGVjdXRpb24SFAoMZXhlY3V0aW9uX2lkGAEgASgJEhUKDWRlcGxveW1lbnRfaWQYAiABKAkSDgoGc3RhdHVzGAMgASgJEhQKDHRyaWdnZXJfdHlwZRgEIAEoCRItCgx0cmlnZ2VyX2RhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjQKDG5vZGVfcmVzdWx0cxgGIAMoCzIeLndvcmtmbG93LmVuZ2luZS52MS5Ob2RlUmVzdWx0EiYKBm91dHB1dBgHIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgIIAEoCRIuCgpzdGFydGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicwoVTGlzdEV4ZWN1dGlvbnNSZXF1ZXN0EgwKBHBhZ2UYASABKAUSEQoJcGFnZV9zaXplGAIgASgFEhUKDWRlcGxveW1lbnRfaWQYAyABKAkSDgoGc3RhdHVzGAQgASgJEhIKCnBhZ2VfdG9rZW4YBSABKAkimwEKFkxpc3RFeGVjdXRpb25zUmVzcG9uc2USMgoKZXhlY3V0aW9ucxgBIAMoCzIeLndvcmtmbG93LnJ1bnRpbWUudjEuRXhlY3V0aW9uEhMKC3RvdGFsX2NvdW50GAIgASgFEgwKBHBhZ2UYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhcKD25leHRfcGFnZV90b2tlbhgFIAEoCSIrChNHZXRFeGVjdXRpb25SZXF1ZXN0EhQKDGV4ZWN1dGlvbl9pZBgBIAEoCSJJChRHZXRFeGVjdXRpb25SZXNwb25zZRIxCglleGVjdXRpb24YASABKAsyHi53b3JrZmxvdy5ydW50aW1lLnYxLkV4ZWN1dGlvbiK3AgoVVHJpZ2dlcldlYmhvb2tSZXF1ZXN0EgwKBHBhdGgYASABKAkSIgoEYm9keRgCIAEoCzIULmdvb2dsZS5hcGkuSHR0cEJvZHkSSAoHaGVhZGVycxgDIAMoCzI3LndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlcldlYmhvb2tSZXF1ZXN0LkhlYWRlcnNFbnRyeRJECgVxdWVyeRgEIAMoCzI1LndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlcldlYmhvb2tSZXF1ZXN0LlF1ZXJ5RW50cnkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLAoKUXVlcnlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIvIBChZUcmlnZ2VyV2ViaG9va1Jlc3BvbnNlEhQKDGV4ZWN1dGlvbl9pZBgBIAEoCRIOCgZzdGF0dXMYAiABKAkSIgoEYm9keRgDIAEoCzIULmdvb2dsZS5hcGkuSHR0cEJvZHkSEwoLc3RhdHVzX2NvZGUYBCABKAUSSQoHaGVhZGVycxgFIAMoCzI4LndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlcldlYmhvb2tSZXNwb25zZS5IZWFkZXJzRW50cnkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEynw0KFldvcmtmbG93UnVudGltZVNlcnZpY2USywEKEENyZWF0ZURlcGxveW1lbnQSLC53b3JrZmxvdy5ydW50aW1lLnYxLkNyZWF0ZURlcGxveW1lbnRSZXF1ZXN0Gi0ud29ya2Zsb3cucnVudGltZS52MS5DcmVhdGVEZXBsb3ltZW50UmVzcG9uc2UiWsLzGCMKIXdvcmtmbG93czp3cml0ZSB3b3JrZmxvd3M6ZXhlY3V0ZYLT5JMCLToBKmIKZGVwbG95bWVudCIcL2FwaS92MS93b3JrZmxvdy9kZXBsb3ltZW50cxKmAQoPTGlzdERlcGxveW1lbnRzEisud29ya2Zsb3cucnVudGltZS52MS5MaXN0RGVwbG95bWVudHNSZXF1ZXN0Giwud29ya2Zsb3cucnVudGltZS52MS5MaXN0RGVwbG95bWVudHNSZXNwb25zZSI4wvMYEAoOd29ya2Zsb3dzOnJlYWSC0+STAh4SHC9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMSvAEKDUdldERlcGxveW1lbnQSKS53b3JrZmxvdy5ydW50aW1lLnYxLkdldERlcGxveW1lbnRSZXF1ZXN0Gioud29ya2Zsb3cucnVudGltZS52MS5HZXREZXBsb3ltZW50UmVzcG9uc2UiVMLzGBAKDndvcmtmbG93czpyZWFkgtPkkwI6YgpkZXBsb3ltZW50EiwvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzL3tkZXBsb3ltZW50X2lkfRLbAQoQVXBkYXRlRGVwbG95bWVudBIsLndvcmtmbG93LnJ1bnRpbWUudjEuVXBkYXRlRGVwbG95bWVudFJlcXVlc3QaLS53b3JrZmxvdy5ydW50aW1lLnYxLlVwZGF0ZURlcGxveW1lbnRSZXNwb25zZSJqwvMYIwohd29ya2Zsb3dzOndyaXRlIHdvcmtmbG93czpleGVjdXRlgtPkkwI9OgEqYgpkZXBsb3ltZW50GiwvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzL3tkZXBsb3ltZW50X2lkfRK6AQoQRGVsZXRlRGVwbG95bWVudBIsLndvcmtmbG93LnJ1bnRpbWUudjEuRGVsZXRlRGVwbG95bWVudFJlcXVlc3QaLS53b3JrZmxvdy5ydW50aW1lLnYxLkRlbGV0ZURlcGxveW1lbnRSZXNwb25zZSJJwvMYEQoPd29ya2Zsb3dzOndyaXRlgtPkkwIuKiwvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzL3tkZXBsb3ltZW50X2lkfRLFAQoNUnVuRGVwbG95bWVudBIpLndvcmtmbG93LnJ1bnRpbWUudjEuUnVuRGVwbG95bWVudFJlcXVlc3QaKi53b3JrZmxvdy5ydW50aW1lLnYxLlJ1bkRlcGxveW1lbnRSZXNwb25zZSJdwvMYEwoRd29ya2Zsb3dzOmV4ZWN1dGWC0+STAkA6ASpiCWV4ZWN1dGlvbiIwL2FwaS92MS93b3JrZmxvdy9kZXBsb3ltZW50cy97ZGVwbG95bWVudF9pZH0vcnVuEpkBCg5MaXN0RXhlY3V0aW9ucxIqLndvcmtmbG93LnJ1bnRpbWUudjEuTGlzdEV4ZWN1dGlvbnNSZXF1ZXN0Gisud29ya2Zsb3cucnVudGltZS52MS5MaXN0RXhlY3V0aW9uc1Jlc3BvbnNlIi7C8xgQCg53b3JrZmxvd3M6cmVhZILT5JMCFBISL2FwaS92MS9leGVjdXRpb25zEq0BCgxHZXRFeGVjdXRpb24SKC53b3JrZmxvdy5ydW50aW1lLnYxLkdldEV4ZWN1dGlvblJlcXVlc3QaKS53b3JrZmxvdy5ydW50aW1lLnYxLkdldEV4ZWN1dGlvblJlc3BvbnNlIkjC8xgQCg53b3JrZmxvd3M6cmVhZILT5JMCLmIJZXhlY3V0aW9uEiEvYXBpL3YxL2V4ZWN1dGlvbnMve2V4ZWN1dGlvbl9pZH0SnwEKDlRyaWdnZXJXZWJob29rEioud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyV2ViaG9va1JlcXVlc3QaKy53b3JrZmxvdy5ydW50aW1lLnYxLlRyaWdnZXJXZWJob29rUmVzcG9uc2UiNMLzGAIQAYLT5JMCKDoEYm9keWIEYm9keSIaL2FwaS92MS93ZWJob29rcy97cGF0aD0qKn1C2AEKF2NvbS53b3JrZmxvdy5ydW50aW1lLnYxQgxSdW50aW1lUHJvdG9QAVpBZ2l0aHViLmNvbS9mbG93Z2F0ZS9mbG93Z2F0ZS9nZW4vZ28vd29ya2Zsb3cvcnVudGltZS92MTtydW50aW1ldjGiAgNXUliqAhNXb3JrZmxvdy5SdW50aW1lLlYxygITV29ya2Zsb3dcUnVudGltZVxWMeICH1dvcmtmbG93XFJ1bnRpbWVcVjFcR1BCTWV0YWRhdGHqAhVXb3JrZmxvdzo6UnVudGltZTo6VjFiBnByb3RvMw", [file_flowgate_options_v1_options, file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_workflow_engine_v1_engine]);
+  fileDesc("CiF3b3JrZmxvdy9ydW50aW1lL3YxL3J1bnRpbWUucHJvdG8SE3dvcmtmbG93LnJ1bnRpbWUudjEitQMKCkRlcGxveW1lbnQSFQoNZGVwbG95bWVudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg4KBnN0YXR1cxgEIAEoCRJDChN3b3JrZmxvd19kZWZpbml0aW9uGAUgASgLMiYud29ya2Zsb3cuZW5naW5lLnYxLldvcmtmbG93RGVmaW5pdGlvbhIuCgh0cmlnZ2VycxgGIAMoCzIcLndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlchITCgt3ZWJob29rX3VybBgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgtydW5fdGltZW91dBgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgpvbl9mYWlsdXJlGAsgASgLMh4ud29ya2Zsb3cucnVudGltZS52MS5PbkZhaWx1cmUSDwoHdmVyc2lvbhgMIAEoBSIgCglPbkZhaWx1cmUSEwoLd2ViaG9va191cmwYASABKAkimQEKEURlcGxveW1lbnRWZXJzaW9uEg8KB3ZlcnNpb24YASABKAUSQwoTd29ya2Zsb3dfZGVmaW5pdGlvbhgCIAEoCzImLndvcmtmbG93LmVuZ2luZS52MS5Xb3JrZmxvd0RlZmluaXRpb24SLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiowEKB1RyaWdnZXISDAoEdHlwZRgBIAEoCRIMCgRwYXRoGAIgASgJEg4KBnNlY3JldBgDIAEoCRISCgpoYXNfc2VjcmV0GAQgASgIEhUKDXJlc3BvbnNlX21vZGUYBSABKAkSMwoQcmVzcG9uc2VfdGltZW91dBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRjcm9uGAcgASgJIpUCChdDcmVhdGVEZXBsb3ltZW50UmVxdWVzdBJDChN3b3JrZmxvd19kZWZpbml0aW9uGAEgASgLMiYud29ya2Zsb3cuZW5naW5lLnYxLldvcmtmbG93RGVmaW5pdGlvbhIuCgh0cmlnZ2VycxgCIAMoCzIcLndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlchIMCgRuYW1lGAMgASgJEhMKC2Rlc2NyaXB0aW9uGAQgASgJEi4KC3J1bl90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKCm9uX2ZhaWx1cmUYBiABKAsyHi53b3JrZmxvdy5ydW50aW1lLnYxLk9uRmFpbHVyZSJPChhDcmVhdGVEZXBsb3ltZW50UmVzcG9uc2USMwoKZGVwbG95bWVudBgBIAEoCzIfLndvcmtmbG93LnJ1bnRpbWUudjEuRGVwbG95bWVudCJdChZMaXN0RGVwbG95bWVudHNSZXF1ZXN0EgwKBHBhZ2UYASABKAUSEQoJcGFnZV9zaXplGAIgASgFEg4KBnN0YXR1cxgDIAEoCRISCgpwYWdlX3Rva2VuGAQgASgJIp4BChdMaXN0RGVwbG95bWVudHNSZXNwb25zZRI0CgtkZXBsb3ltZW50cxgBIAMoCzIfLndvcmtmbG93LnJ1bnRpbWUudjEuRGVwbG95bWVudBITCgt0b3RhbF9jb3VudBgCIAEoBRIMCgRwYWdlGAMgASgFEhEKCXBhZ2Vfc2l6ZRgEIAEoBRIXCg9uZXh0X3BhZ2VfdG9rZW4YBSABKAkiLQoUR2V0RGVwbG95bWVudFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCSJMChVHZXREZXBsb3ltZW50UmVzcG9uc2USMwoKZGVwbG95bWVudBgBIAEoCzIfLndvcmtmbG93LnJ1bnRpbWUudjEuRGVwbG95bWVudCK8AgoXVXBkYXRlRGVwbG95bWVudFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRJDChN3b3JrZmxvd19kZWZpbml0aW9uGAIgASgLMiYud29ya2Zsb3cuZW5naW5lLnYxLldvcmtmbG93RGVmaW5pdGlvbhIuCgh0cmlnZ2VycxgDIAMoCzIcLndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlchIMCgRuYW1lGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJEg4KBnN0YXR1cxgGIAEoCRIuCgtydW5fdGltZW91dBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgpvbl9mYWlsdXJlGAggASgLMh4ud29ya2Zsb3cucnVudGltZS52MS5PbkZhaWx1cmUiTwoYVXBkYXRlRGVwbG95bWVudFJlc3BvbnNlEjMKCmRlcGxveW1lbnQYASABKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQiMAoXRGVsZXRlRGVwbG95bWVudFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCSIxChhEZWxldGVEZXBsb3ltZW50UmVzcG9uc2USFQoNZGVwbG95bWVudF9pZBgBIAEoCSJyChRSdW5EZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEi0KDHRyaWdnZXJfZGF0YRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFAoMd2FpdF9zZWNvbmRzGAMgASgFIkoKFVJ1bkRlcGxveW1lbnRSZXNwb25zZRIxCglleGVjdXRpb24YASABKAsyHi53b3JrZmxvdy5ydW50aW1lLnYxLkV4ZWN1dGlvbiKJAwoJRXhlY3V0aW9uEhQKDGV4ZWN1dGlvbl9pZBgBIAEoCRIVCg1kZXBsb3ltZW50X2lkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRIUCgx0cmlnZ2VyX3R5cGUYBCABKAkSLQoMdHJpZ2dlcl9kYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI0Cgxub2RlX3Jlc3VsdHMYBiADKAsyHi53b3JrZmxvdy5lbmdpbmUudjEuTm9kZVJlc3VsdBImCgZvdXRwdXQYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSDQoFZXJyb3IYCCABKAkSLgoKc3RhcnRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEmRlcGxveW1lbnRfdmVyc2lvbhgLIAEoBRIQCghyZXRyeV9vZhgMIAEoCSJzChVMaXN0RXhlY3V0aW9uc1JlcXVlc3QSDAoEcGFnZRgBIAEoBRIRCglwYWdlX3NpemUYAiABKAUSFQoNZGVwbG95bWVudF9pZBgDIAEoCRIOCgZzdGF0dXMYBCABKAkSEgoKcGFnZV90b2tlbhgFIAEoCSKbAQoWTGlzdEV4ZWN1dGlvbnNSZXNwb25zZRIyCgpleGVjdXRpb25zGAEgAygLMh4ud29ya2Zsb3cucnVudGltZS52MS5FeGVjdXRpb24SEwoLdG90YWxfY291bnQYAiABKAUSDAoEcGFnZRgDIAEoBRIRCglwYWdlX3NpemUYBCABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAUgASgJIisKE0dldEV4ZWN1dGlvblJlcXVlc3QSFAoMZXhlY3V0aW9uX2lkGAEgASgJIkkKFEdldEV4ZWN1dGlvblJlc3BvbnNlEjEKCWV4ZWN1dGlvbhgBIAEoCzIeLndvcmtmbG93LnJ1bnRpbWUudjEuRXhlY3V0aW9uIrcCChVUcmlnZ2VyV2ViaG9va1JlcXVlc3QSDAoEcGF0aBgBIAEoCRIiCgRib2R5GAIgASgLMhQuZ29vZ2xlLmFwaS5IdHRwQm9keRJICgdoZWFkZXJzGAMgAygLMjcud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyV2ViaG9va1JlcXVlc3QuSGVhZGVyc0VudHJ5EkQKBXF1ZXJ5GAQgAygLMjUud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyV2ViaG9va1JlcXVlc3QuUXVlcnlFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARosCgpRdWVyeUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi8gEKFlRyaWdnZXJXZWJob29rUmVzcG9uc2USFAoMZXhlY3V0aW9uX2lkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRIiCgRib2R5GAMgASgLMhQuZ29vZ2xlLmFwaS5IdHRwQm9keRITCgtzdGF0dXNfY29kZRgEIAEoBRJJCgdoZWFkZXJzGAUgAygLMjgud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyV2ViaG9va1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIuChZDYW5jZWxFeGVjdXRpb25SZXF1ZXN0EhQKDGV4ZWN1dGlvbl9pZBgBIAEoCSJMChdDYW5jZWxFeGVjdXRpb25SZXNwb25zZRIxCglleGVjdXRpb24YASABKAsyHi53b3JrZmxvdy5ydW50aW1lLnYxLkV4ZWN1dGlvbiItChVSZXRyeUV4ZWN1dGlvblJlcXVlc3QSFAoMZXhlY3V0aW9uX2lkGAEgASgJIksKFlJldHJ5RXhlY3V0aW9uUmVzcG9uc2USMQoJZXhlY3V0aW9uGAEgASgLMh4ud29ya2Zsb3cucnVudGltZS52MS5FeGVjdXRpb24iVwodTGlzdERlcGxveW1lbnRWZXJzaW9uc1JlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCRIMCgRwYWdlGAIgASgFEhEKCXBhZ2Vfc2l6ZRgDIAEoBSKQAQoeTGlzdERlcGxveW1lbnRWZXJzaW9uc1Jlc3BvbnNlEjgKCHZlcnNpb25zGAEgAygLMiYud29ya2Zsb3cucnVudGltZS52MS5EZXBsb3ltZW50VmVyc2lvbhITCgt0b3RhbF9jb3VudBgCIAEoBRIMCgRwYWdlGAMgASgFEhEKCXBhZ2Vfc2l6ZRgEIAEoBTL+EQoWV29ya2Zsb3dSdW50aW1lU2VydmljZRLLAQoQQ3JlYXRlRGVwbG95bWVudBIsLndvcmtmbG93LnJ1bnRpbWUudjEuQ3JlYXRlRGVwbG95bWVudFJlcXVlc3QaLS53b3JrZmxvdy5ydW50aW1lLnYxLkNyZWF0ZURlcGxveW1lbnRSZXNwb25zZSJawvMYIwohd29ya2Zsb3dzOndyaXRlIHdvcmtmbG93czpleGVjdXRlgtPkkwItOgEqYgpkZXBsb3ltZW50IhwvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzEqYBCg9MaXN0RGVwbG95bWVudHMSKy53b3JrZmxvdy5ydW50aW1lLnYxLkxpc3REZXBsb3ltZW50c1JlcXVlc3QaLC53b3JrZmxvdy5ydW50aW1lLnYxLkxpc3REZXBsb3ltZW50c1Jlc3BvbnNlIjjC8xgQCg53b3JrZmxvd3M6cmVhZILT5JMCHhIcL2FwaS92MS93b3JrZmxvdy9kZXBsb3ltZW50cxK8AQoNR2V0RGVwbG95bWVudBIpLndvcmtmbG93LnJ1bnRpbWUudjEuR2V0RGVwbG95bWVudFJlcXVlc3QaKi53b3JrZmxvdy5ydW50aW1lLnYxLkdldERlcGxveW1lbnRSZXNwb25zZSJUwvMYEAoOd29ya2Zsb3dzOnJlYWSC0+STAjpiCmRlcGxveW1lbnQSLC9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMve2RlcGxveW1lbnRfaWR9EtsBChBVcGRhdGVEZXBsb3ltZW50Eiwud29ya2Zsb3cucnVudGltZS52MS5VcGRhdGVEZXBsb3ltZW50UmVxdWVzdBotLndvcmtmbG93LnJ1bnRpbWUudjEuVXBkYXRlRGVwbG95bWVudFJlc3BvbnNlImrC8xgjCiF3b3JrZmxvd3M6d3JpdGUgd29ya2Zsb3dzOmV4ZWN1dGWC0+STAj06ASpiCmRlcGxveW1lbnQaLC9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMve2RlcGxveW1lbnRfaWR9EroBChBEZWxldGVEZXBsb3ltZW50Eiwud29ya2Zsb3cucnVudGltZS52MS5EZWxldGVEZXBsb3ltZW50UmVxdWVzdBotLndvcmtmbG93LnJ1bnRpbWUudjEuRGVsZXRlRGVwbG95bWVudFJlc3BvbnNlIknC8xgRCg93b3JrZmxvd3M6d3JpdGWC0+STAi4qLC9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMve2RlcGxveW1lbnRfaWR9EsUBCg1SdW5EZXBsb3ltZW50Eikud29ya2Zsb3cucnVudGltZS52MS5SdW5EZXBsb3ltZW50UmVxdWVzdBoqLndvcmtmbG93LnJ1bnRpbWUudjEuUnVuRGVwbG95bWVudFJlc3BvbnNlIl3C8xgTChF3b3JrZmxvd3M6ZXhlY3V0ZYLT5JMCQDoBKmIJZXhlY3V0aW9uIjAvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzL3tkZXBsb3ltZW50X2lkfS9ydW4SmQEKDkxpc3RFeGVjdXRpb25zEioud29ya2Zsb3cucnVudGltZS52MS5MaXN0RXhlY3V0aW9uc1JlcXVlc3QaKy53b3JrZmxvdy5ydW50aW1lLnYxLkxpc3RFeGVjdXRpb25zUmVzcG9uc2UiLsLzGBAKDndvcmtmbG93czpyZWFkgtPkkwIUEhIvYXBpL3YxL2V4ZWN1dGlvbnMSrQEKDEdldEV4ZWN1dGlvbhIoLndvcmtmbG93LnJ1bnRpbWUudjEuR2V0RXhlY3V0aW9uUmVxdWVzdBopLndvcmtmbG93LnJ1bnRpbWUudjEuR2V0RXhlY3V0aW9uUmVzcG9uc2UiSMLzGBAKDndvcmtmbG93czpyZWFkgtPkkwIuYglleGVjdXRpb24SIS9hcGkvdjEvZXhlY3V0aW9ucy97ZXhlY3V0aW9uX2lkfRKfAQoOVHJpZ2dlcldlYmhvb2sSKi53b3JrZmxvdy5ydW50aW1lLnYxLlRyaWdnZXJXZWJob29rUmVxdWVzdBorLndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlcldlYmhvb2tSZXNwb25zZSI0wvMYAhABgtPkkwIoOgRib2R5YgRib2R5IhovYXBpL3YxL3dlYmhvb2tzL3twYXRoPSoqfRLDAQoPQ2FuY2VsRXhlY3V0aW9uEisud29ya2Zsb3cucnVudGltZS52MS5DYW5jZWxFeGVjdXRpb25SZXF1ZXN0Giwud29ya2Zsb3cucnVudGltZS52MS5DYW5jZWxFeGVjdXRpb25SZXNwb25zZSJVwvMYEwoRd29ya2Zsb3dzOmV4ZWN1dGWC0+STAjg6ASpiCWV4ZWN1dGlvbiIoL2FwaS92MS9leGVjdXRpb25zL3tleGVjdXRpb25faWR9L2NhbmNlbBK/AQoOUmV0cnlFeGVjdXRpb24SKi53b3JrZmxvdy5ydW50aW1lLnYxLlJldHJ5RXhlY3V0aW9uUmVxdWVzdBorLndvcmtmbG93LnJ1bnRpbWUudjEuUmV0cnlFeGVjdXRpb25SZXNwb25zZSJUwvMYEwoRd29ya2Zsb3dzOmV4ZWN1dGWC0+STAjc6ASpiCWV4ZWN1dGlvbiInL2FwaS92MS9leGVjdXRpb25zL3tleGVjdXRpb25faWR9L3JldHJ5EtQBChZMaXN0RGVwbG95bWVudFZlcnNpb25zEjIud29ya2Zsb3cucnVudGltZS52MS5MaXN0RGVwbG95bWVudFZlcnNpb25zUmVxdWVzdBozLndvcmtmbG93LnJ1bnRpbWUudjEuTGlzdERlcGxveW1lbnRWZXJzaW9uc1Jlc3BvbnNlIlHC8xgQCg53b3JrZmxvd3M6cmVhZILT5JMCNxI1L2FwaS92MS93b3JrZmxvdy9kZXBsb3ltZW50cy97ZGVwbG95bWVudF9pZH0vdmVyc2lvbnNC2AEKF2NvbS53b3JrZmxvdy5ydW50aW1lLnYxQgxSdW50aW1lUHJvdG9QAVpBZ2l0aHViLmNvbS9mbG93Z2F0ZS9mbG93Z2F0ZS9nZW4vZ28vd29ya2Zsb3cvcnVudGltZS92MTtydW50aW1ldjGiAgNXUliqAhNXb3JrZmxvdy5SdW50aW1lLlYxygITV29ya2Zsb3dcUnVudGltZVxWMeICH1dvcmtmbG93XFJ1bnRpbWVcVjFcR1BCTWV0YWRhdGHqAhVXb3JrZmxvdzo6UnVudGltZTo6VjFiBnByb3RvMw", [file_flowgate_options_v1_options, file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_workflow_engine_v1_engine]);
 
 /**
  * Deployment is a deployed workflow.
@@ -94,6 +94,28 @@ export type Deployment = Message<"workflow.runtime.v1.Deployment"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 9;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * The deadline of each execution; unset lets the engine choose.
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 10;
+   */
+  runTimeout?: Duration | undefined;
+
+  /**
+   * What to do when an execution fails or times out.
+   *
+   * @generated from field: workflow.runtime.v1.OnFailure on_failure = 11;
+   */
+  onFailure?: OnFailure | undefined;
+
+  /**
+   * The version of the workflow definition, from 1; an update that changes
+   * the definition adds one (output only).
+   *
+   * @generated from field: int32 version = 12;
+   */
+  version: number;
 };
 
 /**
@@ -102,6 +124,65 @@ export type Deployment = Message<"workflow.runtime.v1.Deployment"> & {
  */
 export const DeploymentSchema: GenMessage<Deployment> = /*@__PURE__*/
   messageDesc(file_workflow_runtime_v1_runtime, 0);
+
+/**
+ * OnFailure is a deployment's failure notification.
+ *
+ * @generated from message workflow.runtime.v1.OnFailure
+ */
+export type OnFailure = Message<"workflow.runtime.v1.OnFailure"> & {
+  /**
+   * An http or https URL that gets a POST with the failed execution
+   * (execution_id, deployment_id, deployment_version, status, error,
+   * trigger_type, started_at, finished_at) as JSON. It is sent by the
+   * engine's http_request node, so the same destination rules apply.
+   *
+   * @generated from field: string webhook_url = 1;
+   */
+  webhookUrl: string;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.OnFailure.
+ * Use `create(OnFailureSchema)` to create a new message.
+ */
+export const OnFailureSchema: GenMessage<OnFailure> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 1);
+
+/**
+ * DeploymentVersion is one workflow definition a deployment has had.
+ *
+ * @generated from message workflow.runtime.v1.DeploymentVersion
+ */
+export type DeploymentVersion = Message<"workflow.runtime.v1.DeploymentVersion"> & {
+  /**
+   * The version, from 1.
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * The definition.
+   *
+   * @generated from field: workflow.engine.v1.WorkflowDefinition workflow_definition = 2;
+   */
+  workflowDefinition?: WorkflowDefinition | undefined;
+
+  /**
+   * When the deployment got this definition.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.DeploymentVersion.
+ * Use `create(DeploymentVersionSchema)` to create a new message.
+ */
+export const DeploymentVersionSchema: GenMessage<DeploymentVersion> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 2);
 
 /**
  * Trigger fires a deployment's workflow.
@@ -167,7 +248,7 @@ export type Trigger = Message<"workflow.runtime.v1.Trigger"> & {
  * Use `create(TriggerSchema)` to create a new message.
  */
 export const TriggerSchema: GenMessage<Trigger> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 1);
+  messageDesc(file_workflow_runtime_v1_runtime, 3);
 
 /**
  * CreateDeploymentRequest carries what to deploy.
@@ -202,6 +283,22 @@ export type CreateDeploymentRequest = Message<"workflow.runtime.v1.CreateDeploym
    * @generated from field: string description = 4;
    */
   description: string;
+
+  /**
+   * The deadline of each execution: longer than the delays of any path
+   * through the workflow, at most the runtime's maximum (5 minutes by
+   * default). Unset lets the engine choose.
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 5;
+   */
+  runTimeout?: Duration | undefined;
+
+  /**
+   * What to do when an execution fails or times out.
+   *
+   * @generated from field: workflow.runtime.v1.OnFailure on_failure = 6;
+   */
+  onFailure?: OnFailure | undefined;
 };
 
 /**
@@ -209,7 +306,7 @@ export type CreateDeploymentRequest = Message<"workflow.runtime.v1.CreateDeploym
  * Use `create(CreateDeploymentRequestSchema)` to create a new message.
  */
 export const CreateDeploymentRequestSchema: GenMessage<CreateDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 2);
+  messageDesc(file_workflow_runtime_v1_runtime, 4);
 
 /**
  * CreateDeploymentResponse carries the new deployment.
@@ -230,7 +327,7 @@ export type CreateDeploymentResponse = Message<"workflow.runtime.v1.CreateDeploy
  * Use `create(CreateDeploymentResponseSchema)` to create a new message.
  */
 export const CreateDeploymentResponseSchema: GenMessage<CreateDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 3);
+  messageDesc(file_workflow_runtime_v1_runtime, 5);
 
 /**
  * ListDeploymentsRequest selects a page of deployments.
@@ -272,7 +369,7 @@ export type ListDeploymentsRequest = Message<"workflow.runtime.v1.ListDeployment
  * Use `create(ListDeploymentsRequestSchema)` to create a new message.
  */
 export const ListDeploymentsRequestSchema: GenMessage<ListDeploymentsRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 4);
+  messageDesc(file_workflow_runtime_v1_runtime, 6);
 
 /**
  * ListDeploymentsResponse carries a page of deployments.
@@ -321,7 +418,7 @@ export type ListDeploymentsResponse = Message<"workflow.runtime.v1.ListDeploymen
  * Use `create(ListDeploymentsResponseSchema)` to create a new message.
  */
 export const ListDeploymentsResponseSchema: GenMessage<ListDeploymentsResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 5);
+  messageDesc(file_workflow_runtime_v1_runtime, 7);
 
 /**
  * GetDeploymentRequest names a deployment.
@@ -342,7 +439,7 @@ export type GetDeploymentRequest = Message<"workflow.runtime.v1.GetDeploymentReq
  * Use `create(GetDeploymentRequestSchema)` to create a new message.
  */
 export const GetDeploymentRequestSchema: GenMessage<GetDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 6);
+  messageDesc(file_workflow_runtime_v1_runtime, 8);
 
 /**
  * GetDeploymentResponse carries a deployment.
@@ -363,7 +460,7 @@ export type GetDeploymentResponse = Message<"workflow.runtime.v1.GetDeploymentRe
  * Use `create(GetDeploymentResponseSchema)` to create a new message.
  */
 export const GetDeploymentResponseSchema: GenMessage<GetDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 7);
+  messageDesc(file_workflow_runtime_v1_runtime, 9);
 
 /**
  * UpdateDeploymentRequest replaces a deployment.
@@ -412,6 +509,20 @@ export type UpdateDeploymentRequest = Message<"workflow.runtime.v1.UpdateDeploym
    * @generated from field: string status = 6;
    */
   status: string;
+
+  /**
+   * The deadline of each execution, as in CreateDeploymentRequest.
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 7;
+   */
+  runTimeout?: Duration | undefined;
+
+  /**
+   * What to do when an execution fails or times out.
+   *
+   * @generated from field: workflow.runtime.v1.OnFailure on_failure = 8;
+   */
+  onFailure?: OnFailure | undefined;
 };
 
 /**
@@ -419,7 +530,7 @@ export type UpdateDeploymentRequest = Message<"workflow.runtime.v1.UpdateDeploym
  * Use `create(UpdateDeploymentRequestSchema)` to create a new message.
  */
 export const UpdateDeploymentRequestSchema: GenMessage<UpdateDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 8);
+  messageDesc(file_workflow_runtime_v1_runtime, 10);
 
 /**
  * UpdateDeploymentResponse carries the updated deployment.
@@ -440,7 +551,7 @@ export type UpdateDeploymentResponse = Message<"workflow.runtime.v1.UpdateDeploy
  * Use `create(UpdateDeploymentResponseSchema)` to create a new message.
  */
 export const UpdateDeploymentResponseSchema: GenMessage<UpdateDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 9);
+  messageDesc(file_workflow_runtime_v1_runtime, 11);
 
 /**
  * DeleteDeploymentRequest names a deployment.
@@ -461,7 +572,7 @@ export type DeleteDeploymentRequest = Message<"workflow.runtime.v1.DeleteDeploym
  * Use `create(DeleteDeploymentRequestSchema)` to create a new message.
  */
 export const DeleteDeploymentRequestSchema: GenMessage<DeleteDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 10);
+  messageDesc(file_workflow_runtime_v1_runtime, 12);
 
 /**
  * DeleteDeploymentResponse confirms a deletion.
@@ -482,7 +593,7 @@ export type DeleteDeploymentResponse = Message<"workflow.runtime.v1.DeleteDeploy
  * Use `create(DeleteDeploymentResponseSchema)` to create a new message.
  */
 export const DeleteDeploymentResponseSchema: GenMessage<DeleteDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 11);
+  messageDesc(file_workflow_runtime_v1_runtime, 13);
 
 /**
  * RunDeploymentRequest fires a deployment's manual trigger.
@@ -503,6 +614,15 @@ export type RunDeploymentRequest = Message<"workflow.runtime.v1.RunDeploymentReq
    * @generated from field: google.protobuf.Struct trigger_data = 2;
    */
   triggerData?: JsonObject | undefined;
+
+  /**
+   * How long to wait for the execution to finish, 0 to 300 seconds; 0
+   * answers at once. An execution still running when the wait ends is
+   * returned with status running (REST: 202 Accepted).
+   *
+   * @generated from field: int32 wait_seconds = 3;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -510,16 +630,17 @@ export type RunDeploymentRequest = Message<"workflow.runtime.v1.RunDeploymentReq
  * Use `create(RunDeploymentRequestSchema)` to create a new message.
  */
 export const RunDeploymentRequestSchema: GenMessage<RunDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 12);
+  messageDesc(file_workflow_runtime_v1_runtime, 14);
 
 /**
- * RunDeploymentResponse carries the finished execution.
+ * RunDeploymentResponse carries the execution the manual trigger started.
  *
  * @generated from message workflow.runtime.v1.RunDeploymentResponse
  */
 export type RunDeploymentResponse = Message<"workflow.runtime.v1.RunDeploymentResponse"> & {
   /**
-   * The execution; REST callers get it as the response body.
+   * The execution, finished or still running; REST callers get it as the
+   * response body.
    *
    * @generated from field: workflow.runtime.v1.Execution execution = 1;
    */
@@ -531,7 +652,7 @@ export type RunDeploymentResponse = Message<"workflow.runtime.v1.RunDeploymentRe
  * Use `create(RunDeploymentResponseSchema)` to create a new message.
  */
 export const RunDeploymentResponseSchema: GenMessage<RunDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 13);
+  messageDesc(file_workflow_runtime_v1_runtime, 15);
 
 /**
  * Execution is one run of a deployment.
@@ -608,6 +729,21 @@ export type Execution = Message<"workflow.runtime.v1.Execution"> & {
    * @generated from field: google.protobuf.Timestamp finished_at = 10;
    */
   finishedAt?: Timestamp | undefined;
+
+  /**
+   * The version of the deployment's workflow definition it ran.
+   *
+   * @generated from field: int32 deployment_version = 11;
+   */
+  deploymentVersion: number;
+
+  /**
+   * The execution this one retries (RetryExecution, or an Idempotency-Key
+   * sent again after its execution was interrupted).
+   *
+   * @generated from field: string retry_of = 12;
+   */
+  retryOf: string;
 };
 
 /**
@@ -615,7 +751,7 @@ export type Execution = Message<"workflow.runtime.v1.Execution"> & {
  * Use `create(ExecutionSchema)` to create a new message.
  */
 export const ExecutionSchema: GenMessage<Execution> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 14);
+  messageDesc(file_workflow_runtime_v1_runtime, 16);
 
 /**
  * ListExecutionsRequest selects a page of executions.
@@ -664,7 +800,7 @@ export type ListExecutionsRequest = Message<"workflow.runtime.v1.ListExecutionsR
  * Use `create(ListExecutionsRequestSchema)` to create a new message.
  */
 export const ListExecutionsRequestSchema: GenMessage<ListExecutionsRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 15);
+  messageDesc(file_workflow_runtime_v1_runtime, 17);
 
 /**
  * ListExecutionsResponse carries a page of executions.
@@ -713,7 +849,7 @@ export type ListExecutionsResponse = Message<"workflow.runtime.v1.ListExecutions
  * Use `create(ListExecutionsResponseSchema)` to create a new message.
  */
 export const ListExecutionsResponseSchema: GenMessage<ListExecutionsResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 16);
+  messageDesc(file_workflow_runtime_v1_runtime, 18);
 
 /**
  * GetExecutionRequest names an execution.
@@ -734,7 +870,7 @@ export type GetExecutionRequest = Message<"workflow.runtime.v1.GetExecutionReque
  * Use `create(GetExecutionRequestSchema)` to create a new message.
  */
 export const GetExecutionRequestSchema: GenMessage<GetExecutionRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 17);
+  messageDesc(file_workflow_runtime_v1_runtime, 19);
 
 /**
  * GetExecutionResponse carries an execution.
@@ -755,7 +891,7 @@ export type GetExecutionResponse = Message<"workflow.runtime.v1.GetExecutionResp
  * Use `create(GetExecutionResponseSchema)` to create a new message.
  */
 export const GetExecutionResponseSchema: GenMessage<GetExecutionResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 18);
+  messageDesc(file_workflow_runtime_v1_runtime, 20);
 
 /**
  * TriggerWebhookRequest is one HTTP request to a webhook path.
@@ -800,7 +936,7 @@ export type TriggerWebhookRequest = Message<"workflow.runtime.v1.TriggerWebhookR
  * Use `create(TriggerWebhookRequestSchema)` to create a new message.
  */
 export const TriggerWebhookRequestSchema: GenMessage<TriggerWebhookRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 19);
+  messageDesc(file_workflow_runtime_v1_runtime, 21);
 
 /**
  * TriggerWebhookResponse is what the webhook caller gets back.
@@ -851,7 +987,169 @@ export type TriggerWebhookResponse = Message<"workflow.runtime.v1.TriggerWebhook
  * Use `create(TriggerWebhookResponseSchema)` to create a new message.
  */
 export const TriggerWebhookResponseSchema: GenMessage<TriggerWebhookResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 20);
+  messageDesc(file_workflow_runtime_v1_runtime, 22);
+
+/**
+ * CancelExecutionRequest names an execution to stop.
+ *
+ * @generated from message workflow.runtime.v1.CancelExecutionRequest
+ */
+export type CancelExecutionRequest = Message<"workflow.runtime.v1.CancelExecutionRequest"> & {
+  /**
+   * The execution's id.
+   *
+   * @generated from field: string execution_id = 1;
+   */
+  executionId: string;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.CancelExecutionRequest.
+ * Use `create(CancelExecutionRequestSchema)` to create a new message.
+ */
+export const CancelExecutionRequestSchema: GenMessage<CancelExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 23);
+
+/**
+ * CancelExecutionResponse carries the canceled execution.
+ *
+ * @generated from message workflow.runtime.v1.CancelExecutionResponse
+ */
+export type CancelExecutionResponse = Message<"workflow.runtime.v1.CancelExecutionResponse"> & {
+  /**
+   * The execution; REST callers get it as the response body.
+   *
+   * @generated from field: workflow.runtime.v1.Execution execution = 1;
+   */
+  execution?: Execution | undefined;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.CancelExecutionResponse.
+ * Use `create(CancelExecutionResponseSchema)` to create a new message.
+ */
+export const CancelExecutionResponseSchema: GenMessage<CancelExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 24);
+
+/**
+ * RetryExecutionRequest names an execution to run again.
+ *
+ * @generated from message workflow.runtime.v1.RetryExecutionRequest
+ */
+export type RetryExecutionRequest = Message<"workflow.runtime.v1.RetryExecutionRequest"> & {
+  /**
+   * The execution's id; it must have finished.
+   *
+   * @generated from field: string execution_id = 1;
+   */
+  executionId: string;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.RetryExecutionRequest.
+ * Use `create(RetryExecutionRequestSchema)` to create a new message.
+ */
+export const RetryExecutionRequestSchema: GenMessage<RetryExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 25);
+
+/**
+ * RetryExecutionResponse carries the new execution.
+ *
+ * @generated from message workflow.runtime.v1.RetryExecutionResponse
+ */
+export type RetryExecutionResponse = Message<"workflow.runtime.v1.RetryExecutionResponse"> & {
+  /**
+   * The new execution, running (REST: 202 Accepted); REST callers get it
+   * as the response body.
+   *
+   * @generated from field: workflow.runtime.v1.Execution execution = 1;
+   */
+  execution?: Execution | undefined;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.RetryExecutionResponse.
+ * Use `create(RetryExecutionResponseSchema)` to create a new message.
+ */
+export const RetryExecutionResponseSchema: GenMessage<RetryExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 26);
+
+/**
+ * ListDeploymentVersionsRequest selects a page of a deployment's versions.
+ *
+ * @generated from message workflow.runtime.v1.ListDeploymentVersionsRequest
+ */
+export type ListDeploymentVersionsRequest = Message<"workflow.runtime.v1.ListDeploymentVersionsRequest"> & {
+  /**
+   * The deployment's id.
+   *
+   * @generated from field: string deployment_id = 1;
+   */
+  deploymentId: string;
+
+  /**
+   * The page number, from 1.
+   *
+   * @generated from field: int32 page = 2;
+   */
+  page: number;
+
+  /**
+   * Versions per page (default 20, at most 100).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.ListDeploymentVersionsRequest.
+ * Use `create(ListDeploymentVersionsRequestSchema)` to create a new message.
+ */
+export const ListDeploymentVersionsRequestSchema: GenMessage<ListDeploymentVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 27);
+
+/**
+ * ListDeploymentVersionsResponse carries a page of versions.
+ *
+ * @generated from message workflow.runtime.v1.ListDeploymentVersionsResponse
+ */
+export type ListDeploymentVersionsResponse = Message<"workflow.runtime.v1.ListDeploymentVersionsResponse"> & {
+  /**
+   * The page's versions, newest first.
+   *
+   * @generated from field: repeated workflow.runtime.v1.DeploymentVersion versions = 1;
+   */
+  versions: DeploymentVersion[];
+
+  /**
+   * How many versions the deployment has.
+   *
+   * @generated from field: int32 total_count = 2;
+   */
+  totalCount: number;
+
+  /**
+   * The page number.
+   *
+   * @generated from field: int32 page = 3;
+   */
+  page: number;
+
+  /**
+   * Versions per page.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.ListDeploymentVersionsResponse.
+ * Use `create(ListDeploymentVersionsResponseSchema)` to create a new message.
+ */
+export const ListDeploymentVersionsResponseSchema: GenMessage<ListDeploymentVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 28);
 
 /**
  * WorkflowRuntimeService manages deployments and their executions.
@@ -949,6 +1247,39 @@ export const WorkflowRuntimeService: GenService<{
     methodKind: "unary";
     input: typeof TriggerWebhookRequestSchema;
     output: typeof TriggerWebhookResponseSchema;
+  },
+  /**
+   * CancelExecution stops a running execution; it ends canceled, with the
+   * results of the nodes that had finished.
+   *
+   * @generated from rpc workflow.runtime.v1.WorkflowRuntimeService.CancelExecution
+   */
+  cancelExecution: {
+    methodKind: "unary";
+    input: typeof CancelExecutionRequestSchema;
+    output: typeof CancelExecutionResponseSchema;
+  },
+  /**
+   * RetryExecution runs a finished execution's deployment again with the
+   * same trigger data, as a new execution whose retry_of names the old one.
+   *
+   * @generated from rpc workflow.runtime.v1.WorkflowRuntimeService.RetryExecution
+   */
+  retryExecution: {
+    methodKind: "unary";
+    input: typeof RetryExecutionRequestSchema;
+    output: typeof RetryExecutionResponseSchema;
+  },
+  /**
+   * ListDeploymentVersions lists the workflow definitions a deployment has
+   * had, newest first.
+   *
+   * @generated from rpc workflow.runtime.v1.WorkflowRuntimeService.ListDeploymentVersions
+   */
+  listDeploymentVersions: {
+    methodKind: "unary";
+    input: typeof ListDeploymentVersionsRequestSchema;
+    output: typeof ListDeploymentVersionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_workflow_runtime_v1_runtime, 0);
