@@ -271,7 +271,11 @@ func testIdempotency(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEng
 	if len(ids) != 1 {
 		t.Fatalf("one key started executions %v", ids)
 	}
-	// A retry after it finished returns the same response.
+	// A retry after it finished returns the same response. (The first
+	// answer came when the respond node ran, maybe before the run ended.)
+	for id := range ids {
+		eventually(t, "the run to end", func() bool { return getExec(t, s, id).GetStatus() != statusRunning })
+	}
 	res, err := s.TriggerWebhook(ctx, webhookReq(path, body, map[string]string{headerIdempotency: "key-1"}))
 	if err != nil || res.Msg.GetStatusCode() != 201 || ids[res.Msg.GetExecutionId()] == 0 {
 		t.Fatalf("replay %v %v", res, err)
