@@ -26,7 +26,8 @@ func (s *Service) CancelExecution(ctx context.Context, req *connect.Request[runt
 		return nil, err
 	}
 	if e.status != statusRunning {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("execution %q is not running; it is %s", id, e.status))
+		// 409 to REST callers, as for a paused deployment: the state refuses it.
+		return nil, connect.NewError(connect.CodeAborted, fmt.Errorf("execution %q is not running; it is %s", id, e.status))
 	}
 	s.mu.Lock()
 	st := s.active[id]
@@ -59,7 +60,7 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[runti
 		return nil, s.lookupError(ctx, "execution", id, err)
 	}
 	if e.status == statusRunning {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("execution %q is still running", id))
+		return nil, connect.NewError(connect.CodeAborted, fmt.Errorf("execution %q is still running", id))
 	}
 	d, err := s.repo.getDeployment(ctx, tenant, e.deploymentID)
 	if errors.Is(err, errNotFound) {

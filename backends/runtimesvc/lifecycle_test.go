@@ -220,7 +220,7 @@ func testCancelRetry(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEng
 	}
 	id := res.Msg.GetExecution().GetExecutionId()
 	eventually(t, "the delay to start", func() bool { return nodeStatuses(getExec(t, s, id))["ack"] == "succeeded" })
-	if _, err := s.RetryExecution(t.Context(), req("", &runtimev1.RetryExecutionRequest{ExecutionId: id})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+	if _, err := s.RetryExecution(t.Context(), req("", &runtimev1.RetryExecutionRequest{ExecutionId: id})); connect.CodeOf(err) != connect.CodeAborted {
 		t.Fatalf("retry of a running execution: %v", err)
 	}
 	if _, err := s.CancelExecution(t.Context(), req("other", &runtimev1.CancelExecutionRequest{ExecutionId: id})); connect.CodeOf(err) != connect.CodeNotFound {
@@ -235,7 +235,7 @@ func testCancelRetry(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEng
 	if st := nodeStatuses(e); e.GetStatus() != "canceled" || st["ack"] != "succeeded" || st["last"] == "succeeded" || time.Since(begun) > 5*time.Second {
 		t.Fatalf("canceled execution %s with nodes %v", e.GetStatus(), st)
 	}
-	if _, err := s.CancelExecution(t.Context(), req("", &runtimev1.CancelExecutionRequest{ExecutionId: id})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+	if _, err := s.CancelExecution(t.Context(), req("", &runtimev1.CancelExecutionRequest{ExecutionId: id})); connect.CodeOf(err) != connect.CodeAborted {
 		t.Fatalf("second cancel: %v", err)
 	}
 	r, err := s.RetryExecution(t.Context(), req("", &runtimev1.RetryExecutionRequest{ExecutionId: id}))
