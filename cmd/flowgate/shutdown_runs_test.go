@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -31,7 +33,7 @@ func TestSIGTERMRecordsRunningExecutionsInterrupted(t *testing.T) {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 	// A new process over the same database reads what the first recorded.
-	base2, stop2 := runProcess(t, io.Discard, nil, "-listen", "127.0.0.1:0", "-data-dir", dir)
+	base2, stop2 := runProcess(t, io.Discard, nil, "-listen", "127.0.0.1:0", "-data-dir", dir, "-shutdown-timeout", "1s")
 	defer func() { _ = stop2() }()
 	if e := getExecution(t, base2, short); e["status"] != "succeeded" {
 		t.Errorf("the execution that ended within the shutdown timeout: %v", e)
@@ -95,4 +97,65 @@ func nodeStatus(e map[string]any, id string) string {
 		}
 	}
 	return ""
+}
+
+// TestKilledProcessLeavesProgressAndFreesIdempotencyKeys kills a flowgate
+// process (kill -9) during a webhook's execution: the next process marks it
+// interrupted with the nodes that had finished, and the sender's retry with
+// the same Idempotency-Key starts a new attempt instead of answering with
+// the interrupted one.
+func TestKilledProcessLeavesProgressAndFreesIdempotencyKeys(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	env := []string{"FLOWGATE_TEST_MAIN=1"}
+	base, pid, stop := runBinary(t, os.Args[0], io.Discard, env, "-listen", "127.0.0.1:0", "-data-dir", dir)
+	dep := postJSON(t, base+"/api/v1/workflow/deployments", `{"name":"hook","triggers":[{"type":"webhook","path":"slow"}],"workflow_definition":{"nodes":[
+		{"id":"start","type":"trigger"},
+		{"id":"ack","type":"set","parameters":{"values":{"step":1}}},
+		{"id":"wait","type":"delay","parameters":{"duration":"60s"}}],
+		"connections":[{"source":"start","target":"ack"},{"source":"ack","target":"wait"}]}}`, http.StatusOK)
+	hook := dep["webhook_url"].(string)
+	hook = base + hook[strings.Index(hook, "/api/v1/webhooks/"):]
+	send := func(base string) map[string]any {
+		req, _ := http.NewRequest(http.MethodPost, hook, strings.NewReader(`{"order":1}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", "order-1")
+		req.URL.Host = strings.TrimPrefix(base, "http://")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var doc map[string]any
+		if err := json.NewDecoder(res.Body).Decode(&doc); err != nil || res.StatusCode != http.StatusAccepted {
+			t.Fatalf("webhook: %d %v %v", res.StatusCode, doc, err)
+		}
+		return doc
+	}
+	first := send(base)["execution_id"].(string)
+	deadline := time.Now().Add(10 * time.Second)
+	for nodeStatus(getExecution(t, base, first), "ack") != "succeeded" {
+		if time.Now().After(deadline) {
+			t.Fatal("the execution never reached its delay")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = stop() // reaps the killed process
+
+	base2, stop2 := runProcess(t, io.Discard, nil, "-listen", "127.0.0.1:0", "-data-dir", dir, "-shutdown-timeout", "1s")
+	defer func() { _ = stop2() }()
+	e := getExecution(t, base2, first)
+	if e["status"] != "interrupted" || nodeStatus(e, "ack") != "succeeded" || nodeStatus(e, "wait") == "succeeded" {
+		t.Errorf("the killed execution: %v", e)
+	}
+	again := send(base2)
+	if again["execution_id"] == first || again["status"] != "running" {
+		t.Errorf("the retry with the same key: %v, want a new running attempt", again)
+	}
+	if got := getExecution(t, base2, again["execution_id"].(string)); got["retry_of"] != first {
+		t.Errorf("retry_of = %v, want %s", got["retry_of"], first)
+	}
 }
