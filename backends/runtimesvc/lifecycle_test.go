@@ -33,6 +33,7 @@ func TestLifecycle(t *testing.T) {
 		"versions":             testVersions,
 		"paused webhook":       testPausedWebhook,
 		"failure notification": testFailureNotification,
+		"cancel on a replica":  testCancelOnReplica,
 	})
 }
 
@@ -351,5 +352,26 @@ func testFailureNotification(t *testing.T, db *store.DB, eng enginev1connect.Wor
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no failure notification")
+	}
+}
+
+// testCancelOnReplica: a cancellation that reaches a replica not running
+// the execution stops it on the one that does.
+func testCancelOnReplica(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEngineServiceClient) {
+	fast := func(c *Config) { c.CancelPoll = 50 * time.Millisecond; c.DisableScheduler = true }
+	a, b := newService(t, db, eng, fast), newService(t, db, eng, fast)
+	d := deploy(t, a, &runtimev1.CreateDeploymentRequest{WorkflowDefinition: ackThenWait("30s"), Triggers: manual()})
+	res, err := a.RunDeployment(t.Context(), req("", &runtimev1.RunDeploymentRequest{DeploymentId: d.GetDeploymentId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Msg.GetExecution().GetExecutionId()
+	eventually(t, "the delay to start", func() bool { return nodeStatuses(getExec(t, a, id))["ack"] == "succeeded" })
+	c, err := b.CancelExecution(t.Context(), req("", &runtimev1.CancelExecutionRequest{ExecutionId: id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := c.Msg.GetExecution(); e.GetStatus() != "canceled" || nodeStatuses(e)["ack"] != "succeeded" {
+		t.Fatalf("canceled through another replica: %v", e)
 	}
 }

@@ -63,6 +63,9 @@ type Config struct {
 	// SweepInterval is how often executions of replicas that died are
 	// marked interrupted (PostgreSQL only); default 30s.
 	SweepInterval time.Duration
+	// CancelPoll is how often this process looks for cancellations that
+	// other replicas recorded for its executions; default 1s.
+	CancelPoll time.Duration
 }
 
 // Service is the runtime. Close it to stop its scheduler and wait for
@@ -128,6 +131,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if s.db.Dialect() == store.Postgres {
 		s.loops.Go(func() { s.sweepLoop(loopCtx) })
 	}
+	s.loops.Go(func() { s.cancelLoop(loopCtx) })
 	return s, nil
 }
 
@@ -146,7 +150,7 @@ func checkConfig(cfg Config) (Config, string, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	for _, d := range []*time.Duration{&cfg.WebhookTolerance, &cfg.DefaultResponseTimeout, &cfg.MaxResponseTimeout,
-		&cfg.RunTimeout, &cfg.MaxRunTimeout, &cfg.ShutdownGrace, &cfg.ScheduleTick, &cfg.ScheduleSync, &cfg.SweepInterval} {
+		&cfg.RunTimeout, &cfg.MaxRunTimeout, &cfg.ShutdownGrace, &cfg.ScheduleTick, &cfg.ScheduleSync, &cfg.SweepInterval, &cfg.CancelPoll} {
 		if *d < 0 {
 			return cfg, "", errors.New("runtimesvc: durations must not be negative")
 		}
@@ -159,6 +163,7 @@ func checkConfig(cfg Config) (Config, string, error) {
 	defaultDuration(&cfg.ScheduleTick, time.Second)
 	defaultDuration(&cfg.ScheduleSync, 10*time.Second)
 	defaultDuration(&cfg.SweepInterval, 30*time.Second)
+	defaultDuration(&cfg.CancelPoll, time.Second)
 	if cfg.DefaultResponseTimeout > cfg.MaxResponseTimeout {
 		return cfg, "", fmt.Errorf("runtimesvc: DefaultResponseTimeout %s exceeds MaxResponseTimeout %s", cfg.DefaultResponseTimeout, cfg.MaxResponseTimeout)
 	}

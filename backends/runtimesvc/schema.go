@@ -126,5 +126,8 @@ func migrations(d store.Dialect) []string {
 			SELECT id, version, definition, updated_at FROM deployments`,
 		`ALTER TABLE executions ADD COLUMN deployment_version BIGINT NOT NULL DEFAULT 0`,
 		`ALTER TABLE executions ADD COLUMN retry_of TEXT NOT NULL DEFAULT ''`,
+		// A cancellation asked of a replica that does not run the
+		// execution, for the one that does to act on.
+		`ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0`,
 	}
 }
