@@ -1,7 +1,6 @@
 package runtimesvc
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -153,7 +152,7 @@ func (s *Service) execute(ctx context.Context, d *deployment, st *started) {
 	e := st.e
 	defer st.respond(nil)
 	req := &enginev1.StreamWorkflowRequest{WorkflowDefinition: d.definition, TriggerData: e.triggerData}
-	if timeout := cmp.Or(d.runTimeout, s.cfg.RunTimeout); timeout > 0 {
+	if timeout := s.runTimeout(d); timeout > 0 {
 		req.Timeout = durationpb.New(timeout)
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout+30*time.Second)

@@ -34,6 +34,7 @@ func TestLifecycle(t *testing.T) {
 		"paused webhook":       testPausedWebhook,
 		"failure notification": testFailureNotification,
 		"cancel on a replica":  testCancelOnReplica,
+		"derived run timeout":  testDerivedRunTimeout,
 	})
 }
 
@@ -194,15 +195,15 @@ func testInterruptedKey(t *testing.T, db *store.DB, eng enginev1connect.Workflow
 
 func testManualWait(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEngineServiceClient) {
 	s := newService(t, db, eng, nil)
-	d := deploy(t, s, &runtimev1.CreateDeploymentRequest{WorkflowDefinition: ackThenWait("700ms"), Triggers: manual()})
+	d := deploy(t, s, &runtimev1.CreateDeploymentRequest{WorkflowDefinition: ackThenWait("2s"), Triggers: manual()})
 	begun := time.Now()
 	res, err := s.RunDeployment(t.Context(), req("", &runtimev1.RunDeploymentRequest{DeploymentId: d.GetDeploymentId()}))
-	if err != nil || res.Msg.GetExecution().GetStatus() != "running" || res.Msg.GetExecution().GetExecutionId() == "" || time.Since(begun) > 500*time.Millisecond {
+	if err != nil || res.Msg.GetExecution().GetStatus() != "running" || res.Msg.GetExecution().GetExecutionId() == "" || time.Since(begun) > 1500*time.Millisecond {
 		t.Fatalf("run without waiting: %v %v after %v", res, err, time.Since(begun))
 	}
-	res, err = s.RunDeployment(t.Context(), req("", &runtimev1.RunDeploymentRequest{DeploymentId: d.GetDeploymentId(), WaitSeconds: 1}))
+	res, err = s.RunDeployment(t.Context(), req("", &runtimev1.RunDeploymentRequest{DeploymentId: d.GetDeploymentId(), WaitSeconds: 20}))
 	if err != nil || res.Msg.GetExecution().GetStatus() != "succeeded" || len(res.Msg.GetExecution().GetNodeResults()) != 5 {
-		t.Fatalf("run waiting 1s: %v %v", res, err)
+		t.Fatalf("run waiting 20s: %v %v", res, err)
 	}
 	for _, w := range []int32{-1, maxRunWait + 1} {
 		_, err = s.RunDeployment(t.Context(), req("", &runtimev1.RunDeploymentRequest{DeploymentId: d.GetDeploymentId(), WaitSeconds: w}))
@@ -373,5 +374,22 @@ func testCancelOnReplica(t *testing.T, db *store.DB, eng enginev1connect.Workflo
 	}
 	if e := c.Msg.GetExecution(); e.GetStatus() != "canceled" || nodeStatuses(e)["ack"] != "succeeded" {
 		t.Fatalf("canceled through another replica: %v", e)
+	}
+}
+
+// testDerivedRunTimeout: a deployment without run_timeout gets its delays
+// plus a minute, not an engine default shorter than its delays; delays
+// that cannot fit in the longest run allowed are refused.
+func testDerivedRunTimeout(t *testing.T, db *store.DB, _ enginev1connect.WorkflowEngineServiceClient) {
+	hasty := engineClientWith(t, engine.Config{DefaultRunTimeout: 300 * time.Millisecond})
+	s := newService(t, db, hasty, func(c *Config) { c.MaxRunTimeout = 3 * time.Second })
+	d := deploy(t, s, &runtimev1.CreateDeploymentRequest{WorkflowDefinition: ackThenWait("1s"), Triggers: manual()})
+	res, err := s.RunDeployment(t.Context(), req("", &runtimev1.RunDeploymentRequest{DeploymentId: d.GetDeploymentId(), WaitSeconds: 20}))
+	if err != nil || res.Msg.GetExecution().GetStatus() != "succeeded" {
+		t.Fatalf("run with a 1s delay: %v %v", res, err)
+	}
+	_, err = s.CreateDeployment(t.Context(), req("", &runtimev1.CreateDeploymentRequest{Name: "long", WorkflowDefinition: ackThenWait("4s"), Triggers: manual()}))
+	if f := fieldOf(t, err); f != "workflow_definition" {
+		t.Fatalf("delays over the longest run: field %q", f)
 	}
 }

@@ -1,6 +1,7 @@
 package runtimesvc
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/url"
@@ -112,16 +113,36 @@ func (s *Service) setRunOptions(d *deployment, timeout *durationpb.Duration, onF
 	return nil
 }
 
+// delaySlack is the time a run whose deadline is derived from its delays
+// gets for everything else: the engine's usual default deadline.
+const delaySlack = time.Minute
+
 // checkRunTimeout refuses a run timeout the workflow's delays cannot fit
 // in: a run that must wait longer than its deadline can only time out.
+// Without one, the delays must fit in the maximum.
 func (s *Service) checkRunTimeout(d *deployment) error {
-	if d.runTimeout == 0 {
-		return nil
-	}
-	if need := longestDelay(d.definition); need >= d.runTimeout {
+	need := longestDelay(d.definition)
+	switch {
+	case d.runTimeout == 0 && need >= s.cfg.MaxRunTimeout:
+		return invalid("workflow_definition", "the delays on its longest path (%s) do not fit in the longest run allowed (%s)", need, s.cfg.MaxRunTimeout)
+	case d.runTimeout != 0 && need >= d.runTimeout:
 		return invalid("run_timeout", "must be longer than the delays on the workflow's longest path (%s)", need)
 	}
 	return nil
+}
+
+// runTimeout is the deadline of one execution of d: its run_timeout, else
+// the runtime's default, else, for a workflow with delays, the delays plus
+// the usual minute (so that a long delay does not meet the engine's
+// default deadline), else the engine's choice (0).
+func (s *Service) runTimeout(d *deployment) time.Duration {
+	if t := cmp.Or(d.runTimeout, s.cfg.RunTimeout); t > 0 {
+		return t
+	}
+	if need := longestDelay(d.definition); need > 0 {
+		return min(need+delaySlack, s.cfg.MaxRunTimeout)
+	}
+	return 0
 }
 
 // longestDelay is the most time the delay nodes on any one path of the

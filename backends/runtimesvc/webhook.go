@@ -55,7 +55,7 @@ func (s *Service) TriggerWebhook(ctx context.Context, req *connect.Request[runti
 		return nil, s.internal(ctx, "start execution", err)
 	}
 	if prev != nil {
-		return s.replay(prev, wh)
+		return s.replay(ctx, prev, wh)
 	}
 	return s.answer(ctx, st, wh)
 }
@@ -236,9 +236,17 @@ func decodeWebhookBody(b *httpbody.HttpBody) (any, error) {
 	return map[string]any{"base64": base64Std(data)}, nil
 }
 
-// replay answers a retried request with the execution it first started.
-func (s *Service) replay(prev *execution, wh *runtimev1.Trigger) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
+// replay answers a retried request with the execution it first started. A
+// waiting sender whose execution still runs here is answered as the first
+// request was, by the respond node or the outcome.
+func (s *Service) replay(ctx context.Context, prev *execution, wh *runtimev1.Trigger) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
 	if prev.status == statusRunning {
+		s.mu.Lock()
+		st := s.active[prev.id]
+		s.mu.Unlock()
+		if st != nil {
+			return s.answer(ctx, st, wh)
+		}
 		return statusResponse(prev.id, statusRunning, http.StatusAccepted), nil
 	}
 	if wh.GetResponseMode() == modeWait {
