@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"errors"
 	"slices"
 	"strings"
@@ -120,7 +121,7 @@ func TestEveryRPCEveryProtocol(t *testing.T) {
 				t.Errorf("GetExecution: %v %v", exec, err)
 			}
 
-			lifecycle(ctx, t, c, name)
+			lifecycle(ctx, t, c, name, s.url)
 
 			// Agent: a session, a chat, and the generation it starts.
 			session, err := c.createSession(ctx, &agentv1.CreateSessionRequest{Action: "create"})
@@ -199,8 +200,9 @@ func TestErrorsThroughRealBackends(t *testing.T) {
 }
 
 // lifecycle runs a slow deployment without waiting, cancels the execution,
-// retries it, cancels the retry and lists the deployment's versions.
-func lifecycle(ctx context.Context, t *testing.T, c caller, name string) {
+// retries it, cancels the retry, lists the deployment's versions, and
+// pauses it: its webhook then answers with a conflict.
+func lifecycle(ctx context.Context, t *testing.T, c caller, name, base string) {
 	t.Helper()
 	slow := &enginev1.WorkflowDefinition{
 		Name: "slow",
@@ -211,7 +213,8 @@ func lifecycle(ctx context.Context, t *testing.T, c caller, name string) {
 		Connections: []*enginev1.Connection{{Source: "start", Target: "wait"}},
 	}
 	dep, err := c.createDeployment(ctx, &runtimev1.CreateDeploymentRequest{
-		Name: "slow " + name, WorkflowDefinition: slow, Triggers: []*runtimev1.Trigger{{Type: "manual"}}, RunTimeout: durationpb.New(time.Minute),
+		Name: "slow " + name, WorkflowDefinition: slow, RunTimeout: durationpb.New(time.Minute),
+		Triggers: []*runtimev1.Trigger{{Type: "manual"}, {Type: "webhook", Path: "slow-" + name}},
 	})
 	if err != nil {
 		t.Fatalf("CreateDeployment: %v", err)
@@ -245,5 +248,15 @@ func lifecycle(ctx context.Context, t *testing.T, c caller, name string) {
 	versions, err := c.listVersions(ctx, dep.GetDeploymentId())
 	if err != nil || versions.GetTotalCount() != 2 || len(versions.GetVersions()) != 2 || versions.GetVersions()[0].GetVersion() != 2 {
 		t.Errorf("ListDeploymentVersions: %v %v", versions, err)
+	}
+	if _, err := c.updateDeployment(ctx, &runtimev1.UpdateDeploymentRequest{
+		DeploymentId: dep.GetDeploymentId(), Name: dep.GetName(), WorkflowDefinition: slow, Triggers: dep.GetTriggers(), Status: "paused",
+	}); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	hook := strings.TrimPrefix(dep.GetWebhookUrl(), base+"/api/v1/webhooks/")
+	if _, _, _, err := c.triggerWebhook(ctx, hook, "application/json", []byte(`{}`)); connect.CodeOf(err) != connect.CodeAborted &&
+		(name != "rest" || !strings.Contains(fmt.Sprint(err), "409 CONFLICT")) {
+		t.Errorf("webhook of a paused deployment: %v, want a conflict", err)
 	}
 }
