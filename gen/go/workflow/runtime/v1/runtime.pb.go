@@ -55,7 +55,7 @@ type Deployment struct {
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// When the deployment was last changed.
 	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	// The deadline of each execution; unset lets the engine choose.
+	// The deadline of each execution, when set (see CreateDeploymentRequest).
 	RunTimeout *durationpb.Duration `protobuf:"bytes,10,opt,name=run_timeout,json=runTimeout,proto3" json:"run_timeout,omitempty"`
 	// What to do when an execution fails or times out.
 	OnFailure *OnFailure `protobuf:"bytes,11,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"`
@@ -409,7 +409,8 @@ type CreateDeploymentRequest struct {
 	Description string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
 	// The deadline of each execution: longer than the delays of any path
 	// through the workflow, at most the runtime's maximum (5 minutes by
-	// default). Unset lets the engine choose.
+	// default). Unset: the delays on the longest path plus a minute, or the
+	// engine's default deadline for a workflow without delays.
 	RunTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=run_timeout,json=runTimeout,proto3" json:"run_timeout,omitempty"`
 	// What to do when an execution fails or times out.
 	OnFailure     *OnFailure `protobuf:"bytes,6,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"`

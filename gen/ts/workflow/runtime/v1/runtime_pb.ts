@@ -96,7 +96,7 @@ export type Deployment = Message<"workflow.runtime.v1.Deployment"> & {
   updatedAt?: Timestamp | undefined;
 
   /**
-   * The deadline of each execution; unset lets the engine choose.
+   * The deadline of each execution, when set (see CreateDeploymentRequest).
    *
    * @generated from field: google.protobuf.Duration run_timeout = 10;
    */
@@ -287,7 +287,8 @@ export type CreateDeploymentRequest = Message<"workflow.runtime.v1.CreateDeploym
   /**
    * The deadline of each execution: longer than the delays of any path
    * through the workflow, at most the runtime's maximum (5 minutes by
-   * default). Unset lets the engine choose.
+   * default). Unset: the delays on the longest path plus a minute, or the
+   * engine's default deadline for a workflow without delays.
    *
    * @generated from field: google.protobuf.Duration run_timeout = 5;
    */
