@@ -175,6 +175,9 @@ func (s *Service) checkDeployment(ctx context.Context, d *deployment) error {
 	if err := s.checkRunTimeout(d); err != nil {
 		return err
 	}
+	if err := s.checkErrorWorkflow(ctx, d); err != nil {
+		return err
+	}
 	_, err := s.engine.ExecuteWorkflow(ctx, connect.NewRequest(&enginev1.ExecuteWorkflowRequest{
 		WorkflowDefinition: d.definition,
 		ValidateOnly:       true,

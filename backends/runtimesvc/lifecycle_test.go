@@ -35,6 +35,7 @@ func TestLifecycle(t *testing.T) {
 		"failure notification": testFailureNotification,
 		"cancel on a replica":  testCancelOnReplica,
 		"derived run timeout":  testDerivedRunTimeout,
+		"error workflow":       testErrorWorkflow,
 	})
 }
 
@@ -391,5 +392,51 @@ func testDerivedRunTimeout(t *testing.T, db *store.DB, _ enginev1connect.Workflo
 	_, err = s.CreateDeployment(t.Context(), req("", &runtimev1.CreateDeploymentRequest{Name: "long", WorkflowDefinition: ackThenWait("4s"), Triggers: manual()}))
 	if f := fieldOf(t, err); f != "workflow_definition" {
 		t.Fatalf("delays over the longest run: field %q", f)
+	}
+}
+
+// testErrorWorkflow: a failed execution runs the deployment's error
+// workflow with the failure as trigger data; the error workflow's own
+// failures trigger nothing.
+func testErrorWorkflow(t *testing.T, db *store.DB, eng enginev1connect.WorkflowEngineServiceClient) {
+	s := newService(t, db, eng, nil)
+	// The error workflow fails too (its trigger data has no body).
+	handler := deploy(t, s, &runtimev1.CreateDeploymentRequest{Name: "on failure", WorkflowDefinition: orderWorkflow(), Triggers: manual()})
+	for name, of := range map[string]*runtimev1.OnFailure{
+		"on_failure":               {},
+		"on_failure.deployment_id": {DeploymentId: "no-such-deployment"},
+	} {
+		_, err := s.CreateDeployment(t.Context(), req("", &runtimev1.CreateDeploymentRequest{Name: "x", WorkflowDefinition: orderWorkflow(), Triggers: manual(), OnFailure: of}))
+		if f := fieldOf(t, err); f != name {
+			t.Fatalf("on_failure %v: field %q, want %q", of, f, name)
+		}
+	}
+	failing := deploy(t, s, &runtimev1.CreateDeploymentRequest{
+		WorkflowDefinition: orderWorkflow(), Triggers: manual(), OnFailure: &runtimev1.OnFailure{DeploymentId: handler.GetDeploymentId()},
+	})
+	// The two name each other: only the first failure may start anything.
+	if _, err := s.UpdateDeployment(t.Context(), req("", &runtimev1.UpdateDeploymentRequest{
+		DeploymentId: handler.GetDeploymentId(), Name: handler.GetName(), WorkflowDefinition: orderWorkflow(), Triggers: manual(),
+		OnFailure: &runtimev1.OnFailure{DeploymentId: failing.GetDeploymentId()},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.RunDeployment(t.Context(), req("", &runtimev1.RunDeploymentRequest{DeploymentId: failing.GetDeploymentId(), WaitSeconds: 10}))
+	if err != nil || res.Msg.GetExecution().GetStatus() != "failed" {
+		t.Fatalf("failing run: %v %v", res, err)
+	}
+	failed := res.Msg.GetExecution().GetExecutionId()
+	var runs []*runtimev1.Execution
+	eventually(t, "the error workflow's execution to end", func() bool {
+		list, err := s.ListExecutions(t.Context(), req("", &runtimev1.ListExecutionsRequest{DeploymentId: handler.GetDeploymentId()}))
+		runs = list.Msg.GetExecutions()
+		return err == nil && len(runs) == 1 && runs[0].GetStatus() != "running"
+	})
+	if runs[0].GetTriggerType() != "on_failure" || runs[0].GetTriggerData().GetFields()["execution_id"].GetStringValue() != failed {
+		t.Fatalf("error workflow run %v", runs[0])
+	}
+	_ = s.Close() // lets anything the error workflow's failure could start begin
+	if n, m := countExecutions(t, s, "", handler.GetDeploymentId()), countExecutions(t, s, "", failing.GetDeploymentId()); n != 1 || m != 1 {
+		t.Fatalf("the error workflow ran %d times, the failing deployment %d times", n, m)
 	}
 }

@@ -13,13 +13,15 @@ import (
 // notifyTimeout bounds the delivery of one failure notification.
 const notifyTimeout = 30 * time.Second
 
-// notifyFailure posts a failed or timed-out execution to the deployment's
-// on_failure webhook. The engine sends it, as an http_request node, so the
-// destination rules that guard workflows' own requests (no loopback,
-// private or metadata addresses unless allowed) guard it too.
+// triggerOnFailure is the trigger type of an error workflow's executions.
+const triggerOnFailure = "on_failure"
+
+// notifyFailure acts on a failed or timed-out execution as the
+// deployment's on_failure asks: it runs the error workflow and posts the
+// execution to the webhook URL. Executions of error workflows trigger
+// nothing, so that two deployments naming each other do not loop.
 func (s *Service) notifyFailure(d *deployment, e *execution) {
-	target := d.onFailure.GetWebhookUrl()
-	if target == "" || (e.status != "failed" && e.status != "timed_out") {
+	if d.onFailure == nil || (e.status != "failed" && e.status != "timed_out") || e.triggerType == triggerOnFailure {
 		return
 	}
 	summary, err := structpb.NewStruct(map[string]any{
@@ -31,6 +33,37 @@ func (s *Service) notifyFailure(d *deployment, e *execution) {
 		s.logger.Error("could not build a failure notification", "execution_id", e.id, "error", err)
 		return
 	}
+	if id := d.onFailure.GetDeploymentId(); id != "" {
+		s.runErrorWorkflow(e, id, summary)
+	}
+	if url := d.onFailure.GetWebhookUrl(); url != "" {
+		s.postFailure(e, url, summary)
+	}
+}
+
+// runErrorWorkflow starts the error workflow with the failed execution.
+func (s *Service) runErrorWorkflow(e *execution, id string, summary *structpb.Struct) {
+	ctx, cancel := context.WithTimeout(s.runCtx, notifyTimeout)
+	defer cancel()
+	target, err := s.repo.getDeployment(ctx, e.tenant, id)
+	switch {
+	case err != nil:
+		s.logger.Warn("error workflow not run", "execution_id", e.id, "error_workflow", id, "error", err)
+		return
+	case target.status != deploymentActive:
+		s.logger.Warn("error workflow not run: it is paused", "execution_id", e.id, "error_workflow", id)
+		return
+	}
+	if _, _, err := s.start(ctx, launch{d: target, triggerType: triggerOnFailure, triggerData: summary}); err != nil {
+		s.logger.Warn("error workflow not run", "execution_id", e.id, "error_workflow", id, "error", err)
+	}
+}
+
+// postFailure sends the failed execution to url through the engine, as an
+// http_request node, so the destination rules that guard workflows' own
+// requests (no loopback, private or metadata addresses unless allowed)
+// guard it too.
+func (s *Service) postFailure(e *execution, target string, summary *structpb.Struct) {
 	params, _ := structpb.NewStruct(map[string]any{
 		"url": target, "method": "POST", "body": "{{ trigger }}", "fail_on_status": true,
 		"headers": map[string]any{"Content-Type": "application/json"},

@@ -3,6 +3,7 @@ package runtimesvc
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -93,9 +94,16 @@ func (s *Service) setRunOptions(d *deployment, timeout *durationpb.Duration, onF
 	if onFailure == nil {
 		return nil
 	}
-	raw := strings.TrimSpace(onFailure.GetWebhookUrl())
+	raw, target := strings.TrimSpace(onFailure.GetWebhookUrl()), strings.TrimSpace(onFailure.GetDeploymentId())
+	switch {
+	case raw == "" && target == "":
+		return invalid("on_failure", "needs a webhook_url, a deployment_id or both")
+	case target == d.id:
+		return invalid("on_failure.deployment_id", "must name another deployment")
+	}
+	d.onFailure = &runtimev1.OnFailure{DeploymentId: target}
 	if raw == "" {
-		return invalid("on_failure.webhook_url", "is required when on_failure is set")
+		return nil
 	}
 	u, err := url.Parse(raw)
 	switch {
@@ -109,7 +117,22 @@ func (s *Service) setRunOptions(d *deployment, timeout *durationpb.Duration, onF
 		// The URL is handed to the engine as it is, not as a template.
 		return invalid("on_failure.webhook_url", "must not contain \"{{\"")
 	}
-	d.onFailure = &runtimev1.OnFailure{WebhookUrl: raw}
+	d.onFailure.WebhookUrl = raw
+	return nil
+}
+
+// checkErrorWorkflow makes sure d's error workflow is a deployment of the
+// same tenant.
+func (s *Service) checkErrorWorkflow(ctx context.Context, d *deployment) error {
+	target := d.onFailure.GetDeploymentId()
+	if target == "" {
+		return nil
+	}
+	if _, err := s.repo.getDeployment(ctx, d.tenant, target); errors.Is(err, errNotFound) {
+		return invalid("on_failure.deployment_id", "no deployment %q", target)
+	} else if err != nil {
+		return s.internal(ctx, "read error workflow", err)
+	}
 	return nil
 }
 

@@ -180,14 +180,19 @@ func (x *Deployment) GetVersion() int32 {
 	return 0
 }
 
-// OnFailure is a deployment's failure notification.
+// OnFailure is what a deployment does when one of its executions fails or
+// times out: notify a URL, run an error workflow, or both.
 type OnFailure struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// An http or https URL that gets a POST with the failed execution
 	// (execution_id, deployment_id, deployment_version, status, error,
 	// trigger_type, started_at, finished_at) as JSON. It is sent by the
 	// engine's http_request node, so the same destination rules apply.
-	WebhookUrl    string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	WebhookUrl string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	// Another active deployment of the tenant, the error workflow: it runs
+	// with the same document as its trigger data, trigger_type
+	// "on_failure". Its own failures trigger nothing.
+	DeploymentId  string `protobuf:"bytes,2,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -225,6 +230,13 @@ func (*OnFailure) Descriptor() ([]byte, []int) {
 func (x *OnFailure) GetWebhookUrl() string {
 	if x != nil {
 		return x.WebhookUrl
+	}
+	return ""
+}
+
+func (x *OnFailure) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
 	}
 	return ""
 }
@@ -1152,7 +1164,8 @@ type Execution struct {
 	DeploymentId string `protobuf:"bytes,2,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
 	// One of: running, succeeded, failed, timed_out, canceled, interrupted.
 	Status string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
-	// What fired it: webhook, manual or schedule.
+	// What fired it: webhook, manual, schedule, or on_failure (an error
+	// workflow run for another deployment's failed execution).
 	TriggerType string `protobuf:"bytes,4,opt,name=trigger_type,json=triggerType,proto3" json:"trigger_type,omitempty"`
 	// The trigger node's input.
 	TriggerData *structpb.Struct `protobuf:"bytes,5,opt,name=trigger_data,json=triggerData,proto3" json:"trigger_data,omitempty"`
@@ -2051,10 +2064,11 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"runTimeout\x12=\n" +
 	"\n" +
 	"on_failure\x18\v \x01(\v2\x1e.workflow.runtime.v1.OnFailureR\tonFailure\x12\x18\n" +
-	"\aversion\x18\f \x01(\x05R\aversion\",\n" +
+	"\aversion\x18\f \x01(\x05R\aversion\"Q\n" +
 	"\tOnFailure\x12\x1f\n" +
 	"\vwebhook_url\x18\x01 \x01(\tR\n" +
-	"webhookUrl\"\xc1\x01\n" +
+	"webhookUrl\x12#\n" +
+	"\rdeployment_id\x18\x02 \x01(\tR\fdeploymentId\"\xc1\x01\n" +
 	"\x11DeploymentVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x05R\aversion\x12W\n" +
 	"\x13workflow_definition\x18\x02 \x01(\v2&.workflow.engine.v1.WorkflowDefinitionR\x12workflowDefinition\x129\n" +
