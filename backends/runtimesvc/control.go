@@ -68,34 +68,29 @@ func (st *started) doneOrNil() <-chan struct{} {
 // cancelLoop stops this process's executions that another replica was
 // asked to cancel. It queries only while executions run here.
 func (s *Service) cancelLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.CancelPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	every(ctx, s.cfg.CancelPoll, func() { s.pollCancels(ctx) })
+}
+
+func (s *Service) pollCancels(ctx context.Context) {
+	s.mu.Lock()
+	idle := len(s.active) == 0
+	s.mu.Unlock()
+	if idle {
+		return
+	}
+	ids, err := s.repo.cancelRequested(ctx, s.instance)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.logger.Error("could not read cancellation requests", "error", err)
 		}
-		s.mu.Lock()
-		idle := len(s.active) == 0
-		s.mu.Unlock()
-		if idle {
-			continue
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if st := s.active[id]; st != nil {
+			st.cancel(errCanceledByCaller)
 		}
-		ids, err := s.repo.cancelRequested(ctx, s.instance)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.logger.Error("could not read cancellation requests", "error", err)
-			}
-			continue
-		}
-		s.mu.Lock()
-		for _, id := range ids {
-			if st := s.active[id]; st != nil {
-				st.cancel(errCanceledByCaller)
-			}
-		}
-		s.mu.Unlock()
 	}
 }
 
