@@ -213,21 +213,32 @@ func (b *Backends) Addrs() (agentAddr, runtimeAddr, engineAddr string) {
 func (b *Backends) Done() <-chan error { return b.done }
 
 // Shutdown stops accepting calls, waits for in-flight ones until ctx ends,
-// stops the services' background work and closes the store.
+// stops the services' background work and closes the store. The engine
+// stops last: the runtime's executions run on it, and those still running
+// when ctx ends must be recorded as interrupted by the runtime, not cut
+// under it as failures.
 func (b *Backends) Shutdown(ctx context.Context) error {
 	var errs []error
 	// The agent first: its streams call the runtime and the engine.
-	for i := len(b.servers) - 1; i >= 0; i-- {
-		if err := b.servers[i].Shutdown(ctx); err != nil {
-			_ = b.servers[i].Close()
-			errs = append(errs, err)
-		}
+	for i := len(b.servers) - 1; i >= 1; i-- {
+		errs = append(errs, shutdownServer(ctx, b.servers[i]))
 	}
 	if b.agent != nil {
 		errs = append(errs, b.agent.Close())
 	}
 	if b.runtime != nil {
-		errs = append(errs, b.runtime.Close())
+		errs = append(errs, b.runtime.Shutdown(ctx))
+	}
+	if len(b.servers) > 0 {
+		// Nothing of the runtime's runs on the engine any more; calls of
+		// the gateway's own callers still get a moment if ctx has ended.
+		engineCtx, cancel := context.WithCancel(ctx)
+		if ctx.Err() != nil {
+			cancel()
+			engineCtx, cancel = context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		}
+		errs = append(errs, shutdownServer(engineCtx, b.servers[0]))
+		cancel()
 	}
 	if b.db != nil {
 		errs = append(errs, b.db.Close())
@@ -240,6 +251,14 @@ func (b *Backends) Shutdown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func shutdownServer(ctx context.Context, srv *http.Server) error {
+	if err := srv.Shutdown(ctx); err != nil {
+		_ = srv.Close()
+		return err
+	}
+	return nil
 }
 
 // clientInterceptors are the interceptors of a client of a sibling

@@ -43,6 +43,9 @@ type caller interface {
 	runDeployment(context.Context, *runtimev1.RunDeploymentRequest) (*runtimev1.Execution, error)
 	listExecutions(context.Context, *runtimev1.ListExecutionsRequest) (*runtimev1.ListExecutionsResponse, error)
 	getExecution(context.Context, string) (*runtimev1.Execution, error)
+	cancelExecution(context.Context, string) (*runtimev1.Execution, error)
+	retryExecution(context.Context, string) (*runtimev1.Execution, error)
+	listVersions(context.Context, string) (*runtimev1.ListDeploymentVersionsResponse, error)
 	// triggerWebhook posts body to the webhook path and returns the status,
 	// the response body and the execution id.
 	triggerWebhook(ctx context.Context, path, contentType string, body []byte) (int, []byte, string, error)
@@ -160,6 +163,27 @@ func (c *rpcCaller) getExecution(ctx context.Context, id string) (*runtimev1.Exe
 	return res.Msg.GetExecution(), nil
 }
 
+func (c *rpcCaller) cancelExecution(ctx context.Context, id string) (*runtimev1.Execution, error) {
+	res, err := c.runtime.CancelExecution(ctx, connect.NewRequest(&runtimev1.CancelExecutionRequest{ExecutionId: id}))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg.GetExecution(), nil
+}
+
+func (c *rpcCaller) retryExecution(ctx context.Context, id string) (*runtimev1.Execution, error) {
+	res, err := c.runtime.RetryExecution(ctx, connect.NewRequest(&runtimev1.RetryExecutionRequest{ExecutionId: id}))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg.GetExecution(), nil
+}
+
+func (c *rpcCaller) listVersions(ctx context.Context, id string) (*runtimev1.ListDeploymentVersionsResponse, error) {
+	res, err := c.runtime.ListDeploymentVersions(ctx, connect.NewRequest(&runtimev1.ListDeploymentVersionsRequest{DeploymentId: id}))
+	return msg(res, err)
+}
+
 func (c *rpcCaller) triggerWebhook(ctx context.Context, path, contentType string, body []byte) (int, []byte, string, error) {
 	res, err := c.runtime.TriggerWebhook(ctx, connect.NewRequest(&runtimev1.TriggerWebhookRequest{
 		Path: path,
@@ -196,11 +220,33 @@ var (
 )
 
 func (c *restCaller) do(ctx context.Context, method, path string, query url.Values, in, out proto.Message) error {
+	code, err := c.doCode(ctx, method, path, query, in, out)
+	if err == nil && code != http.StatusOK {
+		return fmt.Errorf("%s %s answered %d, want 200", method, path, code)
+	}
+	return err
+}
+
+// doExecution makes a call answering with an execution: 202 Accepted while
+// it runs, 200 once it has finished.
+func (c *restCaller) doExecution(ctx context.Context, path string, in proto.Message) (*runtimev1.Execution, error) {
+	out := &runtimev1.Execution{}
+	code, err := c.doCode(ctx, http.MethodPost, path, nil, in, out)
+	if err != nil {
+		return nil, err
+	}
+	if want := map[bool]int{true: http.StatusAccepted, false: http.StatusOK}[out.GetStatus() == "running"]; code != want {
+		return nil, fmt.Errorf("POST %s answered %d for a %s execution, want %d", path, code, out.GetStatus(), want)
+	}
+	return out, nil
+}
+
+func (c *restCaller) doCode(ctx context.Context, method, path string, query url.Values, in, out proto.Message) (int, error) {
 	var body io.Reader
 	if in != nil {
 		data, err := restMarshal.Marshal(in)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		body = bytes.NewReader(data)
 	}
@@ -210,24 +256,24 @@ func (c *restCaller) do(ctx context.Context, method, path string, query url.Valu
 	}
 	req, err := http.NewRequestWithContext(ctx, method, target, body)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	res, err := c.client.Do(req)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer res.Body.Close()
 	data, err := io.ReadAll(res.Body)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if res.StatusCode != http.StatusOK {
-		return restError(res.StatusCode, data)
+	if res.StatusCode != http.StatusOK && res.StatusCode != http.StatusAccepted {
+		return 0, restError(res.StatusCode, data)
 	}
-	return restUnmarshal.Unmarshal(data, out)
+	return res.StatusCode, restUnmarshal.Unmarshal(data, out)
 }
 
 // restError turns the contract's error body back into a coded error.
@@ -366,8 +412,21 @@ func (c *restCaller) deleteDeployment(ctx context.Context, id string) (*runtimev
 func (c *restCaller) runDeployment(ctx context.Context, req *runtimev1.RunDeploymentRequest) (*runtimev1.Execution, error) {
 	body := proto.CloneOf(req)
 	body.DeploymentId = ""
+	return c.doExecution(ctx, "/api/v1/workflow/deployments/"+url.PathEscape(req.GetDeploymentId())+"/run", body)
+}
+
+func (c *restCaller) cancelExecution(ctx context.Context, id string) (*runtimev1.Execution, error) {
 	out := &runtimev1.Execution{}
-	return out, c.do(ctx, http.MethodPost, "/api/v1/workflow/deployments/"+url.PathEscape(req.GetDeploymentId())+"/run", nil, body, out)
+	return out, c.do(ctx, http.MethodPost, "/api/v1/executions/"+url.PathEscape(id)+"/cancel", nil, &runtimev1.CancelExecutionRequest{}, out)
+}
+
+func (c *restCaller) retryExecution(ctx context.Context, id string) (*runtimev1.Execution, error) {
+	return c.doExecution(ctx, "/api/v1/executions/"+url.PathEscape(id)+"/retry", &runtimev1.RetryExecutionRequest{})
+}
+
+func (c *restCaller) listVersions(ctx context.Context, id string) (*runtimev1.ListDeploymentVersionsResponse, error) {
+	out := &runtimev1.ListDeploymentVersionsResponse{}
+	return out, c.do(ctx, http.MethodGet, "/api/v1/workflow/deployments/"+url.PathEscape(id)+"/versions", nil, nil, out)
 }
 
 func (c *restCaller) listExecutions(ctx context.Context, req *runtimev1.ListExecutionsRequest) (*runtimev1.ListExecutionsResponse, error) {

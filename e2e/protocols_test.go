@@ -1,14 +1,17 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	agentv1 "github.com/flowgate/flowgate/gen/go/workflow/agent/v1"
@@ -105,8 +108,8 @@ func TestEveryRPCEveryProtocol(t *testing.T) {
 			if status != 201 || json.Unmarshal(body, &answer) != nil || answer["ok"] != true || execID == "" {
 				t.Errorf("TriggerWebhook: %d %q execution %q", status, body, execID)
 			}
-			manual, err := c.runDeployment(ctx, &runtimev1.RunDeploymentRequest{DeploymentId: dep.GetDeploymentId()})
-			if err != nil || manual.GetStatus() != "succeeded" || manual.GetTriggerType() != "manual" {
+			manual, err := c.runDeployment(ctx, &runtimev1.RunDeploymentRequest{DeploymentId: dep.GetDeploymentId(), WaitSeconds: 30})
+			if err != nil || manual.GetStatus() != "succeeded" || manual.GetTriggerType() != "manual" || manual.GetDeploymentVersion() != 1 {
 				t.Errorf("RunDeployment: %v %v", manual, err)
 			}
 			execs, err := c.listExecutions(ctx, &runtimev1.ListExecutionsRequest{DeploymentId: dep.GetDeploymentId()})
@@ -117,6 +120,8 @@ func TestEveryRPCEveryProtocol(t *testing.T) {
 			if err != nil || exec.GetStatus() != "succeeded" || exec.GetTriggerType() != "webhook" || len(exec.GetNodeResults()) != 3 {
 				t.Errorf("GetExecution: %v %v", exec, err)
 			}
+
+			lifecycle(ctx, t, c, name, s.url)
 
 			// Agent: a session, a chat, and the generation it starts.
 			session, err := c.createSession(ctx, &agentv1.CreateSessionRequest{Action: "create"})
@@ -191,5 +196,67 @@ func TestErrorsThroughRealBackends(t *testing.T) {
 				t.Errorf("chat in unknown session: %v", err)
 			}
 		})
+	}
+}
+
+// lifecycle runs a slow deployment without waiting, cancels the execution,
+// retries it, cancels the retry, lists the deployment's versions, and
+// pauses it: its webhook then answers with a conflict.
+func lifecycle(ctx context.Context, t *testing.T, c caller, name, base string) {
+	t.Helper()
+	slow := &enginev1.WorkflowDefinition{
+		Name: "slow",
+		Nodes: []*enginev1.Node{
+			{Id: "start", Type: "trigger"},
+			{Id: "wait", Type: "delay", Parameters: &structpb.Struct{Fields: map[string]*structpb.Value{"duration": structpb.NewStringValue("30s")}}},
+		},
+		Connections: []*enginev1.Connection{{Source: "start", Target: "wait"}},
+	}
+	dep, err := c.createDeployment(ctx, &runtimev1.CreateDeploymentRequest{
+		Name: "slow " + name, WorkflowDefinition: slow, RunTimeout: durationpb.New(time.Minute),
+		Triggers: []*runtimev1.Trigger{{Type: "manual"}, {Type: "webhook", Path: "slow-" + name}},
+	})
+	if err != nil {
+		t.Fatalf("CreateDeployment: %v", err)
+	}
+	running, err := c.runDeployment(ctx, &runtimev1.RunDeploymentRequest{DeploymentId: dep.GetDeploymentId()})
+	if err != nil || running.GetStatus() != "running" || running.GetExecutionId() == "" {
+		t.Fatalf("RunDeployment without waiting: %v %v", running, err)
+	}
+	canceled, err := c.cancelExecution(ctx, running.GetExecutionId())
+	if err != nil || canceled.GetStatus() != "canceled" {
+		t.Fatalf("CancelExecution: %v %v", canceled, err)
+	}
+	retry, err := c.retryExecution(ctx, running.GetExecutionId())
+	if err != nil || retry.GetStatus() != "running" || retry.GetRetryOf() != running.GetExecutionId() {
+		t.Fatalf("RetryExecution: %v %v", retry, err)
+	}
+	if _, err := c.cancelExecution(ctx, retry.GetExecutionId()); err != nil {
+		t.Errorf("CancelExecution of the retry: %v", err)
+	}
+	// 409 CONFLICT over REST (read back as AlreadyExists), Aborted elsewhere.
+	if _, err := c.cancelExecution(ctx, retry.GetExecutionId()); connect.CodeOf(err) != connect.CodeAborted &&
+		(name != "rest" || connect.CodeOf(err) != connect.CodeAlreadyExists) {
+		t.Errorf("CancelExecution of a finished execution: %v, want a conflict", err)
+	}
+	slow.Nodes[1].Parameters.Fields["duration"] = structpb.NewStringValue("20s")
+	if _, err := c.updateDeployment(ctx, &runtimev1.UpdateDeploymentRequest{
+		DeploymentId: dep.GetDeploymentId(), Name: dep.GetName(), WorkflowDefinition: slow, Triggers: dep.GetTriggers(),
+	}); err != nil {
+		t.Fatalf("UpdateDeployment: %v", err)
+	}
+	versions, err := c.listVersions(ctx, dep.GetDeploymentId())
+	if err != nil || versions.GetTotalCount() != 2 || len(versions.GetVersions()) != 2 || versions.GetVersions()[0].GetVersion() != 2 {
+		t.Errorf("ListDeploymentVersions: %v %v", versions, err)
+	}
+	if _, err := c.updateDeployment(ctx, &runtimev1.UpdateDeploymentRequest{
+		DeploymentId: dep.GetDeploymentId(), Name: dep.GetName(), WorkflowDefinition: slow, Triggers: dep.GetTriggers(), Status: "paused",
+	}); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	hook := strings.TrimPrefix(dep.GetWebhookUrl(), base+"/api/v1/webhooks/")
+	if _, _, _, err := c.triggerWebhook(ctx, hook, "application/json", []byte(`{}`)); connect.CodeOf(err) != connect.CodeAborted &&
+		(name != "rest" || !strings.Contains(fmt.Sprint(err), "409 CONFLICT")) {
+		t.Errorf("webhook of a paused deployment: %v, want a conflict", err)
 	}
 }

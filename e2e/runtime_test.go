@@ -127,7 +127,10 @@ func TestWebhookDeploymentThroughGateway(t *testing.T) {
 		t.Fatalf("replayed signature: %d %s", code, body)
 	}
 	// A retry signed afresh with the same key returns the same execution.
-	ts = strconv.FormatInt(time.Now().Unix()-1, 10)
+	// (a second before the first signature, which a slow run could
+	// otherwise reach by the clock and so sign the same bytes)
+	first, _ := strconv.ParseInt(signed["X-Flowgate-Timestamp"], 10, 64)
+	ts = strconv.FormatInt(first-1, 10)
 	resigned := map[string]string{"X-Flowgate-Timestamp": ts, "X-Flowgate-Signature": signature(secret, ts, small), "Idempotency-Key": "order-B-2"}
 	if _, hdr, _ := restCall(t, client, http.MethodPost, dep.WebhookURL, small, resigned); hdr.Get("X-Flowgate-Execution-Id") != signedID {
 		t.Fatalf("idempotent retry started %q, want %q", hdr.Get("X-Flowgate-Execution-Id"), signedID)

@@ -49,6 +49,10 @@ func TestDocsAndOpenAPI(t *testing.T) {
 		"/api/v1/health":                                   "get",
 		"/api/v1/workflow/deployments/{deployment_id}/run": "post",
 	}
+	// The executions lifecycle.
+	want["/api/v1/workflow/deployments/{deployment_id}/versions"] = "get"
+	want["/api/v1/executions/{execution_id}/cancel"] = "post"
+	want["/api/v1/executions/{execution_id}/retry"] = "post"
 	if !strings.HasPrefix(doc.OpenAPI, "3.") {
 		t.Errorf("openapi = %q", doc.OpenAPI)
 	}

@@ -174,6 +174,27 @@ func TestDeployingNeedsExecute(t *testing.T) {
 	}
 }
 
+// TestExecutionControlNeedsExecute: cancelling and retrying executions run
+// (or stop) workflows, so a reader may list versions but not do either.
+func TestExecutionControlNeedsExecute(t *testing.T) {
+	t.Parallel()
+	g := startScopedGateway(t, backends.Config{})
+	id := g.deploy(t)
+	for _, op := range []string{"cancel", "retry"} {
+		res := doREST(t, http.MethodPost, g.url+"/api/v1/executions/some-id/"+op, strings.NewReader(`{}`), apiKey(keyReader))
+		if res.status != http.StatusForbidden || res.code != "FORBIDDEN" || !strings.Contains(string(res.body), "workflows:execute") {
+			t.Errorf("%s as reader: %d %s", op, res.status, res.body)
+		}
+		if res := doREST(t, http.MethodPost, g.url+"/api/v1/executions/some-id/"+op, strings.NewReader(`{}`), apiKey(keyDeployer)); res.status != http.StatusNotFound {
+			t.Errorf("%s of an unknown execution as deployer: %d %s", op, res.status, res.body)
+		}
+	}
+	res := doREST(t, http.MethodGet, g.url+"/api/v1/workflow/deployments/"+id+"/versions", nil, apiKey(keyReader))
+	if res.status != http.StatusOK || !strings.Contains(string(res.body), `"version":1`) {
+		t.Errorf("versions as reader: %d %s", res.status, res.body)
+	}
+}
+
 // TestAgentActsWithTheCallersScopes: a key holding only agent:chat cannot
 // have the agent read a workflow for it (an edit session) or deploy one:
 // the agent calls the runtime as its caller, and the runtime enforces the

@@ -52,7 +52,7 @@ func TestCrossTenantAccessThroughTheGateway(t *testing.T) {
 	var exec struct {
 		ID string `json:"execution_id"`
 	}
-	if res.status != http.StatusOK || json.Unmarshal(res.body, &exec) != nil || exec.ID == "" {
+	if res.status != http.StatusAccepted || json.Unmarshal(res.body, &exec) != nil || exec.ID == "" {
 		t.Fatalf("run as A: %d %s", res.status, res.body)
 	}
 	session, err := agentv1connect.NewWorkflowAgentServiceClient(h2cClient(t), url).CreateSession(t.Context(),

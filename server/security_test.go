@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -319,6 +320,12 @@ func TestAccessRulesFromProtoOptions(t *testing.T) {
 		"/workflow.agent.v1.WorkflowAgentService/Chat":                 {Scope: "agent:chat"},
 		healthCheckProcedure: {Public: true},
 	}
+	maps.Copy(want, map[string]interceptors.AccessRule{
+		"/workflow.engine.v1.WorkflowEngineService/StreamWorkflow":           {Scope: "workflows:execute"},
+		"/workflow.runtime.v1.WorkflowRuntimeService/CancelExecution":        {Scope: "workflows:execute"},
+		"/workflow.runtime.v1.WorkflowRuntimeService/RetryExecution":         {Scope: "workflows:execute"},
+		"/workflow.runtime.v1.WorkflowRuntimeService/ListDeploymentVersions": {Scope: "workflows:read"},
+	})
 	for proc, rule := range want {
 		if rules[proc] != rule {
 			t.Errorf("%s: rule %+v, want %+v", proc, rules[proc], rule)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -219,6 +220,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	health := newHealthChecker()
 	g.health = health
 	hooks := webhookHooks()
+	maps.Copy(hooks, executionHooks())
 	var vgServices []*vanguard.Service
 	// streams are the server-streaming forwarders, for in-process callers
 	// (the SSE bridge).

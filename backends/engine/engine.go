@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
@@ -195,21 +196,14 @@ func setDefault[T comparable](p *T, def T) {
 // status and node results say what happened.
 func (s *Service) ExecuteWorkflow(ctx context.Context, req *connect.Request[enginev1.ExecuteWorkflowRequest]) (*connect.Response[enginev1.ExecuteWorkflowResponse], error) {
 	msg := req.Msg
-	wf, fe := s.compiler.compileDefinition(msg.GetWorkflowDefinition())
-	if fe != nil {
-		return nil, invalidArgument(fe)
-	}
-	timeout, fe := s.runTimeout(msg)
-	if fe != nil {
-		return nil, invalidArgument(fe)
-	}
-	if fe := wf.checkDelays(timeout, s.maxTimeout); fe != nil {
-		return nil, invalidArgument(fe)
+	wf, timeout, err := s.prepare(msg.GetWorkflowDefinition(), msg.Timeout)
+	if err != nil {
+		return nil, err
 	}
 	if msg.GetValidateOnly() {
 		return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: &enginev1.ExecutionResult{Status: StatusValid}}), nil
 	}
-	result := s.run(ctx, wf, msg.GetTriggerData().AsMap(), timeout)
+	result := s.run(ctx, wf, msg.GetTriggerData().AsMap(), timeout, nil)
 	if result.GetStatus() == StatusCanceled && ctx.Err() != nil {
 		return nil, connect.NewError(connect.CodeCanceled, errors.New("the caller canceled the run"))
 	}
@@ -219,14 +213,30 @@ func (s *Service) ExecuteWorkflow(ctx context.Context, req *connect.Request[engi
 	return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: result}), nil
 }
 
-func (s *Service) runTimeout(msg *enginev1.ExecuteWorkflowRequest) (time.Duration, *fieldError) {
-	if msg.Timeout == nil {
+// prepare compiles a definition and settles the run's deadline.
+func (s *Service) prepare(def *enginev1.WorkflowDefinition, timeout *durationpb.Duration) (*workflow, time.Duration, error) {
+	wf, fe := s.compiler.compileDefinition(def)
+	if fe != nil {
+		return nil, 0, invalidArgument(fe)
+	}
+	d, fe := s.runTimeout(timeout)
+	if fe != nil {
+		return nil, 0, invalidArgument(fe)
+	}
+	if fe := wf.checkDelays(d, s.maxTimeout); fe != nil {
+		return nil, 0, invalidArgument(fe)
+	}
+	return wf, d, nil
+}
+
+func (s *Service) runTimeout(timeout *durationpb.Duration) (time.Duration, *fieldError) {
+	if timeout == nil {
 		return s.defTimeout, nil
 	}
-	if err := msg.GetTimeout().CheckValid(); err != nil {
+	if err := timeout.CheckValid(); err != nil {
 		return 0, fieldErrorf("timeout", "is not a valid duration")
 	}
-	d := msg.GetTimeout().AsDuration()
+	d := timeout.AsDuration()
 	if d <= 0 {
 		return 0, fieldErrorf("timeout", "must be positive")
 	}

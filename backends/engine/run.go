@@ -36,6 +36,10 @@ type run struct {
 	results []*enginev1.NodeResult
 	resp    *webhookResponse
 	last    *node // the node latest in topological order that ran
+	// observe hears of each node as it finishes and of the respond node's
+	// answer as soon as it exists; nil when nobody listens.
+	observe   func(*enginev1.StreamWorkflowResponse)
+	responded bool
 }
 
 type nodeState struct {
@@ -56,7 +60,7 @@ type done struct {
 // stopped once another node has failed the run.
 var errSiblingFailed = errors.New("another node failed the run")
 
-func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any, timeout time.Duration) *enginev1.ExecutionResult {
+func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any, timeout time.Duration, observe func(*enginev1.StreamWorkflowResponse)) *enginev1.ExecutionResult {
 	started := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -70,6 +74,7 @@ func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any,
 		wf:      wf,
 		trigger: trigger,
 		state:   make(map[*node]*nodeState, len(wf.nodes)),
+		observe: observe,
 	}
 	status, runErr := r.schedule(ctx)
 	result := &enginev1.ExecutionResult{
@@ -85,11 +90,7 @@ func (s *Service) run(ctx context.Context, wf *workflow, trigger map[string]any,
 		result.Output = toValue(nil)
 	}
 	if r.resp != nil {
-		result.WebhookResponse = &enginev1.WebhookResponse{
-			StatusCode: int32(r.resp.status), //nolint:gosec // validated to 200..599
-			Headers:    r.resp.headers,
-			Body:       toValue(r.resp.body),
-		}
+		result.WebhookResponse = r.resp.toProto()
 	}
 	return result
 }
@@ -228,17 +229,38 @@ func (r *run) finish(d done) error {
 	r.results = append(r.results, d.res)
 	st := &nodeState{}
 	r.state[d.n] = st
-	if d.err != nil || d.res.GetStatus() == StatusSkipped {
-		return d.err
+	if d.err == nil && d.res.GetStatus() != StatusSkipped {
+		st.ran, st.output, st.branch = true, d.out.output, d.out.branch
+		if r.last == nil || d.n.pos > r.last.pos {
+			r.last = d.n
+		}
+		if d.out.response != nil {
+			r.respond(d.n, d.out.response)
+		}
 	}
-	st.ran, st.output, st.branch = true, d.out.output, d.out.branch
-	if r.last == nil || d.n.pos > r.last.pos {
-		r.last = d.n
+	r.finished(d.res)
+	return d.err
+}
+
+// finished tells the observer that a node's result is final and, the first
+// time a respond node has set one, what the webhook caller gets.
+func (r *run) finished(res *enginev1.NodeResult) {
+	if r.observe == nil {
+		return
 	}
-	if d.out.response != nil {
-		r.respond(d.n, d.out.response)
+	r.observe(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_NodeFinished{NodeFinished: res}})
+	if r.resp != nil && !r.responded {
+		r.responded = true
+		r.observe(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_Respond{Respond: r.resp.toProto()}})
 	}
-	return nil
+}
+
+func (w *webhookResponse) toProto() *enginev1.WebhookResponse {
+	return &enginev1.WebhookResponse{
+		StatusCode: int32(w.status), //nolint:gosec // validated to 200..599
+		Headers:    w.headers,
+		Body:       toValue(w.body),
+	}
 }
 
 // respond records what a respond node answered. The first respond node to

@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
@@ -39,6 +40,9 @@ type deployment struct {
 	createdAt   time.Time
 	updatedAt   time.Time
 	hookNS      string // the tenant's webhook namespace, when it has a webhook trigger
+	version     int32
+	runTimeout  time.Duration // 0: the engine's default
+	onFailure   *runtimev1.OnFailure
 }
 
 // CreateDeployment validates the workflow (through the engine) and the
@@ -53,6 +57,10 @@ func (s *Service) CreateDeployment(ctx context.Context, req *connect.Request[run
 		status:      deploymentActive,
 		definition:  msg.GetWorkflowDefinition(),
 		triggers:    msg.GetTriggers(),
+		version:     1,
+	}
+	if err := s.setRunOptions(d, msg.GetRunTimeout(), msg.GetOnFailure()); err != nil {
+		return nil, err
 	}
 	if err := s.checkDeployment(ctx, d); err != nil {
 		return nil, err
@@ -88,6 +96,9 @@ func (s *Service) UpdateDeployment(ctx context.Context, req *connect.Request[run
 	default:
 		return nil, invalid("status", "must be active or paused")
 	}
+	if err := s.setRunOptions(d, msg.GetRunTimeout(), msg.GetOnFailure()); err != nil {
+		return nil, err
+	}
 	if err := s.checkDeployment(ctx, d); err != nil {
 		return nil, err
 	}
@@ -95,7 +106,7 @@ func (s *Service) UpdateDeployment(ctx context.Context, req *connect.Request[run
 		nw.Secret = od.GetSecret()
 	}
 	d.updatedAt = time.Now().UTC().Truncate(time.Microsecond)
-	if err := s.repo.updateDeployment(ctx, d); err != nil {
+	if err := s.repo.updateDeployment(ctx, d, !proto.Equal(old.definition, d.definition)); err != nil {
 		return nil, s.deploymentWriteError(ctx, d, err)
 	}
 	s.scheduleChanged()
@@ -161,6 +172,12 @@ func (s *Service) checkDeployment(ctx context.Context, d *deployment) error {
 	if err := s.checkTriggers(d.triggers); err != nil {
 		return err
 	}
+	if err := s.checkRunTimeout(d); err != nil {
+		return err
+	}
+	if err := s.checkErrorWorkflow(ctx, d); err != nil {
+		return err
+	}
 	_, err := s.engine.ExecuteWorkflow(ctx, connect.NewRequest(&enginev1.ExecuteWorkflowRequest{
 		WorkflowDefinition: d.definition,
 		ValidateOnly:       true,
@@ -214,6 +231,11 @@ func (s *Service) toProto(d *deployment) *runtimev1.Deployment {
 		Triggers:           publicTriggers(d.triggers),
 		CreatedAt:          timestamppb.New(d.createdAt),
 		UpdatedAt:          timestamppb.New(d.updatedAt),
+		Version:            d.version,
+		OnFailure:          proto.CloneOf(d.onFailure),
+	}
+	if d.runTimeout > 0 {
+		out.RunTimeout = durationpb.New(d.runTimeout)
 	}
 	if wh := findTrigger(d.triggers, triggerWebhook); wh != nil && d.hookNS != "" {
 		out.WebhookUrl = s.public + "/api/v1/webhooks/" + d.hookNS + "/" + wh.GetPath()

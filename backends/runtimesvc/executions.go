@@ -7,13 +7,21 @@ import (
 
 	"connectrpc.com/connect"
 
+	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
 )
 
-// RunDeployment fires the manual trigger and waits for the execution to
-// finish. If the caller goes away first, the execution still completes and
-// is recorded.
+// maxRunWait caps RunDeploymentRequest.wait_seconds.
+const maxRunWait = 300
+
+// RunDeployment fires the manual trigger and answers with the execution at
+// once, or when it finishes within the caller's wait_seconds; a run still
+// going then is answered with status running. Either way the execution
+// completes and is recorded.
 func (s *Service) RunDeployment(ctx context.Context, req *connect.Request[runtimev1.RunDeploymentRequest]) (*connect.Response[runtimev1.RunDeploymentResponse], error) {
+	if w := req.Msg.GetWaitSeconds(); w < 0 || w > maxRunWait {
+		return nil, invalid("wait_seconds", "must be 0 to %d", maxRunWait)
+	}
 	d, err := s.repo.getDeployment(ctx, tenantOf(req.Header()), req.Msg.GetDeploymentId())
 	if err != nil {
 		return nil, s.lookupError(ctx, "deployment", req.Msg.GetDeploymentId(), err)
@@ -22,26 +30,30 @@ func (s *Service) RunDeployment(ctx context.Context, req *connect.Request[runtim
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment has no manual trigger"))
 	}
 	if d.status != deploymentActive {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment is paused"))
+		return nil, errPaused()
 	}
 	st, _, err := s.start(ctx, launch{d: d, triggerType: triggerManual, triggerData: req.Msg.GetTriggerData()})
 	if err != nil {
 		return nil, s.internal(ctx, "start execution", err)
 	}
-	select {
-	case <-st.done:
-	case <-ctx.Done():
-		return nil, s.internal(ctx, "run deployment", ctx.Err())
+	return connect.NewResponse(&runtimev1.RunDeploymentResponse{Execution: settled(ctx, st, req.Msg.GetWaitSeconds())}), nil
+}
+
+// settled is the execution after waiting up to seconds for it to finish:
+// complete when it did, as it started otherwise.
+func settled(ctx context.Context, st *started, seconds int32) *runtimev1.Execution {
+	if seconds > 0 && waitFor(ctx, st, time.Duration(seconds)*time.Second) {
+		return st.e.toProto(true)
 	}
-	return connect.NewResponse(&runtimev1.RunDeploymentResponse{Execution: st.e.toProto(true)}), nil
+	return st.first
 }
 
 // GetExecution returns one execution of the caller's tenant with its node
 // results.
 func (s *Service) GetExecution(ctx context.Context, req *connect.Request[runtimev1.GetExecutionRequest]) (*connect.Response[runtimev1.GetExecutionResponse], error) {
-	e, err := s.repo.getExecution(ctx, tenantOf(req.Header()), req.Msg.GetExecutionId())
+	e, err := s.loadExecution(ctx, tenantOf(req.Header()), req.Msg.GetExecutionId())
 	if err != nil {
-		return nil, s.lookupError(ctx, "execution", req.Msg.GetExecutionId(), err)
+		return nil, err
 	}
 	return connect.NewResponse(&runtimev1.GetExecutionResponse{Execution: e.toProto(true)}), nil
 }
@@ -83,4 +95,27 @@ func waitFor(ctx context.Context, st *started, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// loadExecution reads an execution with its node results: those of its
+// stored result, or, while it runs or when its process died, those stored
+// as its nodes finished.
+func (s *Service) loadExecution(ctx context.Context, tenant, id string) (*execution, error) {
+	e, err := s.repo.getExecution(ctx, tenant, id)
+	if err != nil {
+		return nil, s.lookupError(ctx, "execution", id, err)
+	}
+	if len(e.result.GetNodeResults()) == 0 {
+		nodes, err := s.repo.nodeResults(ctx, e.id)
+		if err != nil {
+			return nil, s.internal(ctx, "read node results", err)
+		}
+		if len(nodes) > 0 {
+			if e.result == nil {
+				e.result = &enginev1.ExecutionResult{}
+			}
+			e.result.NodeResults = nodes
+		}
+	}
+	return e, nil
 }

@@ -46,7 +46,13 @@ func h2cClient() *http.Client {
 // engineClient starts a real engine over h2c and returns its RPC client.
 func engineClient(tb testing.TB) enginev1connect.WorkflowEngineServiceClient {
 	tb.Helper()
-	eng, err := engine.New(engine.Config{})
+	return engineClientWith(tb, engine.Config{})
+}
+
+// engineClientWith starts a real engine configured with cfg.
+func engineClientWith(tb testing.TB, cfg engine.Config) enginev1connect.WorkflowEngineServiceClient {
+	tb.Helper()
+	eng, err := engine.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -109,16 +109,23 @@ func (s *Service) interruptAll(ctx context.Context, owner string) error {
 }
 
 func (s *Service) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.SweepInterval)
+	every(ctx, s.cfg.SweepInterval, func() {
+		if err := s.sweepInterrupted(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("interrupted-execution sweep failed", "error", err)
+		}
+	})
+}
+
+// every calls fn each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := s.sweepInterrupted(ctx); err != nil && ctx.Err() == nil {
-				s.logger.Error("interrupted-execution sweep failed", "error", err)
-			}
+			fn()
 		}
 	}
 }

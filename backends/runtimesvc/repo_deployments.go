@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flowgate/flowgate/backends/store"
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
@@ -24,14 +25,20 @@ type repo struct {
 	db *store.DB
 }
 
-const deploymentCols = `seq, id, tenant, name, description, status, definition, triggers, created_at, updated_at`
+const deploymentCols = `seq, id, tenant, name, description, status, definition, triggers, created_at, updated_at, version`
 
 func encodeDeployment(d *deployment) (def, trig []byte, cronExpr string, err error) {
 	def, err = proto.Marshal(d.definition)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("encode definition: %w", err)
 	}
-	trig, err = proto.Marshal(&runtimev1.Deployment{Triggers: d.triggers})
+	// The run options travel with the triggers: both are settings read
+	// whole with the deployment, and a new one needs no schema change.
+	holder := &runtimev1.Deployment{Triggers: d.triggers, OnFailure: d.onFailure}
+	if d.runTimeout > 0 {
+		holder.RunTimeout = durationpb.New(d.runTimeout)
+	}
+	trig, err = proto.Marshal(holder)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("encode triggers: %w", err)
 	}
@@ -53,24 +60,41 @@ func (r *repo) insertDeployment(ctx context.Context, d *deployment) error {
 		if err != nil {
 			return fmt.Errorf("insert deployment: %w", err)
 		}
+		if err := insertVersion(ctx, tx, d, def); err != nil {
+			return err
+		}
 		return claimPath(ctx, tx, d)
 	})
 }
 
-func (r *repo) updateDeployment(ctx context.Context, d *deployment) error {
+// updateDeployment stores d; when newVersion is set, the definition
+// changed and becomes the next version (d.version is set to it).
+func (r *repo) updateDeployment(ctx context.Context, d *deployment, newVersion bool) error {
 	def, trig, cronExpr, err := encodeDeployment(d)
 	if err != nil {
 		return err
 	}
+	step := 0
+	if newVersion {
+		step = 1
+	}
 	return r.db.InTx(ctx, func(tx *store.Tx) error {
-		res, err := tx.Exec(ctx, `UPDATE deployments SET name = ?, description = ?, status = ?, definition = ?, triggers = ?, cron = ?, updated_at = ?
-			WHERE id = ? AND tenant = ?`,
-			d.name, d.description, d.status, def, trig, cronExpr, d.updatedAt.UnixMicro(), d.id, d.tenant)
+		var version int32
+		err := tx.QueryRow(ctx, `UPDATE deployments SET name = ?, description = ?, status = ?, definition = ?, triggers = ?, cron = ?, updated_at = ?,
+				version = version + ?
+			WHERE id = ? AND tenant = ? RETURNING version`,
+			d.name, d.description, d.status, def, trig, cronExpr, d.updatedAt.UnixMicro(), step, d.id, d.tenant).Scan(&version)
+		if errors.Is(err, sql.ErrNoRows) {
+			return errNotFound
+		}
 		if err != nil {
 			return fmt.Errorf("update deployment: %w", err)
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return errNotFound
+		d.version = version
+		if newVersion {
+			if err := insertVersion(ctx, tx, d, def); err != nil {
+				return err
+			}
 		}
 		if err := releasePath(ctx, tx, d.id); err != nil {
 			return err
@@ -139,7 +163,7 @@ func scanDeployment(row scanner) (*deployment, int64, error) {
 		def, trig        []byte
 		created, updated int64
 	)
-	err := row.Scan(&seq, &d.id, &d.tenant, &d.name, &d.description, &d.status, &def, &trig, &created, &updated)
+	err := row.Scan(&seq, &d.id, &d.tenant, &d.name, &d.description, &d.status, &def, &trig, &created, &updated, &d.version)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, 0, errNotFound
 	}
@@ -155,6 +179,8 @@ func scanDeployment(row scanner) (*deployment, int64, error) {
 		return nil, 0, fmt.Errorf("decode triggers of %s: %w", d.id, err)
 	}
 	d.triggers = holder.GetTriggers()
+	d.onFailure = holder.GetOnFailure()
+	d.runTimeout = holder.GetRunTimeout().AsDuration()
 	d.createdAt = time.UnixMicro(created).UTC()
 	d.updatedAt = time.UnixMicro(updated).UTC()
 	return &d, seq, nil

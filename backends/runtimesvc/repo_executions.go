@@ -43,6 +43,9 @@ type execution struct {
 	finishedAt   time.Time // zero while running
 	result       *enginev1.ExecutionResult
 	pos          int64 // position in the ordering of the listing that read it
+
+	version int32  // of the deployment's definition
+	retryOf string // the execution this one retries
 }
 
 func (e *execution) toProto(withNodes bool) *runtimev1.Execution {
@@ -56,6 +59,7 @@ func (e *execution) toProto(withNodes bool) *runtimev1.Execution {
 		Error:        e.errText,
 		StartedAt:    timestamppb.New(e.startedAt),
 	}
+	out.DeploymentVersion, out.RetryOf = e.version, e.retryOf
 	if !e.finishedAt.IsZero() {
 		out.FinishedAt = timestamppb.New(e.finishedAt)
 	}
@@ -116,10 +120,10 @@ func (r *repo) insertExecution(ctx context.Context, ne newExecution) error {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO executions (id, tenant, deployment_id, status, trigger_type, trigger_data,
-				started_at, owner, idempotency_key, request_hash, scheduled_at, pos_all, pos_dep)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				started_at, owner, idempotency_key, request_hash, scheduled_at, pos_all, pos_dep, deployment_version, retry_of)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			e.id, e.tenant, e.deploymentID, statusRunning, e.triggerType, data,
-			e.startedAt.UnixMicro(), ne.owner, idem, reqHash, sched, posAll, posDep)
+			e.startedAt.UnixMicro(), ne.owner, idem, reqHash, sched, posAll, posDep, e.version, e.retryOf)
 		if store.IsUniqueViolation(err) {
 			return errDuplicate
 		}
@@ -169,7 +173,7 @@ func (r *repo) finishExecution(ctx context.Context, e *execution) error {
 	})
 }
 
-const executionCols = `id, tenant, deployment_id, status, trigger_type, trigger_data, output, error, started_at, finished_at`
+const executionCols = `id, tenant, deployment_id, status, trigger_type, trigger_data, output, error, started_at, finished_at, deployment_version, retry_of`
 
 func scanExecution(row scanner, extra ...any) (*execution, error) {
 	var (
@@ -178,7 +182,7 @@ func scanExecution(row scanner, extra ...any) (*execution, error) {
 		started      int64
 		finished     sql.NullInt64
 	)
-	dest := append([]any{&e.id, &e.tenant, &e.deploymentID, &e.status, &e.triggerType, &data, &output, &e.errText, &started, &finished}, extra...)
+	dest := append([]any{&e.id, &e.tenant, &e.deploymentID, &e.status, &e.triggerType, &data, &output, &e.errText, &started, &finished, &e.version, &e.retryOf}, extra...)
 	err := row.Scan(dest...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, errNotFound

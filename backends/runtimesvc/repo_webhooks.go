@@ -78,7 +78,7 @@ func releasePath(ctx context.Context, tx *store.Tx, deploymentID string) error {
 
 // deploymentByHook finds the deployment owning a path in a namespace.
 func (r *repo) deploymentByHook(ctx context.Context, ns, path string) (*deployment, error) {
-	row := r.db.QueryRow(ctx, `SELECT d.seq, d.id, d.tenant, d.name, d.description, d.status, d.definition, d.triggers, d.created_at, d.updated_at
+	row := r.db.QueryRow(ctx, `SELECT d.seq, d.id, d.tenant, d.name, d.description, d.status, d.definition, d.triggers, d.created_at, d.updated_at, d.version
 		FROM webhook_namespaces n
 		JOIN webhook_routes w ON w.tenant = n.tenant
 		JOIN deployments d ON d.id = w.deployment_id

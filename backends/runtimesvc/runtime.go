@@ -43,10 +43,16 @@ type Config struct {
 	DefaultResponseTimeout time.Duration
 	// MaxResponseTimeout caps a trigger's response_timeout; default 5 minutes.
 	MaxResponseTimeout time.Duration
-	// RunTimeout is the deadline of one execution; 0 lets the engine choose.
+	// RunTimeout is the deadline of one execution of a deployment that sets
+	// no run_timeout; 0 lets the engine choose.
 	RunTimeout time.Duration
+	// MaxRunTimeout caps a deployment's run_timeout; default 30 minutes, the
+	// engine's default cap, so that the longest delay the engine allows (5
+	// minutes) fits with room to spare.
+	MaxRunTimeout time.Duration
 	// ShutdownGrace is how long Close lets running executions finish before
 	// cancelling them (they are then recorded as interrupted); default 30s.
+	// Shutdown's context can end the grace earlier.
 	ShutdownGrace time.Duration
 	// DisableScheduler turns off cron triggers in this process.
 	DisableScheduler bool
@@ -58,6 +64,9 @@ type Config struct {
 	// SweepInterval is how often executions of replicas that died are
 	// marked interrupted (PostgreSQL only); default 30s.
 	SweepInterval time.Duration
+	// CancelPoll is how often this process looks for cancellations that
+	// other replicas recorded for its executions; default 1s.
+	CancelPoll time.Duration
 }
 
 // Service is the runtime. Close it to stop its scheduler and wait for
@@ -83,6 +92,7 @@ type Service struct {
 	loops     sync.WaitGroup
 	runs      sync.WaitGroup
 	mu        sync.Mutex
+	active    map[string]*started // running executions of this process, by id
 	closing   bool
 	closeOnce sync.Once
 }
@@ -103,6 +113,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		cfg: cfg, db: cfg.Store, repo: &repo{db: cfg.Store}, engine: cfg.Engine, logger: cfg.Logger,
 		public: public, instance: uuid.NewString(), tolerance: cfg.WebhookTolerance,
 		defaultResponseTimeout: cfg.DefaultResponseTimeout, maxResponseTimeout: cfg.MaxResponseTimeout,
+		active: map[string]*started{},
 	}
 	if err := s.holdOwnerLock(ctx); err != nil {
 		return nil, err
@@ -121,6 +132,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if s.db.Dialect() == store.Postgres {
 		s.loops.Go(func() { s.sweepLoop(loopCtx) })
 	}
+	s.loops.Go(func() { s.cancelLoop(loopCtx) })
 	return s, nil
 }
 
@@ -139,7 +151,7 @@ func checkConfig(cfg Config) (Config, string, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	for _, d := range []*time.Duration{&cfg.WebhookTolerance, &cfg.DefaultResponseTimeout, &cfg.MaxResponseTimeout,
-		&cfg.RunTimeout, &cfg.ShutdownGrace, &cfg.ScheduleTick, &cfg.ScheduleSync, &cfg.SweepInterval} {
+		&cfg.RunTimeout, &cfg.MaxRunTimeout, &cfg.ShutdownGrace, &cfg.ScheduleTick, &cfg.ScheduleSync, &cfg.SweepInterval, &cfg.CancelPoll} {
 		if *d < 0 {
 			return cfg, "", errors.New("runtimesvc: durations must not be negative")
 		}
@@ -148,9 +160,11 @@ func checkConfig(cfg Config) (Config, string, error) {
 	defaultDuration(&cfg.DefaultResponseTimeout, 30*time.Second)
 	defaultDuration(&cfg.MaxResponseTimeout, 5*time.Minute)
 	defaultDuration(&cfg.ShutdownGrace, 30*time.Second)
+	defaultDuration(&cfg.MaxRunTimeout, 30*time.Minute)
 	defaultDuration(&cfg.ScheduleTick, time.Second)
 	defaultDuration(&cfg.ScheduleSync, 10*time.Second)
 	defaultDuration(&cfg.SweepInterval, 30*time.Second)
+	defaultDuration(&cfg.CancelPoll, time.Second)
 	if cfg.DefaultResponseTimeout > cfg.MaxResponseTimeout {
 		return cfg, "", fmt.Errorf("runtimesvc: DefaultResponseTimeout %s exceeds MaxResponseTimeout %s", cfg.DefaultResponseTimeout, cfg.MaxResponseTimeout)
 	}
@@ -180,7 +194,13 @@ func normalizePublicURL(raw string) (string, error) {
 // Close stops the scheduler and the sweeper, lets running executions
 // finish for up to ShutdownGrace, then cancels the rest (recorded as
 // interrupted) and releases this instance's ownership.
-func (s *Service) Close() error {
+func (s *Service) Close() error { return s.Shutdown(context.Background()) }
+
+// Shutdown is Close with a deadline: running executions are cancelled
+// (and recorded as interrupted) when ShutdownGrace passes or ctx ends,
+// whichever comes first. Cutting them is the normal end of a grace period,
+// not an error.
+func (s *Service) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closing = true
@@ -192,6 +212,9 @@ func (s *Service) Close() error {
 		select {
 		case <-done:
 		case <-time.After(s.cfg.ShutdownGrace):
+			s.runCancel()
+			<-done
+		case <-ctx.Done():
 			s.runCancel()
 			<-done
 		}

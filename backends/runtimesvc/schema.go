@@ -103,5 +103,31 @@ func migrations(d store.Dialect) []string {
 		// A hash of the request an idempotency key was first used with, so
 		// that the key reused for another request is refused.
 		`ALTER TABLE executions ADD COLUMN request_hash TEXT`,
+		// Node results as each node finishes, so that a running execution
+		// shows its progress and an interrupted one what had completed; the
+		// rows of an execution that stored its full result are removed.
+		`CREATE TABLE execution_nodes (
+			execution_id TEXT NOT NULL,
+			seq INTEGER NOT NULL,
+			result ` + d.Blob() + ` NOT NULL,
+			PRIMARY KEY (execution_id, seq)
+		)`,
+		// Deployment versions: an update that changes the definition adds
+		// one; executions record the version they ran.
+		`ALTER TABLE deployments ADD COLUMN version BIGINT NOT NULL DEFAULT 1`,
+		`CREATE TABLE deployment_versions (
+			deployment_id TEXT NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
+			version BIGINT NOT NULL,
+			definition ` + d.Blob() + ` NOT NULL,
+			created_at BIGINT NOT NULL,
+			PRIMARY KEY (deployment_id, version)
+		)`,
+		`INSERT INTO deployment_versions (deployment_id, version, definition, created_at)
+			SELECT id, version, definition, updated_at FROM deployments`,
+		`ALTER TABLE executions ADD COLUMN deployment_version BIGINT NOT NULL DEFAULT 0`,
+		`ALTER TABLE executions ADD COLUMN retry_of TEXT NOT NULL DEFAULT ''`,
+		// A cancellation asked of a replica that does not run the
+		// execution, for the one that does to act on.
+		`ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0`,
 	}
 }

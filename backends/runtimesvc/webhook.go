@@ -59,7 +59,7 @@ func (s *Service) TriggerWebhook(ctx context.Context, req *connect.Request[runti
 		return nil, s.internal(ctx, "start execution", err)
 	}
 	if prev != nil {
-		return s.replay(prev, wh)
+		return s.replay(ctx, prev, wh)
 	}
 	return s.answer(ctx, st, wh)
 }
@@ -77,7 +77,7 @@ func (s *Service) webhookLaunch(ctx context.Context, d *deployment, wh *runtimev
 		}
 	}
 	if d.status != deploymentActive {
-		return launch{}, connect.NewError(connect.CodeFailedPrecondition, errors.New("the deployment is paused"))
+		return launch{}, errPaused()
 	}
 	key := headers[headerIdempotency]
 	if len(key) > maxIdempotencyKey {
@@ -134,7 +134,9 @@ func (s *Service) webhookTarget(ctx context.Context, raw string) (*deployment, *
 }
 
 // answer is what the sender gets for a started execution: 202 at once
-// (async), or the workflow's response when it finishes in time (wait).
+// (async), or (wait) the respond node's answer as soon as it runs, while
+// the rest of the workflow goes on; without a respond node, the outcome
+// when the run finishes in time.
 func (s *Service) answer(ctx context.Context, st *started, wh *runtimev1.Trigger) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
 	if wh.GetResponseMode() != modeWait {
 		return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
@@ -143,13 +145,32 @@ func (s *Service) answer(ctx context.Context, st *started, wh *runtimev1.Trigger
 	if rt := wh.GetResponseTimeout(); rt != nil {
 		timeout = rt.AsDuration()
 	}
-	if !waitFor(ctx, st, timeout) {
-		if ctx.Err() != nil {
-			return nil, s.internal(ctx, "wait for execution", ctx.Err())
-		}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-st.responded:
+	case <-t.C:
 		return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
+	case <-ctx.Done():
+		return nil, s.internal(ctx, "wait for execution", ctx.Err())
 	}
-	return finishedResponse(st.e), nil
+	select {
+	case <-st.done:
+		return finishedResponse(st.e), nil
+	default:
+	}
+	if st.resp == nil { // the run is ending without a respond node
+		if !waitFor(ctx, st, timeout) {
+			return statusResponse(st.e.id, statusRunning, http.StatusAccepted), nil
+		}
+		return finishedResponse(st.e), nil
+	}
+	return connect.NewResponse(respondNodeResponse(&execution{id: st.e.id, status: statusRunning}, st.resp)), nil
+}
+
+func errPaused() error {
+	// 409: the request is fine; the deployment's state refuses it.
+	return connect.NewError(connect.CodeAborted, errors.New("the deployment is paused"))
 }
 
 // signature is a verified webhook signature: the MAC in lower-case hex
@@ -357,9 +378,17 @@ func decodeMultipart(data []byte, boundary string) (any, error) {
 	return formFields(vals, files), nil
 }
 
-// replay answers a retried request with the execution it first started.
-func (s *Service) replay(prev *execution, wh *runtimev1.Trigger) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
+// replay answers a retried request with the execution it first started. A
+// waiting sender whose execution still runs here is answered as the first
+// request was, by the respond node or the outcome.
+func (s *Service) replay(ctx context.Context, prev *execution, wh *runtimev1.Trigger) (*connect.Response[runtimev1.TriggerWebhookResponse], error) {
 	if prev.status == statusRunning {
+		s.mu.Lock()
+		st := s.active[prev.id]
+		s.mu.Unlock()
+		if st != nil {
+			return s.answer(ctx, st, wh)
+		}
 		return statusResponse(prev.id, statusRunning, http.StatusAccepted), nil
 	}
 	if wh.GetResponseMode() == modeWait {

@@ -2,6 +2,7 @@ package runtimesvc
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -64,7 +65,10 @@ func testReplayedSignature(t *testing.T, db *store.DB, eng enginev1connect.Workf
 	_, err = s.TriggerWebhook(ctx, webhookReq(path, body, upper))
 	wantCode(t, "upper-case replay", err, connect.CodeUnauthenticated, "already been used")
 	// Concurrent copies of a fresh signature: exactly one runs.
-	fresh := signedHeaders(secret, body, time.Now().Add(-time.Second))
+	// (a second before the first signature's, which a slow run could
+	// otherwise reach by the clock)
+	first, _ := strconv.ParseInt(h[headerTimestamp], 10, 64)
+	fresh := signedHeaders(secret, body, time.Unix(first-1, 0))
 	var (
 		wg     sync.WaitGroup
 		mu     sync.Mutex

@@ -313,6 +313,176 @@ func (x *ExecuteWorkflowRequest) GetValidateOnly() bool {
 	return false
 }
 
+// StreamWorkflowRequest carries a definition to run and what it is
+// triggered with.
+type StreamWorkflowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The workflow to run.
+	WorkflowDefinition *WorkflowDefinition `protobuf:"bytes,1,opt,name=workflow_definition,json=workflowDefinition,proto3" json:"workflow_definition,omitempty"`
+	// The trigger node's input.
+	TriggerData *structpb.Struct `protobuf:"bytes,2,opt,name=trigger_data,json=triggerData,proto3" json:"trigger_data,omitempty"`
+	// The deadline of the whole run; the engine caps it.
+	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamWorkflowRequest) Reset() {
+	*x = StreamWorkflowRequest{}
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamWorkflowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamWorkflowRequest) ProtoMessage() {}
+
+func (x *StreamWorkflowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamWorkflowRequest.ProtoReflect.Descriptor instead.
+func (*StreamWorkflowRequest) Descriptor() ([]byte, []int) {
+	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StreamWorkflowRequest) GetWorkflowDefinition() *WorkflowDefinition {
+	if x != nil {
+		return x.WorkflowDefinition
+	}
+	return nil
+}
+
+func (x *StreamWorkflowRequest) GetTriggerData() *structpb.Struct {
+	if x != nil {
+		return x.TriggerData
+	}
+	return nil
+}
+
+func (x *StreamWorkflowRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// StreamWorkflowResponse is one event of a streamed run.
+type StreamWorkflowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*StreamWorkflowResponse_NodeFinished
+	//	*StreamWorkflowResponse_Respond
+	//	*StreamWorkflowResponse_Result
+	Event         isStreamWorkflowResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamWorkflowResponse) Reset() {
+	*x = StreamWorkflowResponse{}
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamWorkflowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamWorkflowResponse) ProtoMessage() {}
+
+func (x *StreamWorkflowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamWorkflowResponse.ProtoReflect.Descriptor instead.
+func (*StreamWorkflowResponse) Descriptor() ([]byte, []int) {
+	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StreamWorkflowResponse) GetEvent() isStreamWorkflowResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *StreamWorkflowResponse) GetNodeFinished() *NodeResult {
+	if x != nil {
+		if x, ok := x.Event.(*StreamWorkflowResponse_NodeFinished); ok {
+			return x.NodeFinished
+		}
+	}
+	return nil
+}
+
+func (x *StreamWorkflowResponse) GetRespond() *WebhookResponse {
+	if x != nil {
+		if x, ok := x.Event.(*StreamWorkflowResponse_Respond); ok {
+			return x.Respond
+		}
+	}
+	return nil
+}
+
+func (x *StreamWorkflowResponse) GetResult() *ExecutionResult {
+	if x != nil {
+		if x, ok := x.Event.(*StreamWorkflowResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isStreamWorkflowResponse_Event interface {
+	isStreamWorkflowResponse_Event()
+}
+
+type StreamWorkflowResponse_NodeFinished struct {
+	// A node finished (or was skipped); sent in the order nodes finish.
+	NodeFinished *NodeResult `protobuf:"bytes,1,opt,name=node_finished,json=nodeFinished,proto3,oneof"`
+}
+
+type StreamWorkflowResponse_Respond struct {
+	// A respond node ran: what a waiting webhook caller gets back, before
+	// the rest of the run ends.
+	Respond *WebhookResponse `protobuf:"bytes,2,opt,name=respond,proto3,oneof"`
+}
+
+type StreamWorkflowResponse_Result struct {
+	// The run ended; always the last event.
+	Result *ExecutionResult `protobuf:"bytes,3,opt,name=result,proto3,oneof"`
+}
+
+func (*StreamWorkflowResponse_NodeFinished) isStreamWorkflowResponse_Event() {}
+
+func (*StreamWorkflowResponse_Respond) isStreamWorkflowResponse_Event() {}
+
+func (*StreamWorkflowResponse_Result) isStreamWorkflowResponse_Event() {}
+
 // ExecuteWorkflowResponse carries the result of a run.
 type ExecuteWorkflowResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -324,7 +494,7 @@ type ExecuteWorkflowResponse struct {
 
 func (x *ExecuteWorkflowResponse) Reset() {
 	*x = ExecuteWorkflowResponse{}
-	mi := &file_workflow_engine_v1_engine_proto_msgTypes[4]
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +506,7 @@ func (x *ExecuteWorkflowResponse) String() string {
 func (*ExecuteWorkflowResponse) ProtoMessage() {}
 
 func (x *ExecuteWorkflowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_engine_v1_engine_proto_msgTypes[4]
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +519,7 @@ func (x *ExecuteWorkflowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteWorkflowResponse.ProtoReflect.Descriptor instead.
 func (*ExecuteWorkflowResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{4}
+	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExecuteWorkflowResponse) GetResult() *ExecutionResult {
@@ -384,7 +554,7 @@ type ExecutionResult struct {
 
 func (x *ExecutionResult) Reset() {
 	*x = ExecutionResult{}
-	mi := &file_workflow_engine_v1_engine_proto_msgTypes[5]
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +566,7 @@ func (x *ExecutionResult) String() string {
 func (*ExecutionResult) ProtoMessage() {}
 
 func (x *ExecutionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_engine_v1_engine_proto_msgTypes[5]
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +579,7 @@ func (x *ExecutionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutionResult.ProtoReflect.Descriptor instead.
 func (*ExecutionResult) Descriptor() ([]byte, []int) {
-	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{5}
+	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ExecutionResult) GetStatus() string {
@@ -484,7 +654,7 @@ type NodeResult struct {
 
 func (x *NodeResult) Reset() {
 	*x = NodeResult{}
-	mi := &file_workflow_engine_v1_engine_proto_msgTypes[6]
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +666,7 @@ func (x *NodeResult) String() string {
 func (*NodeResult) ProtoMessage() {}
 
 func (x *NodeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_engine_v1_engine_proto_msgTypes[6]
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +679,7 @@ func (x *NodeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResult.ProtoReflect.Descriptor instead.
 func (*NodeResult) Descriptor() ([]byte, []int) {
-	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{6}
+	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NodeResult) GetNodeId() string {
@@ -576,7 +746,7 @@ type WebhookResponse struct {
 
 func (x *WebhookResponse) Reset() {
 	*x = WebhookResponse{}
-	mi := &file_workflow_engine_v1_engine_proto_msgTypes[7]
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +758,7 @@ func (x *WebhookResponse) String() string {
 func (*WebhookResponse) ProtoMessage() {}
 
 func (x *WebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_engine_v1_engine_proto_msgTypes[7]
+	mi := &file_workflow_engine_v1_engine_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +771,7 @@ func (x *WebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookResponse.ProtoReflect.Descriptor instead.
 func (*WebhookResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{7}
+	return file_workflow_engine_v1_engine_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WebhookResponse) GetStatusCode() int32 {
@@ -651,7 +821,16 @@ const file_workflow_engine_v1_engine_proto_rawDesc = "" +
 	"\x13workflow_definition\x18\x01 \x01(\v2&.workflow.engine.v1.WorkflowDefinitionR\x12workflowDefinition\x12:\n" +
 	"\ftrigger_data\x18\x02 \x01(\v2\x17.google.protobuf.StructR\vtriggerData\x123\n" +
 	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12#\n" +
-	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"V\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"\xe1\x01\n" +
+	"\x15StreamWorkflowRequest\x12W\n" +
+	"\x13workflow_definition\x18\x01 \x01(\v2&.workflow.engine.v1.WorkflowDefinitionR\x12workflowDefinition\x12:\n" +
+	"\ftrigger_data\x18\x02 \x01(\v2\x17.google.protobuf.StructR\vtriggerData\x123\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xe8\x01\n" +
+	"\x16StreamWorkflowResponse\x12E\n" +
+	"\rnode_finished\x18\x01 \x01(\v2\x1e.workflow.engine.v1.NodeResultH\x00R\fnodeFinished\x12?\n" +
+	"\arespond\x18\x02 \x01(\v2#.workflow.engine.v1.WebhookResponseH\x00R\arespond\x12=\n" +
+	"\x06result\x18\x03 \x01(\v2#.workflow.engine.v1.ExecutionResultH\x00R\x06resultB\a\n" +
+	"\x05event\"V\n" +
 	"\x17ExecuteWorkflowResponse\x12;\n" +
 	"\x06result\x18\x01 \x01(\v2#.workflow.engine.v1.ExecutionResultR\x06result\"\xfa\x02\n" +
 	"\x0fExecutionResult\x12\x16\n" +
@@ -682,10 +861,12 @@ const file_workflow_engine_v1_engine_proto_rawDesc = "" +
 	"\x04body\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\x04body\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xc8\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xcd\x02\n" +
 	"\x15WorkflowEngineService\x12\xae\x01\n" +
 	"\x0fExecuteWorkflow\x12*.workflow.engine.v1.ExecuteWorkflowRequest\x1a+.workflow.engine.v1.ExecuteWorkflowResponse\"B\xc2\xf3\x18\x13\n" +
-	"\x11workflows:execute\x82\xd3\xe4\x93\x02%:\x01*b\x06result\"\x18/api/v1/workflow/executeB\xd0\x01\n" +
+	"\x11workflows:execute\x82\xd3\xe4\x93\x02%:\x01*b\x06result\"\x18/api/v1/workflow/execute\x12\x82\x01\n" +
+	"\x0eStreamWorkflow\x12).workflow.engine.v1.StreamWorkflowRequest\x1a*.workflow.engine.v1.StreamWorkflowResponse\"\x17\xc2\xf3\x18\x13\n" +
+	"\x11workflows:execute0\x01B\xd0\x01\n" +
 	"\x16com.workflow.engine.v1B\vEngineProtoP\x01Z?github.com/flowgate/flowgate/gen/go/workflow/engine/v1;enginev1\xa2\x02\x03WEX\xaa\x02\x12Workflow.Engine.V1\xca\x02\x12Workflow\\Engine\\V1\xe2\x02\x1eWorkflow\\Engine\\V1\\GPBMetadata\xea\x02\x14Workflow::Engine::V1b\x06proto3"
 
 var (
@@ -700,47 +881,57 @@ func file_workflow_engine_v1_engine_proto_rawDescGZIP() []byte {
 	return file_workflow_engine_v1_engine_proto_rawDescData
 }
 
-var file_workflow_engine_v1_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_workflow_engine_v1_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_workflow_engine_v1_engine_proto_goTypes = []any{
 	(*WorkflowDefinition)(nil),      // 0: workflow.engine.v1.WorkflowDefinition
 	(*Node)(nil),                    // 1: workflow.engine.v1.Node
 	(*Connection)(nil),              // 2: workflow.engine.v1.Connection
 	(*ExecuteWorkflowRequest)(nil),  // 3: workflow.engine.v1.ExecuteWorkflowRequest
-	(*ExecuteWorkflowResponse)(nil), // 4: workflow.engine.v1.ExecuteWorkflowResponse
-	(*ExecutionResult)(nil),         // 5: workflow.engine.v1.ExecutionResult
-	(*NodeResult)(nil),              // 6: workflow.engine.v1.NodeResult
-	(*WebhookResponse)(nil),         // 7: workflow.engine.v1.WebhookResponse
-	nil,                             // 8: workflow.engine.v1.WebhookResponse.HeadersEntry
-	(*structpb.Struct)(nil),         // 9: google.protobuf.Struct
-	(*durationpb.Duration)(nil),     // 10: google.protobuf.Duration
-	(*structpb.Value)(nil),          // 11: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
+	(*StreamWorkflowRequest)(nil),   // 4: workflow.engine.v1.StreamWorkflowRequest
+	(*StreamWorkflowResponse)(nil),  // 5: workflow.engine.v1.StreamWorkflowResponse
+	(*ExecuteWorkflowResponse)(nil), // 6: workflow.engine.v1.ExecuteWorkflowResponse
+	(*ExecutionResult)(nil),         // 7: workflow.engine.v1.ExecutionResult
+	(*NodeResult)(nil),              // 8: workflow.engine.v1.NodeResult
+	(*WebhookResponse)(nil),         // 9: workflow.engine.v1.WebhookResponse
+	nil,                             // 10: workflow.engine.v1.WebhookResponse.HeadersEntry
+	(*structpb.Struct)(nil),         // 11: google.protobuf.Struct
+	(*durationpb.Duration)(nil),     // 12: google.protobuf.Duration
+	(*structpb.Value)(nil),          // 13: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
 }
 var file_workflow_engine_v1_engine_proto_depIdxs = []int32{
 	1,  // 0: workflow.engine.v1.WorkflowDefinition.nodes:type_name -> workflow.engine.v1.Node
 	2,  // 1: workflow.engine.v1.WorkflowDefinition.connections:type_name -> workflow.engine.v1.Connection
-	9,  // 2: workflow.engine.v1.Node.parameters:type_name -> google.protobuf.Struct
+	11, // 2: workflow.engine.v1.Node.parameters:type_name -> google.protobuf.Struct
 	0,  // 3: workflow.engine.v1.ExecuteWorkflowRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
-	9,  // 4: workflow.engine.v1.ExecuteWorkflowRequest.trigger_data:type_name -> google.protobuf.Struct
-	10, // 5: workflow.engine.v1.ExecuteWorkflowRequest.timeout:type_name -> google.protobuf.Duration
-	5,  // 6: workflow.engine.v1.ExecuteWorkflowResponse.result:type_name -> workflow.engine.v1.ExecutionResult
-	6,  // 7: workflow.engine.v1.ExecutionResult.node_results:type_name -> workflow.engine.v1.NodeResult
-	11, // 8: workflow.engine.v1.ExecutionResult.output:type_name -> google.protobuf.Value
-	12, // 9: workflow.engine.v1.ExecutionResult.started_at:type_name -> google.protobuf.Timestamp
-	12, // 10: workflow.engine.v1.ExecutionResult.finished_at:type_name -> google.protobuf.Timestamp
-	7,  // 11: workflow.engine.v1.ExecutionResult.webhook_response:type_name -> workflow.engine.v1.WebhookResponse
-	11, // 12: workflow.engine.v1.NodeResult.output:type_name -> google.protobuf.Value
-	12, // 13: workflow.engine.v1.NodeResult.started_at:type_name -> google.protobuf.Timestamp
-	12, // 14: workflow.engine.v1.NodeResult.finished_at:type_name -> google.protobuf.Timestamp
-	8,  // 15: workflow.engine.v1.WebhookResponse.headers:type_name -> workflow.engine.v1.WebhookResponse.HeadersEntry
-	11, // 16: workflow.engine.v1.WebhookResponse.body:type_name -> google.protobuf.Value
-	3,  // 17: workflow.engine.v1.WorkflowEngineService.ExecuteWorkflow:input_type -> workflow.engine.v1.ExecuteWorkflowRequest
-	4,  // 18: workflow.engine.v1.WorkflowEngineService.ExecuteWorkflow:output_type -> workflow.engine.v1.ExecuteWorkflowResponse
-	18, // [18:19] is the sub-list for method output_type
-	17, // [17:18] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	11, // 4: workflow.engine.v1.ExecuteWorkflowRequest.trigger_data:type_name -> google.protobuf.Struct
+	12, // 5: workflow.engine.v1.ExecuteWorkflowRequest.timeout:type_name -> google.protobuf.Duration
+	0,  // 6: workflow.engine.v1.StreamWorkflowRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
+	11, // 7: workflow.engine.v1.StreamWorkflowRequest.trigger_data:type_name -> google.protobuf.Struct
+	12, // 8: workflow.engine.v1.StreamWorkflowRequest.timeout:type_name -> google.protobuf.Duration
+	8,  // 9: workflow.engine.v1.StreamWorkflowResponse.node_finished:type_name -> workflow.engine.v1.NodeResult
+	9,  // 10: workflow.engine.v1.StreamWorkflowResponse.respond:type_name -> workflow.engine.v1.WebhookResponse
+	7,  // 11: workflow.engine.v1.StreamWorkflowResponse.result:type_name -> workflow.engine.v1.ExecutionResult
+	7,  // 12: workflow.engine.v1.ExecuteWorkflowResponse.result:type_name -> workflow.engine.v1.ExecutionResult
+	8,  // 13: workflow.engine.v1.ExecutionResult.node_results:type_name -> workflow.engine.v1.NodeResult
+	13, // 14: workflow.engine.v1.ExecutionResult.output:type_name -> google.protobuf.Value
+	14, // 15: workflow.engine.v1.ExecutionResult.started_at:type_name -> google.protobuf.Timestamp
+	14, // 16: workflow.engine.v1.ExecutionResult.finished_at:type_name -> google.protobuf.Timestamp
+	9,  // 17: workflow.engine.v1.ExecutionResult.webhook_response:type_name -> workflow.engine.v1.WebhookResponse
+	13, // 18: workflow.engine.v1.NodeResult.output:type_name -> google.protobuf.Value
+	14, // 19: workflow.engine.v1.NodeResult.started_at:type_name -> google.protobuf.Timestamp
+	14, // 20: workflow.engine.v1.NodeResult.finished_at:type_name -> google.protobuf.Timestamp
+	10, // 21: workflow.engine.v1.WebhookResponse.headers:type_name -> workflow.engine.v1.WebhookResponse.HeadersEntry
+	13, // 22: workflow.engine.v1.WebhookResponse.body:type_name -> google.protobuf.Value
+	3,  // 23: workflow.engine.v1.WorkflowEngineService.ExecuteWorkflow:input_type -> workflow.engine.v1.ExecuteWorkflowRequest
+	4,  // 24: workflow.engine.v1.WorkflowEngineService.StreamWorkflow:input_type -> workflow.engine.v1.StreamWorkflowRequest
+	6,  // 25: workflow.engine.v1.WorkflowEngineService.ExecuteWorkflow:output_type -> workflow.engine.v1.ExecuteWorkflowResponse
+	5,  // 26: workflow.engine.v1.WorkflowEngineService.StreamWorkflow:output_type -> workflow.engine.v1.StreamWorkflowResponse
+	25, // [25:27] is the sub-list for method output_type
+	23, // [23:25] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_workflow_engine_v1_engine_proto_init() }
@@ -748,13 +939,18 @@ func file_workflow_engine_v1_engine_proto_init() {
 	if File_workflow_engine_v1_engine_proto != nil {
 		return
 	}
+	file_workflow_engine_v1_engine_proto_msgTypes[5].OneofWrappers = []any{
+		(*StreamWorkflowResponse_NodeFinished)(nil),
+		(*StreamWorkflowResponse_Respond)(nil),
+		(*StreamWorkflowResponse_Result)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_workflow_engine_v1_engine_proto_rawDesc), len(file_workflow_engine_v1_engine_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -54,7 +54,14 @@ type Deployment struct {
 	// When the deployment was created.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// When the deployment was last changed.
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// The deadline of each execution, when set (see CreateDeploymentRequest).
+	RunTimeout *durationpb.Duration `protobuf:"bytes,10,opt,name=run_timeout,json=runTimeout,proto3" json:"run_timeout,omitempty"`
+	// What to do when an execution fails or times out.
+	OnFailure *OnFailure `protobuf:"bytes,11,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"`
+	// The version of the workflow definition, from 1; an update that changes
+	// the definition adds one (output only).
+	Version       int32 `protobuf:"varint,12,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -152,6 +159,152 @@ func (x *Deployment) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Deployment) GetRunTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.RunTimeout
+	}
+	return nil
+}
+
+func (x *Deployment) GetOnFailure() *OnFailure {
+	if x != nil {
+		return x.OnFailure
+	}
+	return nil
+}
+
+func (x *Deployment) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// OnFailure is what a deployment does when one of its executions fails or
+// times out: notify a URL, run an error workflow, or both.
+type OnFailure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An http or https URL that gets a POST with the failed execution
+	// (execution_id, deployment_id, deployment_version, status, error,
+	// trigger_type, started_at, finished_at) as JSON. It is sent by the
+	// engine's http_request node, so the same destination rules apply.
+	WebhookUrl string `protobuf:"bytes,1,opt,name=webhook_url,json=webhookUrl,proto3" json:"webhook_url,omitempty"`
+	// Another active deployment of the tenant, the error workflow: it runs
+	// with the same document as its trigger data, trigger_type
+	// "on_failure". Its own failures trigger nothing.
+	DeploymentId  string `protobuf:"bytes,2,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OnFailure) Reset() {
+	*x = OnFailure{}
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnFailure) ProtoMessage() {}
+
+func (x *OnFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnFailure.ProtoReflect.Descriptor instead.
+func (*OnFailure) Descriptor() ([]byte, []int) {
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OnFailure) GetWebhookUrl() string {
+	if x != nil {
+		return x.WebhookUrl
+	}
+	return ""
+}
+
+func (x *OnFailure) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+// DeploymentVersion is one workflow definition a deployment has had.
+type DeploymentVersion struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version, from 1.
+	Version int32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The definition.
+	WorkflowDefinition *v1.WorkflowDefinition `protobuf:"bytes,2,opt,name=workflow_definition,json=workflowDefinition,proto3" json:"workflow_definition,omitempty"`
+	// When the deployment got this definition.
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeploymentVersion) Reset() {
+	*x = DeploymentVersion{}
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeploymentVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeploymentVersion) ProtoMessage() {}
+
+func (x *DeploymentVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeploymentVersion.ProtoReflect.Descriptor instead.
+func (*DeploymentVersion) Descriptor() ([]byte, []int) {
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DeploymentVersion) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DeploymentVersion) GetWorkflowDefinition() *v1.WorkflowDefinition {
+	if x != nil {
+		return x.WorkflowDefinition
+	}
+	return nil
+}
+
+func (x *DeploymentVersion) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
 // Trigger fires a deployment's workflow.
 type Trigger struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -178,7 +331,7 @@ type Trigger struct {
 
 func (x *Trigger) Reset() {
 	*x = Trigger{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[1]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -190,7 +343,7 @@ func (x *Trigger) String() string {
 func (*Trigger) ProtoMessage() {}
 
 func (x *Trigger) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[1]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -203,7 +356,7 @@ func (x *Trigger) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Trigger.ProtoReflect.Descriptor instead.
 func (*Trigger) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{1}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Trigger) GetType() string {
@@ -265,14 +418,21 @@ type CreateDeploymentRequest struct {
 	// A human readable name.
 	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	// An optional description.
-	Description   string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	Description string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	// The deadline of each execution: longer than the delays of any path
+	// through the workflow, at most the runtime's maximum (5 minutes by
+	// default). Unset: the delays on the longest path plus a minute, or the
+	// engine's default deadline for a workflow without delays.
+	RunTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=run_timeout,json=runTimeout,proto3" json:"run_timeout,omitempty"`
+	// What to do when an execution fails or times out.
+	OnFailure     *OnFailure `protobuf:"bytes,6,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateDeploymentRequest) Reset() {
 	*x = CreateDeploymentRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[2]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +444,7 @@ func (x *CreateDeploymentRequest) String() string {
 func (*CreateDeploymentRequest) ProtoMessage() {}
 
 func (x *CreateDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[2]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +457,7 @@ func (x *CreateDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*CreateDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{2}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateDeploymentRequest) GetWorkflowDefinition() *v1.WorkflowDefinition {
@@ -328,6 +488,20 @@ func (x *CreateDeploymentRequest) GetDescription() string {
 	return ""
 }
 
+func (x *CreateDeploymentRequest) GetRunTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.RunTimeout
+	}
+	return nil
+}
+
+func (x *CreateDeploymentRequest) GetOnFailure() *OnFailure {
+	if x != nil {
+		return x.OnFailure
+	}
+	return nil
+}
+
 // CreateDeploymentResponse carries the new deployment.
 type CreateDeploymentResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -339,7 +513,7 @@ type CreateDeploymentResponse struct {
 
 func (x *CreateDeploymentResponse) Reset() {
 	*x = CreateDeploymentResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[3]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -351,7 +525,7 @@ func (x *CreateDeploymentResponse) String() string {
 func (*CreateDeploymentResponse) ProtoMessage() {}
 
 func (x *CreateDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[3]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -364,7 +538,7 @@ func (x *CreateDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*CreateDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{3}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateDeploymentResponse) GetDeployment() *Deployment {
@@ -391,7 +565,7 @@ type ListDeploymentsRequest struct {
 
 func (x *ListDeploymentsRequest) Reset() {
 	*x = ListDeploymentsRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[4]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -403,7 +577,7 @@ func (x *ListDeploymentsRequest) String() string {
 func (*ListDeploymentsRequest) ProtoMessage() {}
 
 func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[4]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -416,7 +590,7 @@ func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{4}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListDeploymentsRequest) GetPage() int32 {
@@ -466,7 +640,7 @@ type ListDeploymentsResponse struct {
 
 func (x *ListDeploymentsResponse) Reset() {
 	*x = ListDeploymentsResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[5]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -478,7 +652,7 @@ func (x *ListDeploymentsResponse) String() string {
 func (*ListDeploymentsResponse) ProtoMessage() {}
 
 func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[5]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -491,7 +665,7 @@ func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{5}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListDeploymentsResponse) GetDeployments() []*Deployment {
@@ -540,7 +714,7 @@ type GetDeploymentRequest struct {
 
 func (x *GetDeploymentRequest) Reset() {
 	*x = GetDeploymentRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[6]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +726,7 @@ func (x *GetDeploymentRequest) String() string {
 func (*GetDeploymentRequest) ProtoMessage() {}
 
 func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[6]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +739,7 @@ func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*GetDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{6}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetDeploymentRequest) GetDeploymentId() string {
@@ -586,7 +760,7 @@ type GetDeploymentResponse struct {
 
 func (x *GetDeploymentResponse) Reset() {
 	*x = GetDeploymentResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[7]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +772,7 @@ func (x *GetDeploymentResponse) String() string {
 func (*GetDeploymentResponse) ProtoMessage() {}
 
 func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[7]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +785,7 @@ func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*GetDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{7}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetDeploymentResponse) GetDeployment() *Deployment {
@@ -635,14 +809,18 @@ type UpdateDeploymentRequest struct {
 	// An optional description.
 	Description string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
 	// active or paused; unchanged when empty.
-	Status        string `protobuf:"bytes,6,opt,name=status,proto3" json:"status,omitempty"`
+	Status string `protobuf:"bytes,6,opt,name=status,proto3" json:"status,omitempty"`
+	// The deadline of each execution, as in CreateDeploymentRequest.
+	RunTimeout *durationpb.Duration `protobuf:"bytes,7,opt,name=run_timeout,json=runTimeout,proto3" json:"run_timeout,omitempty"`
+	// What to do when an execution fails or times out.
+	OnFailure     *OnFailure `protobuf:"bytes,8,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateDeploymentRequest) Reset() {
 	*x = UpdateDeploymentRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[8]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +832,7 @@ func (x *UpdateDeploymentRequest) String() string {
 func (*UpdateDeploymentRequest) ProtoMessage() {}
 
 func (x *UpdateDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[8]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +845,7 @@ func (x *UpdateDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*UpdateDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{8}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UpdateDeploymentRequest) GetDeploymentId() string {
@@ -712,6 +890,20 @@ func (x *UpdateDeploymentRequest) GetStatus() string {
 	return ""
 }
 
+func (x *UpdateDeploymentRequest) GetRunTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.RunTimeout
+	}
+	return nil
+}
+
+func (x *UpdateDeploymentRequest) GetOnFailure() *OnFailure {
+	if x != nil {
+		return x.OnFailure
+	}
+	return nil
+}
+
 // UpdateDeploymentResponse carries the updated deployment.
 type UpdateDeploymentResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -723,7 +915,7 @@ type UpdateDeploymentResponse struct {
 
 func (x *UpdateDeploymentResponse) Reset() {
 	*x = UpdateDeploymentResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[9]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +927,7 @@ func (x *UpdateDeploymentResponse) String() string {
 func (*UpdateDeploymentResponse) ProtoMessage() {}
 
 func (x *UpdateDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[9]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +940,7 @@ func (x *UpdateDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*UpdateDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{9}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateDeploymentResponse) GetDeployment() *Deployment {
@@ -769,7 +961,7 @@ type DeleteDeploymentRequest struct {
 
 func (x *DeleteDeploymentRequest) Reset() {
 	*x = DeleteDeploymentRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[10]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +973,7 @@ func (x *DeleteDeploymentRequest) String() string {
 func (*DeleteDeploymentRequest) ProtoMessage() {}
 
 func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[10]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +986,7 @@ func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{10}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteDeploymentRequest) GetDeploymentId() string {
@@ -815,7 +1007,7 @@ type DeleteDeploymentResponse struct {
 
 func (x *DeleteDeploymentResponse) Reset() {
 	*x = DeleteDeploymentResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[11]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1019,7 @@ func (x *DeleteDeploymentResponse) String() string {
 func (*DeleteDeploymentResponse) ProtoMessage() {}
 
 func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[11]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1032,7 @@ func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{11}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteDeploymentResponse) GetDeploymentId() string {
@@ -856,14 +1048,18 @@ type RunDeploymentRequest struct {
 	// The deployment's id.
 	DeploymentId string `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
 	// The trigger node's input.
-	TriggerData   *structpb.Struct `protobuf:"bytes,2,opt,name=trigger_data,json=triggerData,proto3" json:"trigger_data,omitempty"`
+	TriggerData *structpb.Struct `protobuf:"bytes,2,opt,name=trigger_data,json=triggerData,proto3" json:"trigger_data,omitempty"`
+	// How long to wait for the execution to finish, 0 to 300 seconds; 0
+	// answers at once. An execution still running when the wait ends is
+	// returned with status running (REST: 202 Accepted).
+	WaitSeconds   int32 `protobuf:"varint,3,opt,name=wait_seconds,json=waitSeconds,proto3" json:"wait_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunDeploymentRequest) Reset() {
 	*x = RunDeploymentRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[12]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +1071,7 @@ func (x *RunDeploymentRequest) String() string {
 func (*RunDeploymentRequest) ProtoMessage() {}
 
 func (x *RunDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[12]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1084,7 @@ func (x *RunDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*RunDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{12}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RunDeploymentRequest) GetDeploymentId() string {
@@ -905,10 +1101,18 @@ func (x *RunDeploymentRequest) GetTriggerData() *structpb.Struct {
 	return nil
 }
 
-// RunDeploymentResponse carries the finished execution.
+func (x *RunDeploymentRequest) GetWaitSeconds() int32 {
+	if x != nil {
+		return x.WaitSeconds
+	}
+	return 0
+}
+
+// RunDeploymentResponse carries the execution the manual trigger started.
 type RunDeploymentResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The execution; REST callers get it as the response body.
+	// The execution, finished or still running; REST callers get it as the
+	// response body.
 	Execution     *Execution `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -916,7 +1120,7 @@ type RunDeploymentResponse struct {
 
 func (x *RunDeploymentResponse) Reset() {
 	*x = RunDeploymentResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[13]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1132,7 @@ func (x *RunDeploymentResponse) String() string {
 func (*RunDeploymentResponse) ProtoMessage() {}
 
 func (x *RunDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[13]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1145,7 @@ func (x *RunDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*RunDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{13}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RunDeploymentResponse) GetExecution() *Execution {
@@ -960,7 +1164,8 @@ type Execution struct {
 	DeploymentId string `protobuf:"bytes,2,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
 	// One of: running, succeeded, failed, timed_out, canceled, interrupted.
 	Status string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
-	// What fired it: webhook, manual or schedule.
+	// What fired it: webhook, manual, schedule, or on_failure (an error
+	// workflow run for another deployment's failed execution).
 	TriggerType string `protobuf:"bytes,4,opt,name=trigger_type,json=triggerType,proto3" json:"trigger_type,omitempty"`
 	// The trigger node's input.
 	TriggerData *structpb.Struct `protobuf:"bytes,5,opt,name=trigger_data,json=triggerData,proto3" json:"trigger_data,omitempty"`
@@ -973,14 +1178,19 @@ type Execution struct {
 	// When the run started.
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	// When the run ended.
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// The version of the deployment's workflow definition it ran.
+	DeploymentVersion int32 `protobuf:"varint,11,opt,name=deployment_version,json=deploymentVersion,proto3" json:"deployment_version,omitempty"`
+	// The execution this one retries (RetryExecution, or an Idempotency-Key
+	// sent again after its execution was interrupted).
+	RetryOf       string `protobuf:"bytes,12,opt,name=retry_of,json=retryOf,proto3" json:"retry_of,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Execution) Reset() {
 	*x = Execution{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[14]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1202,7 @@ func (x *Execution) String() string {
 func (*Execution) ProtoMessage() {}
 
 func (x *Execution) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[14]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1215,7 @@ func (x *Execution) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Execution.ProtoReflect.Descriptor instead.
 func (*Execution) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{14}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Execution) GetExecutionId() string {
@@ -1078,6 +1288,20 @@ func (x *Execution) GetFinishedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Execution) GetDeploymentVersion() int32 {
+	if x != nil {
+		return x.DeploymentVersion
+	}
+	return 0
+}
+
+func (x *Execution) GetRetryOf() string {
+	if x != nil {
+		return x.RetryOf
+	}
+	return ""
+}
+
 // ListExecutionsRequest selects a page of executions.
 type ListExecutionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1097,7 +1321,7 @@ type ListExecutionsRequest struct {
 
 func (x *ListExecutionsRequest) Reset() {
 	*x = ListExecutionsRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[15]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1333,7 @@ func (x *ListExecutionsRequest) String() string {
 func (*ListExecutionsRequest) ProtoMessage() {}
 
 func (x *ListExecutionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[15]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1346,7 @@ func (x *ListExecutionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExecutionsRequest.ProtoReflect.Descriptor instead.
 func (*ListExecutionsRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{15}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListExecutionsRequest) GetPage() int32 {
@@ -1179,7 +1403,7 @@ type ListExecutionsResponse struct {
 
 func (x *ListExecutionsResponse) Reset() {
 	*x = ListExecutionsResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[16]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1415,7 @@ func (x *ListExecutionsResponse) String() string {
 func (*ListExecutionsResponse) ProtoMessage() {}
 
 func (x *ListExecutionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[16]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1428,7 @@ func (x *ListExecutionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListExecutionsResponse.ProtoReflect.Descriptor instead.
 func (*ListExecutionsResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{16}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListExecutionsResponse) GetExecutions() []*Execution {
@@ -1253,7 +1477,7 @@ type GetExecutionRequest struct {
 
 func (x *GetExecutionRequest) Reset() {
 	*x = GetExecutionRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[17]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1489,7 @@ func (x *GetExecutionRequest) String() string {
 func (*GetExecutionRequest) ProtoMessage() {}
 
 func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[17]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1502,7 @@ func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{17}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetExecutionRequest) GetExecutionId() string {
@@ -1299,7 +1523,7 @@ type GetExecutionResponse struct {
 
 func (x *GetExecutionResponse) Reset() {
 	*x = GetExecutionResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[18]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1535,7 @@ func (x *GetExecutionResponse) String() string {
 func (*GetExecutionResponse) ProtoMessage() {}
 
 func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[18]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1548,7 @@ func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{18}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetExecutionResponse) GetExecution() *Execution {
@@ -1359,7 +1583,7 @@ type TriggerWebhookRequest struct {
 
 func (x *TriggerWebhookRequest) Reset() {
 	*x = TriggerWebhookRequest{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[19]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1595,7 @@ func (x *TriggerWebhookRequest) String() string {
 func (*TriggerWebhookRequest) ProtoMessage() {}
 
 func (x *TriggerWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[19]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1608,7 @@ func (x *TriggerWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TriggerWebhookRequest.ProtoReflect.Descriptor instead.
 func (*TriggerWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{19}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TriggerWebhookRequest) GetPath() string {
@@ -1450,7 +1674,7 @@ type TriggerWebhookResponse struct {
 
 func (x *TriggerWebhookResponse) Reset() {
 	*x = TriggerWebhookResponse{}
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[20]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1686,7 @@ func (x *TriggerWebhookResponse) String() string {
 func (*TriggerWebhookResponse) ProtoMessage() {}
 
 func (x *TriggerWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[20]
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1699,7 @@ func (x *TriggerWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TriggerWebhookResponse.ProtoReflect.Descriptor instead.
 func (*TriggerWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{20}
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TriggerWebhookResponse) GetExecutionId() string {
@@ -1513,11 +1737,333 @@ func (x *TriggerWebhookResponse) GetHeaders() map[string]string {
 	return nil
 }
 
+// CancelExecutionRequest names an execution to stop.
+type CancelExecutionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The execution's id.
+	ExecutionId   string `protobuf:"bytes,1,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelExecutionRequest) Reset() {
+	*x = CancelExecutionRequest{}
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelExecutionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelExecutionRequest) ProtoMessage() {}
+
+func (x *CancelExecutionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelExecutionRequest.ProtoReflect.Descriptor instead.
+func (*CancelExecutionRequest) Descriptor() ([]byte, []int) {
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CancelExecutionRequest) GetExecutionId() string {
+	if x != nil {
+		return x.ExecutionId
+	}
+	return ""
+}
+
+// CancelExecutionResponse carries the canceled execution.
+type CancelExecutionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The execution; REST callers get it as the response body.
+	Execution     *Execution `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelExecutionResponse) Reset() {
+	*x = CancelExecutionResponse{}
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelExecutionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelExecutionResponse) ProtoMessage() {}
+
+func (x *CancelExecutionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelExecutionResponse.ProtoReflect.Descriptor instead.
+func (*CancelExecutionResponse) Descriptor() ([]byte, []int) {
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CancelExecutionResponse) GetExecution() *Execution {
+	if x != nil {
+		return x.Execution
+	}
+	return nil
+}
+
+// RetryExecutionRequest names an execution to run again.
+type RetryExecutionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The execution's id; it must have finished.
+	ExecutionId   string `protobuf:"bytes,1,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryExecutionRequest) Reset() {
+	*x = RetryExecutionRequest{}
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryExecutionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryExecutionRequest) ProtoMessage() {}
+
+func (x *RetryExecutionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryExecutionRequest.ProtoReflect.Descriptor instead.
+func (*RetryExecutionRequest) Descriptor() ([]byte, []int) {
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RetryExecutionRequest) GetExecutionId() string {
+	if x != nil {
+		return x.ExecutionId
+	}
+	return ""
+}
+
+// RetryExecutionResponse carries the new execution.
+type RetryExecutionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new execution, running (REST: 202 Accepted); REST callers get it
+	// as the response body.
+	Execution     *Execution `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryExecutionResponse) Reset() {
+	*x = RetryExecutionResponse{}
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryExecutionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryExecutionResponse) ProtoMessage() {}
+
+func (x *RetryExecutionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryExecutionResponse.ProtoReflect.Descriptor instead.
+func (*RetryExecutionResponse) Descriptor() ([]byte, []int) {
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RetryExecutionResponse) GetExecution() *Execution {
+	if x != nil {
+		return x.Execution
+	}
+	return nil
+}
+
+// ListDeploymentVersionsRequest selects a page of a deployment's versions.
+type ListDeploymentVersionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deployment's id.
+	DeploymentId string `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// The page number, from 1.
+	Page int32 `protobuf:"varint,2,opt,name=page,proto3" json:"page,omitempty"`
+	// Versions per page (default 20, at most 100).
+	PageSize      int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeploymentVersionsRequest) Reset() {
+	*x = ListDeploymentVersionsRequest{}
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeploymentVersionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeploymentVersionsRequest) ProtoMessage() {}
+
+func (x *ListDeploymentVersionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeploymentVersionsRequest.ProtoReflect.Descriptor instead.
+func (*ListDeploymentVersionsRequest) Descriptor() ([]byte, []int) {
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListDeploymentVersionsRequest) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *ListDeploymentVersionsRequest) GetPage() int32 {
+	if x != nil {
+		return x.Page
+	}
+	return 0
+}
+
+func (x *ListDeploymentVersionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// ListDeploymentVersionsResponse carries a page of versions.
+type ListDeploymentVersionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The page's versions, newest first.
+	Versions []*DeploymentVersion `protobuf:"bytes,1,rep,name=versions,proto3" json:"versions,omitempty"`
+	// How many versions the deployment has.
+	TotalCount int32 `protobuf:"varint,2,opt,name=total_count,json=totalCount,proto3" json:"total_count,omitempty"`
+	// The page number.
+	Page int32 `protobuf:"varint,3,opt,name=page,proto3" json:"page,omitempty"`
+	// Versions per page.
+	PageSize      int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeploymentVersionsResponse) Reset() {
+	*x = ListDeploymentVersionsResponse{}
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeploymentVersionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeploymentVersionsResponse) ProtoMessage() {}
+
+func (x *ListDeploymentVersionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_workflow_runtime_v1_runtime_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeploymentVersionsResponse.ProtoReflect.Descriptor instead.
+func (*ListDeploymentVersionsResponse) Descriptor() ([]byte, []int) {
+	return file_workflow_runtime_v1_runtime_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListDeploymentVersionsResponse) GetVersions() []*DeploymentVersion {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+func (x *ListDeploymentVersionsResponse) GetTotalCount() int32 {
+	if x != nil {
+		return x.TotalCount
+	}
+	return 0
+}
+
+func (x *ListDeploymentVersionsResponse) GetPage() int32 {
+	if x != nil {
+		return x.Page
+	}
+	return 0
+}
+
+func (x *ListDeploymentVersionsResponse) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
 var File_workflow_runtime_v1_runtime_proto protoreflect.FileDescriptor
 
 const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\n" +
-	"!workflow/runtime/v1/runtime.proto\x12\x13workflow.runtime.v1\x1a!flowgate/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fworkflow/engine/v1/engine.proto\"\xa9\x03\n" +
+	"!workflow/runtime/v1/runtime.proto\x12\x13workflow.runtime.v1\x1a!flowgate/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fworkflow/engine/v1/engine.proto\"\xbe\x04\n" +
 	"\n" +
 	"Deployment\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x12\n" +
@@ -1531,7 +2077,22 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xe7\x01\n" +
+	"updated_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12:\n" +
+	"\vrun_timeout\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"runTimeout\x12=\n" +
+	"\n" +
+	"on_failure\x18\v \x01(\v2\x1e.workflow.runtime.v1.OnFailureR\tonFailure\x12\x18\n" +
+	"\aversion\x18\f \x01(\x05R\aversion\"Q\n" +
+	"\tOnFailure\x12\x1f\n" +
+	"\vwebhook_url\x18\x01 \x01(\tR\n" +
+	"webhookUrl\x12#\n" +
+	"\rdeployment_id\x18\x02 \x01(\tR\fdeploymentId\"\xc1\x01\n" +
+	"\x11DeploymentVersion\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x05R\aversion\x12W\n" +
+	"\x13workflow_definition\x18\x02 \x01(\v2&.workflow.engine.v1.WorkflowDefinitionR\x12workflowDefinition\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xe7\x01\n" +
 	"\aTrigger\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
@@ -1540,12 +2101,16 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"has_secret\x18\x04 \x01(\bR\thasSecret\x12#\n" +
 	"\rresponse_mode\x18\x05 \x01(\tR\fresponseMode\x12D\n" +
 	"\x10response_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0fresponseTimeout\x12\x12\n" +
-	"\x04cron\x18\a \x01(\tR\x04cron\"\xe2\x01\n" +
+	"\x04cron\x18\a \x01(\tR\x04cron\"\xdd\x02\n" +
 	"\x17CreateDeploymentRequest\x12W\n" +
 	"\x13workflow_definition\x18\x01 \x01(\v2&.workflow.engine.v1.WorkflowDefinitionR\x12workflowDefinition\x128\n" +
 	"\btriggers\x18\x02 \x03(\v2\x1c.workflow.runtime.v1.TriggerR\btriggers\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12 \n" +
-	"\vdescription\x18\x04 \x01(\tR\vdescription\"[\n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12:\n" +
+	"\vrun_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"runTimeout\x12=\n" +
+	"\n" +
+	"on_failure\x18\x06 \x01(\v2\x1e.workflow.runtime.v1.OnFailureR\tonFailure\"[\n" +
 	"\x18CreateDeploymentResponse\x12?\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2\x1f.workflow.runtime.v1.DeploymentR\n" +
@@ -1568,14 +2133,18 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\x15GetDeploymentResponse\x12?\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2\x1f.workflow.runtime.v1.DeploymentR\n" +
-	"deployment\"\x9f\x02\n" +
+	"deployment\"\x9a\x03\n" +
 	"\x17UpdateDeploymentRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12W\n" +
 	"\x13workflow_definition\x18\x02 \x01(\v2&.workflow.engine.v1.WorkflowDefinitionR\x12workflowDefinition\x128\n" +
 	"\btriggers\x18\x03 \x03(\v2\x1c.workflow.runtime.v1.TriggerR\btriggers\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x05 \x01(\tR\vdescription\x12\x16\n" +
-	"\x06status\x18\x06 \x01(\tR\x06status\"[\n" +
+	"\x06status\x18\x06 \x01(\tR\x06status\x12:\n" +
+	"\vrun_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"runTimeout\x12=\n" +
+	"\n" +
+	"on_failure\x18\b \x01(\v2\x1e.workflow.runtime.v1.OnFailureR\tonFailure\"[\n" +
 	"\x18UpdateDeploymentResponse\x12?\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2\x1f.workflow.runtime.v1.DeploymentR\n" +
@@ -1583,12 +2152,13 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\x17DeleteDeploymentRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\"?\n" +
 	"\x18DeleteDeploymentResponse\x12#\n" +
-	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\"w\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\"\x9a\x01\n" +
 	"\x14RunDeploymentRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12:\n" +
-	"\ftrigger_data\x18\x02 \x01(\v2\x17.google.protobuf.StructR\vtriggerData\"U\n" +
+	"\ftrigger_data\x18\x02 \x01(\v2\x17.google.protobuf.StructR\vtriggerData\x12!\n" +
+	"\fwait_seconds\x18\x03 \x01(\x05R\vwaitSeconds\"U\n" +
 	"\x15RunDeploymentResponse\x12<\n" +
-	"\texecution\x18\x01 \x01(\v2\x1e.workflow.runtime.v1.ExecutionR\texecution\"\xcb\x03\n" +
+	"\texecution\x18\x01 \x01(\v2\x1e.workflow.runtime.v1.ExecutionR\texecution\"\x95\x04\n" +
 	"\tExecution\x12!\n" +
 	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12#\n" +
 	"\rdeployment_id\x18\x02 \x01(\tR\fdeploymentId\x12\x16\n" +
@@ -1602,7 +2172,9 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"started_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
 	"\vfinished_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"finishedAt\"\xa4\x01\n" +
+	"finishedAt\x12-\n" +
+	"\x12deployment_version\x18\v \x01(\x05R\x11deploymentVersion\x12\x19\n" +
+	"\bretry_of\x18\f \x01(\tR\aretryOf\"\xa4\x01\n" +
 	"\x15ListExecutionsRequest\x12\x12\n" +
 	"\x04page\x18\x01 \x01(\x05R\x04page\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12#\n" +
@@ -1646,7 +2218,25 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\aheaders\x18\x05 \x03(\v28.workflow.runtime.v1.TriggerWebhookResponse.HeadersEntryR\aheaders\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xcf\r\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
+	"\x16CancelExecutionRequest\x12!\n" +
+	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\"W\n" +
+	"\x17CancelExecutionResponse\x12<\n" +
+	"\texecution\x18\x01 \x01(\v2\x1e.workflow.runtime.v1.ExecutionR\texecution\":\n" +
+	"\x15RetryExecutionRequest\x12!\n" +
+	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\"V\n" +
+	"\x16RetryExecutionResponse\x12<\n" +
+	"\texecution\x18\x01 \x01(\v2\x1e.workflow.runtime.v1.ExecutionR\texecution\"u\n" +
+	"\x1dListDeploymentVersionsRequest\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x12\n" +
+	"\x04page\x18\x02 \x01(\x05R\x04page\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\"\xb6\x01\n" +
+	"\x1eListDeploymentVersionsResponse\x12B\n" +
+	"\bversions\x18\x01 \x03(\v2&.workflow.runtime.v1.DeploymentVersionR\bversions\x12\x1f\n" +
+	"\vtotal_count\x18\x02 \x01(\x05R\n" +
+	"totalCount\x12\x12\n" +
+	"\x04page\x18\x03 \x01(\x05R\x04page\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize2\xae\x12\n" +
 	"\x16WorkflowRuntimeService\x12\xcb\x01\n" +
 	"\x10CreateDeployment\x12,.workflow.runtime.v1.CreateDeploymentRequest\x1a-.workflow.runtime.v1.CreateDeploymentResponse\"Z\xc2\xf3\x18#\n" +
 	"!workflows:write workflows:execute\x82\xd3\xe4\x93\x02-:\x01*b\n" +
@@ -1667,7 +2257,13 @@ const file_workflow_runtime_v1_runtime_proto_rawDesc = "" +
 	"\x0eworkflows:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/executions\x90\x02\x01\x12\xb0\x01\n" +
 	"\fGetExecution\x12(.workflow.runtime.v1.GetExecutionRequest\x1a).workflow.runtime.v1.GetExecutionResponse\"K\xc2\xf3\x18\x10\n" +
 	"\x0eworkflows:read\x82\xd3\xe4\x93\x02.b\texecution\x12!/api/v1/executions/{execution_id}\x90\x02\x01\x12\xc3\x01\n" +
-	"\x0eTriggerWebhook\x12*.workflow.runtime.v1.TriggerWebhookRequest\x1a+.workflow.runtime.v1.TriggerWebhookResponse\"X\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02L:\x04bodyZ\"b\x04body\x12\x1a/api/v1/webhooks/{path=**}b\x04body\"\x1a/api/v1/webhooks/{path=**}B\xd8\x01\n" +
+	"\x0eTriggerWebhook\x12*.workflow.runtime.v1.TriggerWebhookRequest\x1a+.workflow.runtime.v1.TriggerWebhookResponse\"X\xc2\xf3\x18\x02\x10\x01\x82\xd3\xe4\x93\x02L:\x04bodyZ\"b\x04body\x12\x1a/api/v1/webhooks/{path=**}b\x04body\"\x1a/api/v1/webhooks/{path=**}\x12\xc3\x01\n" +
+	"\x0fCancelExecution\x12+.workflow.runtime.v1.CancelExecutionRequest\x1a,.workflow.runtime.v1.CancelExecutionResponse\"U\xc2\xf3\x18\x13\n" +
+	"\x11workflows:execute\x82\xd3\xe4\x93\x028:\x01*b\texecution\"(/api/v1/executions/{execution_id}/cancel\x12\xbf\x01\n" +
+	"\x0eRetryExecution\x12*.workflow.runtime.v1.RetryExecutionRequest\x1a+.workflow.runtime.v1.RetryExecutionResponse\"T\xc2\xf3\x18\x13\n" +
+	"\x11workflows:execute\x82\xd3\xe4\x93\x027:\x01*b\texecution\"'/api/v1/executions/{execution_id}/retry\x12\xd4\x01\n" +
+	"\x16ListDeploymentVersions\x122.workflow.runtime.v1.ListDeploymentVersionsRequest\x1a3.workflow.runtime.v1.ListDeploymentVersionsResponse\"Q\xc2\xf3\x18\x10\n" +
+	"\x0eworkflows:read\x82\xd3\xe4\x93\x027\x125/api/v1/workflow/deployments/{deployment_id}/versionsB\xd8\x01\n" +
 	"\x17com.workflow.runtime.v1B\fRuntimeProtoP\x01ZAgithub.com/flowgate/flowgate/gen/go/workflow/runtime/v1;runtimev1\xa2\x02\x03WRX\xaa\x02\x13Workflow.Runtime.V1\xca\x02\x13Workflow\\Runtime\\V1\xe2\x02\x1fWorkflow\\Runtime\\V1\\GPBMetadata\xea\x02\x15Workflow::Runtime::V1b\x06proto3"
 
 var (
@@ -1682,91 +2278,116 @@ func file_workflow_runtime_v1_runtime_proto_rawDescGZIP() []byte {
 	return file_workflow_runtime_v1_runtime_proto_rawDescData
 }
 
-var file_workflow_runtime_v1_runtime_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_workflow_runtime_v1_runtime_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_workflow_runtime_v1_runtime_proto_goTypes = []any{
-	(*Deployment)(nil),               // 0: workflow.runtime.v1.Deployment
-	(*Trigger)(nil),                  // 1: workflow.runtime.v1.Trigger
-	(*CreateDeploymentRequest)(nil),  // 2: workflow.runtime.v1.CreateDeploymentRequest
-	(*CreateDeploymentResponse)(nil), // 3: workflow.runtime.v1.CreateDeploymentResponse
-	(*ListDeploymentsRequest)(nil),   // 4: workflow.runtime.v1.ListDeploymentsRequest
-	(*ListDeploymentsResponse)(nil),  // 5: workflow.runtime.v1.ListDeploymentsResponse
-	(*GetDeploymentRequest)(nil),     // 6: workflow.runtime.v1.GetDeploymentRequest
-	(*GetDeploymentResponse)(nil),    // 7: workflow.runtime.v1.GetDeploymentResponse
-	(*UpdateDeploymentRequest)(nil),  // 8: workflow.runtime.v1.UpdateDeploymentRequest
-	(*UpdateDeploymentResponse)(nil), // 9: workflow.runtime.v1.UpdateDeploymentResponse
-	(*DeleteDeploymentRequest)(nil),  // 10: workflow.runtime.v1.DeleteDeploymentRequest
-	(*DeleteDeploymentResponse)(nil), // 11: workflow.runtime.v1.DeleteDeploymentResponse
-	(*RunDeploymentRequest)(nil),     // 12: workflow.runtime.v1.RunDeploymentRequest
-	(*RunDeploymentResponse)(nil),    // 13: workflow.runtime.v1.RunDeploymentResponse
-	(*Execution)(nil),                // 14: workflow.runtime.v1.Execution
-	(*ListExecutionsRequest)(nil),    // 15: workflow.runtime.v1.ListExecutionsRequest
-	(*ListExecutionsResponse)(nil),   // 16: workflow.runtime.v1.ListExecutionsResponse
-	(*GetExecutionRequest)(nil),      // 17: workflow.runtime.v1.GetExecutionRequest
-	(*GetExecutionResponse)(nil),     // 18: workflow.runtime.v1.GetExecutionResponse
-	(*TriggerWebhookRequest)(nil),    // 19: workflow.runtime.v1.TriggerWebhookRequest
-	(*TriggerWebhookResponse)(nil),   // 20: workflow.runtime.v1.TriggerWebhookResponse
-	nil,                              // 21: workflow.runtime.v1.TriggerWebhookRequest.HeadersEntry
-	nil,                              // 22: workflow.runtime.v1.TriggerWebhookRequest.QueryEntry
-	nil,                              // 23: workflow.runtime.v1.TriggerWebhookResponse.HeadersEntry
-	(*v1.WorkflowDefinition)(nil),    // 24: workflow.engine.v1.WorkflowDefinition
-	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
-	(*structpb.Struct)(nil),          // 27: google.protobuf.Struct
-	(*v1.NodeResult)(nil),            // 28: workflow.engine.v1.NodeResult
-	(*structpb.Value)(nil),           // 29: google.protobuf.Value
-	(*httpbody.HttpBody)(nil),        // 30: google.api.HttpBody
+	(*Deployment)(nil),                     // 0: workflow.runtime.v1.Deployment
+	(*OnFailure)(nil),                      // 1: workflow.runtime.v1.OnFailure
+	(*DeploymentVersion)(nil),              // 2: workflow.runtime.v1.DeploymentVersion
+	(*Trigger)(nil),                        // 3: workflow.runtime.v1.Trigger
+	(*CreateDeploymentRequest)(nil),        // 4: workflow.runtime.v1.CreateDeploymentRequest
+	(*CreateDeploymentResponse)(nil),       // 5: workflow.runtime.v1.CreateDeploymentResponse
+	(*ListDeploymentsRequest)(nil),         // 6: workflow.runtime.v1.ListDeploymentsRequest
+	(*ListDeploymentsResponse)(nil),        // 7: workflow.runtime.v1.ListDeploymentsResponse
+	(*GetDeploymentRequest)(nil),           // 8: workflow.runtime.v1.GetDeploymentRequest
+	(*GetDeploymentResponse)(nil),          // 9: workflow.runtime.v1.GetDeploymentResponse
+	(*UpdateDeploymentRequest)(nil),        // 10: workflow.runtime.v1.UpdateDeploymentRequest
+	(*UpdateDeploymentResponse)(nil),       // 11: workflow.runtime.v1.UpdateDeploymentResponse
+	(*DeleteDeploymentRequest)(nil),        // 12: workflow.runtime.v1.DeleteDeploymentRequest
+	(*DeleteDeploymentResponse)(nil),       // 13: workflow.runtime.v1.DeleteDeploymentResponse
+	(*RunDeploymentRequest)(nil),           // 14: workflow.runtime.v1.RunDeploymentRequest
+	(*RunDeploymentResponse)(nil),          // 15: workflow.runtime.v1.RunDeploymentResponse
+	(*Execution)(nil),                      // 16: workflow.runtime.v1.Execution
+	(*ListExecutionsRequest)(nil),          // 17: workflow.runtime.v1.ListExecutionsRequest
+	(*ListExecutionsResponse)(nil),         // 18: workflow.runtime.v1.ListExecutionsResponse
+	(*GetExecutionRequest)(nil),            // 19: workflow.runtime.v1.GetExecutionRequest
+	(*GetExecutionResponse)(nil),           // 20: workflow.runtime.v1.GetExecutionResponse
+	(*TriggerWebhookRequest)(nil),          // 21: workflow.runtime.v1.TriggerWebhookRequest
+	(*TriggerWebhookResponse)(nil),         // 22: workflow.runtime.v1.TriggerWebhookResponse
+	(*CancelExecutionRequest)(nil),         // 23: workflow.runtime.v1.CancelExecutionRequest
+	(*CancelExecutionResponse)(nil),        // 24: workflow.runtime.v1.CancelExecutionResponse
+	(*RetryExecutionRequest)(nil),          // 25: workflow.runtime.v1.RetryExecutionRequest
+	(*RetryExecutionResponse)(nil),         // 26: workflow.runtime.v1.RetryExecutionResponse
+	(*ListDeploymentVersionsRequest)(nil),  // 27: workflow.runtime.v1.ListDeploymentVersionsRequest
+	(*ListDeploymentVersionsResponse)(nil), // 28: workflow.runtime.v1.ListDeploymentVersionsResponse
+	nil,                                    // 29: workflow.runtime.v1.TriggerWebhookRequest.HeadersEntry
+	nil,                                    // 30: workflow.runtime.v1.TriggerWebhookRequest.QueryEntry
+	nil,                                    // 31: workflow.runtime.v1.TriggerWebhookResponse.HeadersEntry
+	(*v1.WorkflowDefinition)(nil),          // 32: workflow.engine.v1.WorkflowDefinition
+	(*timestamppb.Timestamp)(nil),          // 33: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 34: google.protobuf.Duration
+	(*structpb.Struct)(nil),                // 35: google.protobuf.Struct
+	(*v1.NodeResult)(nil),                  // 36: workflow.engine.v1.NodeResult
+	(*structpb.Value)(nil),                 // 37: google.protobuf.Value
+	(*httpbody.HttpBody)(nil),              // 38: google.api.HttpBody
 }
 var file_workflow_runtime_v1_runtime_proto_depIdxs = []int32{
-	24, // 0: workflow.runtime.v1.Deployment.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
-	1,  // 1: workflow.runtime.v1.Deployment.triggers:type_name -> workflow.runtime.v1.Trigger
-	25, // 2: workflow.runtime.v1.Deployment.created_at:type_name -> google.protobuf.Timestamp
-	25, // 3: workflow.runtime.v1.Deployment.updated_at:type_name -> google.protobuf.Timestamp
-	26, // 4: workflow.runtime.v1.Trigger.response_timeout:type_name -> google.protobuf.Duration
-	24, // 5: workflow.runtime.v1.CreateDeploymentRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
-	1,  // 6: workflow.runtime.v1.CreateDeploymentRequest.triggers:type_name -> workflow.runtime.v1.Trigger
-	0,  // 7: workflow.runtime.v1.CreateDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
-	0,  // 8: workflow.runtime.v1.ListDeploymentsResponse.deployments:type_name -> workflow.runtime.v1.Deployment
-	0,  // 9: workflow.runtime.v1.GetDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
-	24, // 10: workflow.runtime.v1.UpdateDeploymentRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
-	1,  // 11: workflow.runtime.v1.UpdateDeploymentRequest.triggers:type_name -> workflow.runtime.v1.Trigger
-	0,  // 12: workflow.runtime.v1.UpdateDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
-	27, // 13: workflow.runtime.v1.RunDeploymentRequest.trigger_data:type_name -> google.protobuf.Struct
-	14, // 14: workflow.runtime.v1.RunDeploymentResponse.execution:type_name -> workflow.runtime.v1.Execution
-	27, // 15: workflow.runtime.v1.Execution.trigger_data:type_name -> google.protobuf.Struct
-	28, // 16: workflow.runtime.v1.Execution.node_results:type_name -> workflow.engine.v1.NodeResult
-	29, // 17: workflow.runtime.v1.Execution.output:type_name -> google.protobuf.Value
-	25, // 18: workflow.runtime.v1.Execution.started_at:type_name -> google.protobuf.Timestamp
-	25, // 19: workflow.runtime.v1.Execution.finished_at:type_name -> google.protobuf.Timestamp
-	14, // 20: workflow.runtime.v1.ListExecutionsResponse.executions:type_name -> workflow.runtime.v1.Execution
-	14, // 21: workflow.runtime.v1.GetExecutionResponse.execution:type_name -> workflow.runtime.v1.Execution
-	30, // 22: workflow.runtime.v1.TriggerWebhookRequest.body:type_name -> google.api.HttpBody
-	21, // 23: workflow.runtime.v1.TriggerWebhookRequest.headers:type_name -> workflow.runtime.v1.TriggerWebhookRequest.HeadersEntry
-	22, // 24: workflow.runtime.v1.TriggerWebhookRequest.query:type_name -> workflow.runtime.v1.TriggerWebhookRequest.QueryEntry
-	30, // 25: workflow.runtime.v1.TriggerWebhookResponse.body:type_name -> google.api.HttpBody
-	23, // 26: workflow.runtime.v1.TriggerWebhookResponse.headers:type_name -> workflow.runtime.v1.TriggerWebhookResponse.HeadersEntry
-	2,  // 27: workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment:input_type -> workflow.runtime.v1.CreateDeploymentRequest
-	4,  // 28: workflow.runtime.v1.WorkflowRuntimeService.ListDeployments:input_type -> workflow.runtime.v1.ListDeploymentsRequest
-	6,  // 29: workflow.runtime.v1.WorkflowRuntimeService.GetDeployment:input_type -> workflow.runtime.v1.GetDeploymentRequest
-	8,  // 30: workflow.runtime.v1.WorkflowRuntimeService.UpdateDeployment:input_type -> workflow.runtime.v1.UpdateDeploymentRequest
-	10, // 31: workflow.runtime.v1.WorkflowRuntimeService.DeleteDeployment:input_type -> workflow.runtime.v1.DeleteDeploymentRequest
-	12, // 32: workflow.runtime.v1.WorkflowRuntimeService.RunDeployment:input_type -> workflow.runtime.v1.RunDeploymentRequest
-	15, // 33: workflow.runtime.v1.WorkflowRuntimeService.ListExecutions:input_type -> workflow.runtime.v1.ListExecutionsRequest
-	17, // 34: workflow.runtime.v1.WorkflowRuntimeService.GetExecution:input_type -> workflow.runtime.v1.GetExecutionRequest
-	19, // 35: workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook:input_type -> workflow.runtime.v1.TriggerWebhookRequest
-	3,  // 36: workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment:output_type -> workflow.runtime.v1.CreateDeploymentResponse
-	5,  // 37: workflow.runtime.v1.WorkflowRuntimeService.ListDeployments:output_type -> workflow.runtime.v1.ListDeploymentsResponse
-	7,  // 38: workflow.runtime.v1.WorkflowRuntimeService.GetDeployment:output_type -> workflow.runtime.v1.GetDeploymentResponse
-	9,  // 39: workflow.runtime.v1.WorkflowRuntimeService.UpdateDeployment:output_type -> workflow.runtime.v1.UpdateDeploymentResponse
-	11, // 40: workflow.runtime.v1.WorkflowRuntimeService.DeleteDeployment:output_type -> workflow.runtime.v1.DeleteDeploymentResponse
-	13, // 41: workflow.runtime.v1.WorkflowRuntimeService.RunDeployment:output_type -> workflow.runtime.v1.RunDeploymentResponse
-	16, // 42: workflow.runtime.v1.WorkflowRuntimeService.ListExecutions:output_type -> workflow.runtime.v1.ListExecutionsResponse
-	18, // 43: workflow.runtime.v1.WorkflowRuntimeService.GetExecution:output_type -> workflow.runtime.v1.GetExecutionResponse
-	20, // 44: workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook:output_type -> workflow.runtime.v1.TriggerWebhookResponse
-	36, // [36:45] is the sub-list for method output_type
-	27, // [27:36] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	32, // 0: workflow.runtime.v1.Deployment.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
+	3,  // 1: workflow.runtime.v1.Deployment.triggers:type_name -> workflow.runtime.v1.Trigger
+	33, // 2: workflow.runtime.v1.Deployment.created_at:type_name -> google.protobuf.Timestamp
+	33, // 3: workflow.runtime.v1.Deployment.updated_at:type_name -> google.protobuf.Timestamp
+	34, // 4: workflow.runtime.v1.Deployment.run_timeout:type_name -> google.protobuf.Duration
+	1,  // 5: workflow.runtime.v1.Deployment.on_failure:type_name -> workflow.runtime.v1.OnFailure
+	32, // 6: workflow.runtime.v1.DeploymentVersion.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
+	33, // 7: workflow.runtime.v1.DeploymentVersion.created_at:type_name -> google.protobuf.Timestamp
+	34, // 8: workflow.runtime.v1.Trigger.response_timeout:type_name -> google.protobuf.Duration
+	32, // 9: workflow.runtime.v1.CreateDeploymentRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
+	3,  // 10: workflow.runtime.v1.CreateDeploymentRequest.triggers:type_name -> workflow.runtime.v1.Trigger
+	34, // 11: workflow.runtime.v1.CreateDeploymentRequest.run_timeout:type_name -> google.protobuf.Duration
+	1,  // 12: workflow.runtime.v1.CreateDeploymentRequest.on_failure:type_name -> workflow.runtime.v1.OnFailure
+	0,  // 13: workflow.runtime.v1.CreateDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
+	0,  // 14: workflow.runtime.v1.ListDeploymentsResponse.deployments:type_name -> workflow.runtime.v1.Deployment
+	0,  // 15: workflow.runtime.v1.GetDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
+	32, // 16: workflow.runtime.v1.UpdateDeploymentRequest.workflow_definition:type_name -> workflow.engine.v1.WorkflowDefinition
+	3,  // 17: workflow.runtime.v1.UpdateDeploymentRequest.triggers:type_name -> workflow.runtime.v1.Trigger
+	34, // 18: workflow.runtime.v1.UpdateDeploymentRequest.run_timeout:type_name -> google.protobuf.Duration
+	1,  // 19: workflow.runtime.v1.UpdateDeploymentRequest.on_failure:type_name -> workflow.runtime.v1.OnFailure
+	0,  // 20: workflow.runtime.v1.UpdateDeploymentResponse.deployment:type_name -> workflow.runtime.v1.Deployment
+	35, // 21: workflow.runtime.v1.RunDeploymentRequest.trigger_data:type_name -> google.protobuf.Struct
+	16, // 22: workflow.runtime.v1.RunDeploymentResponse.execution:type_name -> workflow.runtime.v1.Execution
+	35, // 23: workflow.runtime.v1.Execution.trigger_data:type_name -> google.protobuf.Struct
+	36, // 24: workflow.runtime.v1.Execution.node_results:type_name -> workflow.engine.v1.NodeResult
+	37, // 25: workflow.runtime.v1.Execution.output:type_name -> google.protobuf.Value
+	33, // 26: workflow.runtime.v1.Execution.started_at:type_name -> google.protobuf.Timestamp
+	33, // 27: workflow.runtime.v1.Execution.finished_at:type_name -> google.protobuf.Timestamp
+	16, // 28: workflow.runtime.v1.ListExecutionsResponse.executions:type_name -> workflow.runtime.v1.Execution
+	16, // 29: workflow.runtime.v1.GetExecutionResponse.execution:type_name -> workflow.runtime.v1.Execution
+	38, // 30: workflow.runtime.v1.TriggerWebhookRequest.body:type_name -> google.api.HttpBody
+	29, // 31: workflow.runtime.v1.TriggerWebhookRequest.headers:type_name -> workflow.runtime.v1.TriggerWebhookRequest.HeadersEntry
+	30, // 32: workflow.runtime.v1.TriggerWebhookRequest.query:type_name -> workflow.runtime.v1.TriggerWebhookRequest.QueryEntry
+	38, // 33: workflow.runtime.v1.TriggerWebhookResponse.body:type_name -> google.api.HttpBody
+	31, // 34: workflow.runtime.v1.TriggerWebhookResponse.headers:type_name -> workflow.runtime.v1.TriggerWebhookResponse.HeadersEntry
+	16, // 35: workflow.runtime.v1.CancelExecutionResponse.execution:type_name -> workflow.runtime.v1.Execution
+	16, // 36: workflow.runtime.v1.RetryExecutionResponse.execution:type_name -> workflow.runtime.v1.Execution
+	2,  // 37: workflow.runtime.v1.ListDeploymentVersionsResponse.versions:type_name -> workflow.runtime.v1.DeploymentVersion
+	4,  // 38: workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment:input_type -> workflow.runtime.v1.CreateDeploymentRequest
+	6,  // 39: workflow.runtime.v1.WorkflowRuntimeService.ListDeployments:input_type -> workflow.runtime.v1.ListDeploymentsRequest
+	8,  // 40: workflow.runtime.v1.WorkflowRuntimeService.GetDeployment:input_type -> workflow.runtime.v1.GetDeploymentRequest
+	10, // 41: workflow.runtime.v1.WorkflowRuntimeService.UpdateDeployment:input_type -> workflow.runtime.v1.UpdateDeploymentRequest
+	12, // 42: workflow.runtime.v1.WorkflowRuntimeService.DeleteDeployment:input_type -> workflow.runtime.v1.DeleteDeploymentRequest
+	14, // 43: workflow.runtime.v1.WorkflowRuntimeService.RunDeployment:input_type -> workflow.runtime.v1.RunDeploymentRequest
+	17, // 44: workflow.runtime.v1.WorkflowRuntimeService.ListExecutions:input_type -> workflow.runtime.v1.ListExecutionsRequest
+	19, // 45: workflow.runtime.v1.WorkflowRuntimeService.GetExecution:input_type -> workflow.runtime.v1.GetExecutionRequest
+	21, // 46: workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook:input_type -> workflow.runtime.v1.TriggerWebhookRequest
+	23, // 47: workflow.runtime.v1.WorkflowRuntimeService.CancelExecution:input_type -> workflow.runtime.v1.CancelExecutionRequest
+	25, // 48: workflow.runtime.v1.WorkflowRuntimeService.RetryExecution:input_type -> workflow.runtime.v1.RetryExecutionRequest
+	27, // 49: workflow.runtime.v1.WorkflowRuntimeService.ListDeploymentVersions:input_type -> workflow.runtime.v1.ListDeploymentVersionsRequest
+	5,  // 50: workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment:output_type -> workflow.runtime.v1.CreateDeploymentResponse
+	7,  // 51: workflow.runtime.v1.WorkflowRuntimeService.ListDeployments:output_type -> workflow.runtime.v1.ListDeploymentsResponse
+	9,  // 52: workflow.runtime.v1.WorkflowRuntimeService.GetDeployment:output_type -> workflow.runtime.v1.GetDeploymentResponse
+	11, // 53: workflow.runtime.v1.WorkflowRuntimeService.UpdateDeployment:output_type -> workflow.runtime.v1.UpdateDeploymentResponse
+	13, // 54: workflow.runtime.v1.WorkflowRuntimeService.DeleteDeployment:output_type -> workflow.runtime.v1.DeleteDeploymentResponse
+	15, // 55: workflow.runtime.v1.WorkflowRuntimeService.RunDeployment:output_type -> workflow.runtime.v1.RunDeploymentResponse
+	18, // 56: workflow.runtime.v1.WorkflowRuntimeService.ListExecutions:output_type -> workflow.runtime.v1.ListExecutionsResponse
+	20, // 57: workflow.runtime.v1.WorkflowRuntimeService.GetExecution:output_type -> workflow.runtime.v1.GetExecutionResponse
+	22, // 58: workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook:output_type -> workflow.runtime.v1.TriggerWebhookResponse
+	24, // 59: workflow.runtime.v1.WorkflowRuntimeService.CancelExecution:output_type -> workflow.runtime.v1.CancelExecutionResponse
+	26, // 60: workflow.runtime.v1.WorkflowRuntimeService.RetryExecution:output_type -> workflow.runtime.v1.RetryExecutionResponse
+	28, // 61: workflow.runtime.v1.WorkflowRuntimeService.ListDeploymentVersions:output_type -> workflow.runtime.v1.ListDeploymentVersionsResponse
+	50, // [50:62] is the sub-list for method output_type
+	38, // [38:50] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_workflow_runtime_v1_runtime_proto_init() }
@@ -1780,7 +2401,7 @@ func file_workflow_runtime_v1_runtime_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_workflow_runtime_v1_runtime_proto_rawDesc), len(file_workflow_runtime_v1_runtime_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -17,7 +17,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file workflow/engine/v1/engine.proto.
  */
 export const file_workflow_engine_v1_engine: GenFile = /*@__PURE__*/
-  fileDesc("Ch93b3JrZmxvdy9lbmdpbmUvdjEvZW5naW5lLnByb3RvEhJ3b3JrZmxvdy5lbmdpbmUudjEigAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEicKBW5vZGVzGAIgAygLMhgud29ya2Zsb3cuZW5naW5lLnYxLk5vZGUSMwoLY29ubmVjdGlvbnMYAyADKAsyHi53b3JrZmxvdy5lbmdpbmUudjEuQ29ubmVjdGlvbiJ2CgROb2RlEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSDAoEbmFtZRgDIAEoCRIrCgpwYXJhbWV0ZXJzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIZChFjb250aW51ZV9vbl9lcnJvchgFIAEoCCI8CgpDb25uZWN0aW9uEg4KBnNvdXJjZRgBIAEoCRIOCgZ0YXJnZXQYAiABKAkSDgoGYnJhbmNoGAMgASgJIs8BChZFeGVjdXRlV29ya2Zsb3dSZXF1ZXN0EkMKE3dvcmtmbG93X2RlZmluaXRpb24YASABKAsyJi53b3JrZmxvdy5lbmdpbmUudjEuV29ya2Zsb3dEZWZpbml0aW9uEi0KDHRyaWdnZXJfZGF0YRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg12YWxpZGF0ZV9vbmx5GAQgASgIIk4KF0V4ZWN1dGVXb3JrZmxvd1Jlc3BvbnNlEjMKBnJlc3VsdBgBIAEoCzIjLndvcmtmbG93LmVuZ2luZS52MS5FeGVjdXRpb25SZXN1bHQirgIKD0V4ZWN1dGlvblJlc3VsdBIOCgZzdGF0dXMYASABKAkSNAoMbm9kZV9yZXN1bHRzGAIgAygLMh4ud29ya2Zsb3cuZW5naW5lLnYxLk5vZGVSZXN1bHQSJgoGb3V0cHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEg0KBWVycm9yGAQgASgJEi4KCnN0YXJ0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI9ChB3ZWJob29rX3Jlc3BvbnNlGAcgASgLMiMud29ya2Zsb3cuZW5naW5lLnYxLldlYmhvb2tSZXNwb25zZSLTAQoKTm9kZVJlc3VsdBIPCgdub2RlX2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDgoGc3RhdHVzGAMgASgJEiYKBm91dHB1dBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgFIAEoCRIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAivwEKD1dlYmhvb2tSZXNwb25zZRITCgtzdGF0dXNfY29kZRgBIAEoBRJBCgdoZWFkZXJzGAIgAygLMjAud29ya2Zsb3cuZW5naW5lLnYxLldlYmhvb2tSZXNwb25zZS5IZWFkZXJzRW50cnkSJAoEYm9keRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ATLIAQoVV29ya2Zsb3dFbmdpbmVTZXJ2aWNlEq4BCg9FeGVjdXRlV29ya2Zsb3cSKi53b3JrZmxvdy5lbmdpbmUudjEuRXhlY3V0ZVdvcmtmbG93UmVxdWVzdBorLndvcmtmbG93LmVuZ2luZS52MS5FeGVjdXRlV29ya2Zsb3dSZXNwb25zZSJCwvMYEwoRd29ya2Zsb3dzOmV4ZWN1dGWC0+STAiU6ASpiBnJlc3VsdCIYL2FwaS92MS93b3JrZmxvdy9leGVjdXRlQtABChZjb20ud29ya2Zsb3cuZW5naW5lLnYxQgtFbmdpbmVQcm90b1ABWj9naXRodWIuY29tL2Zsb3dnYXRlL2Zsb3dnYXRlL2dlbi9nby93b3JrZmxvdy9lbmdpbmUvdjE7ZW5naW5ldjGiAgNXRViqAhJXb3JrZmxvdy5FbmdpbmUuVjHKAhJXb3JrZmxvd1xFbmdpbmVcVjHiAh5Xb3JrZmxvd1xFbmdpbmVcVjFcR1BCTWV0YWRhdGHqAhRXb3JrZmxvdzo6RW5naW5lOjpWMWIGcHJvdG8z", [file_flowgate_options_v1_options, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch93b3JrZmxvdy9lbmdpbmUvdjEvZW5naW5lLnByb3RvEhJ3b3JrZmxvdy5lbmdpbmUudjEigAEKEldvcmtmbG93RGVmaW5pdGlvbhIMCgRuYW1lGAEgASgJEicKBW5vZGVzGAIgAygLMhgud29ya2Zsb3cuZW5naW5lLnYxLk5vZGUSMwoLY29ubmVjdGlvbnMYAyADKAsyHi53b3JrZmxvdy5lbmdpbmUudjEuQ29ubmVjdGlvbiJ2CgROb2RlEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSDAoEbmFtZRgDIAEoCRIrCgpwYXJhbWV0ZXJzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIZChFjb250aW51ZV9vbl9lcnJvchgFIAEoCCI8CgpDb25uZWN0aW9uEg4KBnNvdXJjZRgBIAEoCRIOCgZ0YXJnZXQYAiABKAkSDgoGYnJhbmNoGAMgASgJIs8BChZFeGVjdXRlV29ya2Zsb3dSZXF1ZXN0EkMKE3dvcmtmbG93X2RlZmluaXRpb24YASABKAsyJi53b3JrZmxvdy5lbmdpbmUudjEuV29ya2Zsb3dEZWZpbml0aW9uEi0KDHRyaWdnZXJfZGF0YRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg12YWxpZGF0ZV9vbmx5GAQgASgIIrcBChVTdHJlYW1Xb3JrZmxvd1JlcXVlc3QSQwoTd29ya2Zsb3dfZGVmaW5pdGlvbhgBIAEoCzImLndvcmtmbG93LmVuZ2luZS52MS5Xb3JrZmxvd0RlZmluaXRpb24SLQoMdHJpZ2dlcl9kYXRhGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIskBChZTdHJlYW1Xb3JrZmxvd1Jlc3BvbnNlEjcKDW5vZGVfZmluaXNoZWQYASABKAsyHi53b3JrZmxvdy5lbmdpbmUudjEuTm9kZVJlc3VsdEgAEjYKB3Jlc3BvbmQYAiABKAsyIy53b3JrZmxvdy5lbmdpbmUudjEuV2ViaG9va1Jlc3BvbnNlSAASNQoGcmVzdWx0GAMgASgLMiMud29ya2Zsb3cuZW5naW5lLnYxLkV4ZWN1dGlvblJlc3VsdEgAQgcKBWV2ZW50Ik4KF0V4ZWN1dGVXb3JrZmxvd1Jlc3BvbnNlEjMKBnJlc3VsdBgBIAEoCzIjLndvcmtmbG93LmVuZ2luZS52MS5FeGVjdXRpb25SZXN1bHQirgIKD0V4ZWN1dGlvblJlc3VsdBIOCgZzdGF0dXMYASABKAkSNAoMbm9kZV9yZXN1bHRzGAIgAygLMh4ud29ya2Zsb3cuZW5naW5lLnYxLk5vZGVSZXN1bHQSJgoGb3V0cHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEg0KBWVycm9yGAQgASgJEi4KCnN0YXJ0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI9ChB3ZWJob29rX3Jlc3BvbnNlGAcgASgLMiMud29ya2Zsb3cuZW5naW5lLnYxLldlYmhvb2tSZXNwb25zZSLTAQoKTm9kZVJlc3VsdBIPCgdub2RlX2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDgoGc3RhdHVzGAMgASgJEiYKBm91dHB1dBgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgFIAEoCRIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAivwEKD1dlYmhvb2tSZXNwb25zZRITCgtzdGF0dXNfY29kZRgBIAEoBRJBCgdoZWFkZXJzGAIgAygLMjAud29ya2Zsb3cuZW5naW5lLnYxLldlYmhvb2tSZXNwb25zZS5IZWFkZXJzRW50cnkSJAoEYm9keRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ATLNAgoVV29ya2Zsb3dFbmdpbmVTZXJ2aWNlEq4BCg9FeGVjdXRlV29ya2Zsb3cSKi53b3JrZmxvdy5lbmdpbmUudjEuRXhlY3V0ZVdvcmtmbG93UmVxdWVzdBorLndvcmtmbG93LmVuZ2luZS52MS5FeGVjdXRlV29ya2Zsb3dSZXNwb25zZSJCwvMYEwoRd29ya2Zsb3dzOmV4ZWN1dGWC0+STAiU6ASpiBnJlc3VsdCIYL2FwaS92MS93b3JrZmxvdy9leGVjdXRlEoIBCg5TdHJlYW1Xb3JrZmxvdxIpLndvcmtmbG93LmVuZ2luZS52MS5TdHJlYW1Xb3JrZmxvd1JlcXVlc3QaKi53b3JrZmxvdy5lbmdpbmUudjEuU3RyZWFtV29ya2Zsb3dSZXNwb25zZSIXwvMYEwoRd29ya2Zsb3dzOmV4ZWN1dGUwAULQAQoWY29tLndvcmtmbG93LmVuZ2luZS52MUILRW5naW5lUHJvdG9QAVo/Z2l0aHViLmNvbS9mbG93Z2F0ZS9mbG93Z2F0ZS9nZW4vZ28vd29ya2Zsb3cvZW5naW5lL3YxO2VuZ2luZXYxogIDV0VYqgISV29ya2Zsb3cuRW5naW5lLlYxygISV29ya2Zsb3dcRW5naW5lXFYx4gIeV29ya2Zsb3dcRW5naW5lXFYxXEdQQk1ldGFkYXRh6gIUV29ya2Zsb3c6OkVuZ2luZTo6VjFiBnByb3RvMw", [file_flowgate_options_v1_options, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * WorkflowDefinition is a directed acyclic graph of nodes.
@@ -182,6 +182,88 @@ export const ExecuteWorkflowRequestSchema: GenMessage<ExecuteWorkflowRequest> = 
   messageDesc(file_workflow_engine_v1_engine, 3);
 
 /**
+ * StreamWorkflowRequest carries a definition to run and what it is
+ * triggered with.
+ *
+ * @generated from message workflow.engine.v1.StreamWorkflowRequest
+ */
+export type StreamWorkflowRequest = Message<"workflow.engine.v1.StreamWorkflowRequest"> & {
+  /**
+   * The workflow to run.
+   *
+   * @generated from field: workflow.engine.v1.WorkflowDefinition workflow_definition = 1;
+   */
+  workflowDefinition?: WorkflowDefinition | undefined;
+
+  /**
+   * The trigger node's input.
+   *
+   * @generated from field: google.protobuf.Struct trigger_data = 2;
+   */
+  triggerData?: JsonObject | undefined;
+
+  /**
+   * The deadline of the whole run; the engine caps it.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 3;
+   */
+  timeout?: Duration | undefined;
+};
+
+/**
+ * Describes the message workflow.engine.v1.StreamWorkflowRequest.
+ * Use `create(StreamWorkflowRequestSchema)` to create a new message.
+ */
+export const StreamWorkflowRequestSchema: GenMessage<StreamWorkflowRequest> = /*@__PURE__*/
+  messageDesc(file_workflow_engine_v1_engine, 4);
+
+/**
+ * StreamWorkflowResponse is one event of a streamed run.
+ *
+ * @generated from message workflow.engine.v1.StreamWorkflowResponse
+ */
+export type StreamWorkflowResponse = Message<"workflow.engine.v1.StreamWorkflowResponse"> & {
+  /**
+   * What happened.
+   *
+   * @generated from oneof workflow.engine.v1.StreamWorkflowResponse.event
+   */
+  event: {
+    /**
+     * A node finished (or was skipped); sent in the order nodes finish.
+     *
+     * @generated from field: workflow.engine.v1.NodeResult node_finished = 1;
+     */
+    value: NodeResult;
+    case: "nodeFinished";
+  } | {
+    /**
+     * A respond node ran: what a waiting webhook caller gets back, before
+     * the rest of the run ends.
+     *
+     * @generated from field: workflow.engine.v1.WebhookResponse respond = 2;
+     */
+    value: WebhookResponse;
+    case: "respond";
+  } | {
+    /**
+     * The run ended; always the last event.
+     *
+     * @generated from field: workflow.engine.v1.ExecutionResult result = 3;
+     */
+    value: ExecutionResult;
+    case: "result";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message workflow.engine.v1.StreamWorkflowResponse.
+ * Use `create(StreamWorkflowResponseSchema)` to create a new message.
+ */
+export const StreamWorkflowResponseSchema: GenMessage<StreamWorkflowResponse> = /*@__PURE__*/
+  messageDesc(file_workflow_engine_v1_engine, 5);
+
+/**
  * ExecuteWorkflowResponse carries the result of a run.
  *
  * @generated from message workflow.engine.v1.ExecuteWorkflowResponse
@@ -200,7 +282,7 @@ export type ExecuteWorkflowResponse = Message<"workflow.engine.v1.ExecuteWorkflo
  * Use `create(ExecuteWorkflowResponseSchema)` to create a new message.
  */
 export const ExecuteWorkflowResponseSchema: GenMessage<ExecuteWorkflowResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_engine_v1_engine, 4);
+  messageDesc(file_workflow_engine_v1_engine, 6);
 
 /**
  * ExecutionResult is what one run of a workflow produced.
@@ -265,7 +347,7 @@ export type ExecutionResult = Message<"workflow.engine.v1.ExecutionResult"> & {
  * Use `create(ExecutionResultSchema)` to create a new message.
  */
 export const ExecutionResultSchema: GenMessage<ExecutionResult> = /*@__PURE__*/
-  messageDesc(file_workflow_engine_v1_engine, 5);
+  messageDesc(file_workflow_engine_v1_engine, 7);
 
 /**
  * NodeResult is what one node of a run did.
@@ -328,7 +410,7 @@ export type NodeResult = Message<"workflow.engine.v1.NodeResult"> & {
  * Use `create(NodeResultSchema)` to create a new message.
  */
 export const NodeResultSchema: GenMessage<NodeResult> = /*@__PURE__*/
-  messageDesc(file_workflow_engine_v1_engine, 6);
+  messageDesc(file_workflow_engine_v1_engine, 8);
 
 /**
  * WebhookResponse is the HTTP response a respond node asks for.
@@ -363,7 +445,7 @@ export type WebhookResponse = Message<"workflow.engine.v1.WebhookResponse"> & {
  * Use `create(WebhookResponseSchema)` to create a new message.
  */
 export const WebhookResponseSchema: GenMessage<WebhookResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_engine_v1_engine, 7);
+  messageDesc(file_workflow_engine_v1_engine, 9);
 
 /**
  * WorkflowEngineService runs workflow definitions directly, without a
@@ -382,6 +464,19 @@ export const WorkflowEngineService: GenService<{
     methodKind: "unary";
     input: typeof ExecuteWorkflowRequestSchema;
     output: typeof ExecuteWorkflowResponseSchema;
+  },
+  /**
+   * StreamWorkflow runs a definition as ExecuteWorkflow does and reports
+   * the run as it goes: an event as each node finishes, one when a respond
+   * node runs (so that a webhook caller can be answered before the run
+   * ends), and the result last. A client that goes away cancels the run.
+   *
+   * @generated from rpc workflow.engine.v1.WorkflowEngineService.StreamWorkflow
+   */
+  streamWorkflow: {
+    methodKind: "server_streaming";
+    input: typeof StreamWorkflowRequestSchema;
+    output: typeof StreamWorkflowResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_workflow_engine_v1_engine, 0);

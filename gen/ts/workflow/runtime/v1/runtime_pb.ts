@@ -22,7 +22,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file workflow/runtime/v1/runtime.proto.
  */
 export const file_workflow_runtime_v1_runtime: GenFile = /*@__PURE__*/
-  fileDesc("CiF3b3JrZmxvdy9ydW50aW1lL3YxL3J1bnRpbWUucHJvdG8SE3dvcmtmbG93LnJ1bnRpbWUudjEiwAIKCkRlcGxveW1lbnQSFQoNZGVwbG95bWVudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg4KBnN0YXR1cxgEIAEoCRJDChN3b3JrZmxvd19kZWZpbml0aW9uGAUgASgLMiYud29ya2Zsb3cuZW5naW5lLnYxLldvcmtmbG93RGVmaW5pdGlvbhIuCgh0cmlnZ2VycxgGIAMoCzIcLndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlchITCgt3ZWJob29rX3VybBgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKjAQoHVHJpZ2dlchIMCgR0eXBlGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGc2VjcmV0GAMgASgJEhIKCmhhc19zZWNyZXQYBCABKAgSFQoNcmVzcG9uc2VfbW9kZRgFIAEoCRIzChByZXNwb25zZV90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEgwKBGNyb24YByABKAkisQEKF0NyZWF0ZURlcGxveW1lbnRSZXF1ZXN0EkMKE3dvcmtmbG93X2RlZmluaXRpb24YASABKAsyJi53b3JrZmxvdy5lbmdpbmUudjEuV29ya2Zsb3dEZWZpbml0aW9uEi4KCHRyaWdnZXJzGAIgAygLMhwud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyEgwKBG5hbWUYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkiTwoYQ3JlYXRlRGVwbG95bWVudFJlc3BvbnNlEjMKCmRlcGxveW1lbnQYASABKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQiXQoWTGlzdERlcGxveW1lbnRzUmVxdWVzdBIMCgRwYWdlGAEgASgFEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIOCgZzdGF0dXMYAyABKAkSEgoKcGFnZV90b2tlbhgEIAEoCSKeAQoXTGlzdERlcGxveW1lbnRzUmVzcG9uc2USNAoLZGVwbG95bWVudHMYASADKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQSEwoLdG90YWxfY291bnQYAiABKAUSDAoEcGFnZRgDIAEoBRIRCglwYWdlX3NpemUYBCABKAUSFwoPbmV4dF9wYWdlX3Rva2VuGAUgASgJIi0KFEdldERlcGxveW1lbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkiTAoVR2V0RGVwbG95bWVudFJlc3BvbnNlEjMKCmRlcGxveW1lbnQYASABKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQi2AEKF1VwZGF0ZURlcGxveW1lbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSQwoTd29ya2Zsb3dfZGVmaW5pdGlvbhgCIAEoCzImLndvcmtmbG93LmVuZ2luZS52MS5Xb3JrZmxvd0RlZmluaXRpb24SLgoIdHJpZ2dlcnMYAyADKAsyHC53b3JrZmxvdy5ydW50aW1lLnYxLlRyaWdnZXISDAoEbmFtZRgEIAEoCRITCgtkZXNjcmlwdGlvbhgFIAEoCRIOCgZzdGF0dXMYBiABKAkiTwoYVXBkYXRlRGVwbG95bWVudFJlc3BvbnNlEjMKCmRlcGxveW1lbnQYASABKAsyHy53b3JrZmxvdy5ydW50aW1lLnYxLkRlcGxveW1lbnQiMAoXRGVsZXRlRGVwbG95bWVudFJlcXVlc3QSFQoNZGVwbG95bWVudF9pZBgBIAEoCSIxChhEZWxldGVEZXBsb3ltZW50UmVzcG9uc2USFQoNZGVwbG95bWVudF9pZBgBIAEoCSJcChRSdW5EZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEi0KDHRyaWdnZXJfZGF0YRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiSgoVUnVuRGVwbG95bWVudFJlc3BvbnNlEjEKCWV4ZWN1dGlvbhgBIAEoCzIeLndvcmtmbG93LnJ1bnRpbWUudjEuRXhlY3V0aW9uItsCCglFeGVjdXRpb24SFAoMZXhlY3V0aW9uX2lkGAEgASgJEhUKDWRlcGxveW1lbnRfaWQYAiABKAkSDgoGc3RhdHVzGAMgASgJEhQKDHRyaWdnZXJfdHlwZRgEIAEoCRItCgx0cmlnZ2VyX2RhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjQKDG5vZGVfcmVzdWx0cxgGIAMoCzIeLndvcmtmbG93LmVuZ2luZS52MS5Ob2RlUmVzdWx0EiYKBm91dHB1dBgHIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgIIAEoCRIuCgpzdGFydGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicwoVTGlzdEV4ZWN1dGlvbnNSZXF1ZXN0EgwKBHBhZ2UYASABKAUSEQoJcGFnZV9zaXplGAIgASgFEhUKDWRlcGxveW1lbnRfaWQYAyABKAkSDgoGc3RhdHVzGAQgASgJEhIKCnBhZ2VfdG9rZW4YBSABKAkimwEKFkxpc3RFeGVjdXRpb25zUmVzcG9uc2USMgoKZXhlY3V0aW9ucxgBIAMoCzIeLndvcmtmbG93LnJ1bnRpbWUudjEuRXhlY3V0aW9uEhMKC3RvdGFsX2NvdW50GAIgASgFEgwKBHBhZ2UYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhcKD25leHRfcGFnZV90b2tlbhgFIAEoCSIrChNHZXRFeGVjdXRpb25SZXF1ZXN0EhQKDGV4ZWN1dGlvbl9pZBgBIAEoCSJJChRHZXRFeGVjdXRpb25SZXNwb25zZRIxCglleGVjdXRpb24YASABKAsyHi53b3JrZmxvdy5ydW50aW1lLnYxLkV4ZWN1dGlvbiLaAgoVVHJpZ2dlcldlYmhvb2tSZXF1ZXN0EgwKBHBhdGgYASABKAkSIgoEYm9keRgCIAEoCzIULmdvb2dsZS5hcGkuSHR0cEJvZHkSSAoHaGVhZGVycxgDIAMoCzI3LndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlcldlYmhvb2tSZXF1ZXN0LkhlYWRlcnNFbnRyeRJECgVxdWVyeRgEIAMoCzI1LndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlcldlYmhvb2tSZXF1ZXN0LlF1ZXJ5RW50cnkSDgoGbWV0aG9kGAUgASgJEhEKCXJhd19xdWVyeRgGIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARosCgpRdWVyeUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi8gEKFlRyaWdnZXJXZWJob29rUmVzcG9uc2USFAoMZXhlY3V0aW9uX2lkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRIiCgRib2R5GAMgASgLMhQuZ29vZ2xlLmFwaS5IdHRwQm9keRITCgtzdGF0dXNfY29kZRgEIAEoBRJJCgdoZWFkZXJzGAUgAygLMjgud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyV2ViaG9va1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ATLPDQoWV29ya2Zsb3dSdW50aW1lU2VydmljZRLLAQoQQ3JlYXRlRGVwbG95bWVudBIsLndvcmtmbG93LnJ1bnRpbWUudjEuQ3JlYXRlRGVwbG95bWVudFJlcXVlc3QaLS53b3JrZmxvdy5ydW50aW1lLnYxLkNyZWF0ZURlcGxveW1lbnRSZXNwb25zZSJawvMYIwohd29ya2Zsb3dzOndyaXRlIHdvcmtmbG93czpleGVjdXRlgtPkkwItOgEqYgpkZXBsb3ltZW50IhwvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzEqkBCg9MaXN0RGVwbG95bWVudHMSKy53b3JrZmxvdy5ydW50aW1lLnYxLkxpc3REZXBsb3ltZW50c1JlcXVlc3QaLC53b3JrZmxvdy5ydW50aW1lLnYxLkxpc3REZXBsb3ltZW50c1Jlc3BvbnNlIjuQAgHC8xgQCg53b3JrZmxvd3M6cmVhZILT5JMCHhIcL2FwaS92MS93b3JrZmxvdy9kZXBsb3ltZW50cxK/AQoNR2V0RGVwbG95bWVudBIpLndvcmtmbG93LnJ1bnRpbWUudjEuR2V0RGVwbG95bWVudFJlcXVlc3QaKi53b3JrZmxvdy5ydW50aW1lLnYxLkdldERlcGxveW1lbnRSZXNwb25zZSJXkAIBwvMYEAoOd29ya2Zsb3dzOnJlYWSC0+STAjpiCmRlcGxveW1lbnQSLC9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMve2RlcGxveW1lbnRfaWR9EtsBChBVcGRhdGVEZXBsb3ltZW50Eiwud29ya2Zsb3cucnVudGltZS52MS5VcGRhdGVEZXBsb3ltZW50UmVxdWVzdBotLndvcmtmbG93LnJ1bnRpbWUudjEuVXBkYXRlRGVwbG95bWVudFJlc3BvbnNlImrC8xgjCiF3b3JrZmxvd3M6d3JpdGUgd29ya2Zsb3dzOmV4ZWN1dGWC0+STAj06ASpiCmRlcGxveW1lbnQaLC9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMve2RlcGxveW1lbnRfaWR9EroBChBEZWxldGVEZXBsb3ltZW50Eiwud29ya2Zsb3cucnVudGltZS52MS5EZWxldGVEZXBsb3ltZW50UmVxdWVzdBotLndvcmtmbG93LnJ1bnRpbWUudjEuRGVsZXRlRGVwbG95bWVudFJlc3BvbnNlIknC8xgRCg93b3JrZmxvd3M6d3JpdGWC0+STAi4qLC9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMve2RlcGxveW1lbnRfaWR9EsUBCg1SdW5EZXBsb3ltZW50Eikud29ya2Zsb3cucnVudGltZS52MS5SdW5EZXBsb3ltZW50UmVxdWVzdBoqLndvcmtmbG93LnJ1bnRpbWUudjEuUnVuRGVwbG95bWVudFJlc3BvbnNlIl3C8xgTChF3b3JrZmxvd3M6ZXhlY3V0ZYLT5JMCQDoBKmIJZXhlY3V0aW9uIjAvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzL3tkZXBsb3ltZW50X2lkfS9ydW4SnAEKDkxpc3RFeGVjdXRpb25zEioud29ya2Zsb3cucnVudGltZS52MS5MaXN0RXhlY3V0aW9uc1JlcXVlc3QaKy53b3JrZmxvdy5ydW50aW1lLnYxLkxpc3RFeGVjdXRpb25zUmVzcG9uc2UiMZACAcLzGBAKDndvcmtmbG93czpyZWFkgtPkkwIUEhIvYXBpL3YxL2V4ZWN1dGlvbnMSsAEKDEdldEV4ZWN1dGlvbhIoLndvcmtmbG93LnJ1bnRpbWUudjEuR2V0RXhlY3V0aW9uUmVxdWVzdBopLndvcmtmbG93LnJ1bnRpbWUudjEuR2V0RXhlY3V0aW9uUmVzcG9uc2UiS5ACAcLzGBAKDndvcmtmbG93czpyZWFkgtPkkwIuYglleGVjdXRpb24SIS9hcGkvdjEvZXhlY3V0aW9ucy97ZXhlY3V0aW9uX2lkfRLDAQoOVHJpZ2dlcldlYmhvb2sSKi53b3JrZmxvdy5ydW50aW1lLnYxLlRyaWdnZXJXZWJob29rUmVxdWVzdBorLndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlcldlYmhvb2tSZXNwb25zZSJYwvMYAhABgtPkkwJMOgRib2R5WiJiBGJvZHkSGi9hcGkvdjEvd2ViaG9va3Mve3BhdGg9Kip9YgRib2R5IhovYXBpL3YxL3dlYmhvb2tzL3twYXRoPSoqfULYAQoXY29tLndvcmtmbG93LnJ1bnRpbWUudjFCDFJ1bnRpbWVQcm90b1ABWkFnaXRodWIuY29tL2Zsb3dnYXRlL2Zsb3dnYXRlL2dlbi9nby93b3JrZmxvdy9ydW50aW1lL3YxO3J1bnRpbWV2MaICA1dSWKoCE1dvcmtmbG93LlJ1bnRpbWUuVjHKAhNXb3JrZmxvd1xSdW50aW1lXFYx4gIfV29ya2Zsb3dcUnVudGltZVxWMVxHUEJNZXRhZGF0YeoCFVdvcmtmbG93OjpSdW50aW1lOjpWMWIGcHJvdG8z", [file_flowgate_options_v1_options, file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_workflow_engine_v1_engine]);
+  fileDesc("CiF3b3JrZmxvdy9ydW50aW1lL3YxL3J1bnRpbWUucHJvdG8SE3dvcmtmbG93LnJ1bnRpbWUudjEitQMKCkRlcGxveW1lbnQSFQoNZGVwbG95bWVudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg4KBnN0YXR1cxgEIAEoCRJDChN3b3JrZmxvd19kZWZpbml0aW9uGAUgASgLMiYud29ya2Zsb3cuZW5naW5lLnYxLldvcmtmbG93RGVmaW5pdGlvbhIuCgh0cmlnZ2VycxgGIAMoCzIcLndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlchITCgt3ZWJob29rX3VybBgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgtydW5fdGltZW91dBgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCgpvbl9mYWlsdXJlGAsgASgLMh4ud29ya2Zsb3cucnVudGltZS52MS5PbkZhaWx1cmUSDwoHdmVyc2lvbhgMIAEoBSI3CglPbkZhaWx1cmUSEwoLd2ViaG9va191cmwYASABKAkSFQoNZGVwbG95bWVudF9pZBgCIAEoCSKZAQoRRGVwbG95bWVudFZlcnNpb24SDwoHdmVyc2lvbhgBIAEoBRJDChN3b3JrZmxvd19kZWZpbml0aW9uGAIgASgLMiYud29ya2Zsb3cuZW5naW5lLnYxLldvcmtmbG93RGVmaW5pdGlvbhIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKjAQoHVHJpZ2dlchIMCgR0eXBlGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGc2VjcmV0GAMgASgJEhIKCmhhc19zZWNyZXQYBCABKAgSFQoNcmVzcG9uc2VfbW9kZRgFIAEoCRIzChByZXNwb25zZV90aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEgwKBGNyb24YByABKAkilQIKF0NyZWF0ZURlcGxveW1lbnRSZXF1ZXN0EkMKE3dvcmtmbG93X2RlZmluaXRpb24YASABKAsyJi53b3JrZmxvdy5lbmdpbmUudjEuV29ya2Zsb3dEZWZpbml0aW9uEi4KCHRyaWdnZXJzGAIgAygLMhwud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyEgwKBG5hbWUYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkSLgoLcnVuX3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoKb25fZmFpbHVyZRgGIAEoCzIeLndvcmtmbG93LnJ1bnRpbWUudjEuT25GYWlsdXJlIk8KGENyZWF0ZURlcGxveW1lbnRSZXNwb25zZRIzCgpkZXBsb3ltZW50GAEgASgLMh8ud29ya2Zsb3cucnVudGltZS52MS5EZXBsb3ltZW50Il0KFkxpc3REZXBsb3ltZW50c1JlcXVlc3QSDAoEcGFnZRgBIAEoBRIRCglwYWdlX3NpemUYAiABKAUSDgoGc3RhdHVzGAMgASgJEhIKCnBhZ2VfdG9rZW4YBCABKAkingEKF0xpc3REZXBsb3ltZW50c1Jlc3BvbnNlEjQKC2RlcGxveW1lbnRzGAEgAygLMh8ud29ya2Zsb3cucnVudGltZS52MS5EZXBsb3ltZW50EhMKC3RvdGFsX2NvdW50GAIgASgFEgwKBHBhZ2UYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhcKD25leHRfcGFnZV90b2tlbhgFIAEoCSItChRHZXREZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJIkwKFUdldERlcGxveW1lbnRSZXNwb25zZRIzCgpkZXBsb3ltZW50GAEgASgLMh8ud29ya2Zsb3cucnVudGltZS52MS5EZXBsb3ltZW50IrwCChdVcGRhdGVEZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJEkMKE3dvcmtmbG93X2RlZmluaXRpb24YAiABKAsyJi53b3JrZmxvdy5lbmdpbmUudjEuV29ya2Zsb3dEZWZpbml0aW9uEi4KCHRyaWdnZXJzGAMgAygLMhwud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyEgwKBG5hbWUYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSDgoGc3RhdHVzGAYgASgJEi4KC3J1bl90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKCm9uX2ZhaWx1cmUYCCABKAsyHi53b3JrZmxvdy5ydW50aW1lLnYxLk9uRmFpbHVyZSJPChhVcGRhdGVEZXBsb3ltZW50UmVzcG9uc2USMwoKZGVwbG95bWVudBgBIAEoCzIfLndvcmtmbG93LnJ1bnRpbWUudjEuRGVwbG95bWVudCIwChdEZWxldGVEZXBsb3ltZW50UmVxdWVzdBIVCg1kZXBsb3ltZW50X2lkGAEgASgJIjEKGERlbGV0ZURlcGxveW1lbnRSZXNwb25zZRIVCg1kZXBsb3ltZW50X2lkGAEgASgJInIKFFJ1bkRlcGxveW1lbnRSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSLQoMdHJpZ2dlcl9kYXRhGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIUCgx3YWl0X3NlY29uZHMYAyABKAUiSgoVUnVuRGVwbG95bWVudFJlc3BvbnNlEjEKCWV4ZWN1dGlvbhgBIAEoCzIeLndvcmtmbG93LnJ1bnRpbWUudjEuRXhlY3V0aW9uIokDCglFeGVjdXRpb24SFAoMZXhlY3V0aW9uX2lkGAEgASgJEhUKDWRlcGxveW1lbnRfaWQYAiABKAkSDgoGc3RhdHVzGAMgASgJEhQKDHRyaWdnZXJfdHlwZRgEIAEoCRItCgx0cmlnZ2VyX2RhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjQKDG5vZGVfcmVzdWx0cxgGIAMoCzIeLndvcmtmbG93LmVuZ2luZS52MS5Ob2RlUmVzdWx0EiYKBm91dHB1dBgHIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgIIAEoCRIuCgpzdGFydGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSZGVwbG95bWVudF92ZXJzaW9uGAsgASgFEhAKCHJldHJ5X29mGAwgASgJInMKFUxpc3RFeGVjdXRpb25zUmVxdWVzdBIMCgRwYWdlGAEgASgFEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIVCg1kZXBsb3ltZW50X2lkGAMgASgJEg4KBnN0YXR1cxgEIAEoCRISCgpwYWdlX3Rva2VuGAUgASgJIpsBChZMaXN0RXhlY3V0aW9uc1Jlc3BvbnNlEjIKCmV4ZWN1dGlvbnMYASADKAsyHi53b3JrZmxvdy5ydW50aW1lLnYxLkV4ZWN1dGlvbhITCgt0b3RhbF9jb3VudBgCIAEoBRIMCgRwYWdlGAMgASgFEhEKCXBhZ2Vfc2l6ZRgEIAEoBRIXCg9uZXh0X3BhZ2VfdG9rZW4YBSABKAkiKwoTR2V0RXhlY3V0aW9uUmVxdWVzdBIUCgxleGVjdXRpb25faWQYASABKAkiSQoUR2V0RXhlY3V0aW9uUmVzcG9uc2USMQoJZXhlY3V0aW9uGAEgASgLMh4ud29ya2Zsb3cucnVudGltZS52MS5FeGVjdXRpb24i2gIKFVRyaWdnZXJXZWJob29rUmVxdWVzdBIMCgRwYXRoGAEgASgJEiIKBGJvZHkYAiABKAsyFC5nb29nbGUuYXBpLkh0dHBCb2R5EkgKB2hlYWRlcnMYAyADKAsyNy53b3JrZmxvdy5ydW50aW1lLnYxLlRyaWdnZXJXZWJob29rUmVxdWVzdC5IZWFkZXJzRW50cnkSRAoFcXVlcnkYBCADKAsyNS53b3JrZmxvdy5ydW50aW1lLnYxLlRyaWdnZXJXZWJob29rUmVxdWVzdC5RdWVyeUVudHJ5Eg4KBm1ldGhvZBgFIAEoCRIRCglyYXdfcXVlcnkYBiABKAkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLAoKUXVlcnlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIvIBChZUcmlnZ2VyV2ViaG9va1Jlc3BvbnNlEhQKDGV4ZWN1dGlvbl9pZBgBIAEoCRIOCgZzdGF0dXMYAiABKAkSIgoEYm9keRgDIAEoCzIULmdvb2dsZS5hcGkuSHR0cEJvZHkSEwoLc3RhdHVzX2NvZGUYBCABKAUSSQoHaGVhZGVycxgFIAMoCzI4LndvcmtmbG93LnJ1bnRpbWUudjEuVHJpZ2dlcldlYmhvb2tSZXNwb25zZS5IZWFkZXJzRW50cnkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiLgoWQ2FuY2VsRXhlY3V0aW9uUmVxdWVzdBIUCgxleGVjdXRpb25faWQYASABKAkiTAoXQ2FuY2VsRXhlY3V0aW9uUmVzcG9uc2USMQoJZXhlY3V0aW9uGAEgASgLMh4ud29ya2Zsb3cucnVudGltZS52MS5FeGVjdXRpb24iLQoVUmV0cnlFeGVjdXRpb25SZXF1ZXN0EhQKDGV4ZWN1dGlvbl9pZBgBIAEoCSJLChZSZXRyeUV4ZWN1dGlvblJlc3BvbnNlEjEKCWV4ZWN1dGlvbhgBIAEoCzIeLndvcmtmbG93LnJ1bnRpbWUudjEuRXhlY3V0aW9uIlcKHUxpc3REZXBsb3ltZW50VmVyc2lvbnNSZXF1ZXN0EhUKDWRlcGxveW1lbnRfaWQYASABKAkSDAoEcGFnZRgCIAEoBRIRCglwYWdlX3NpemUYAyABKAUikAEKHkxpc3REZXBsb3ltZW50VmVyc2lvbnNSZXNwb25zZRI4Cgh2ZXJzaW9ucxgBIAMoCzImLndvcmtmbG93LnJ1bnRpbWUudjEuRGVwbG95bWVudFZlcnNpb24SEwoLdG90YWxfY291bnQYAiABKAUSDAoEcGFnZRgDIAEoBRIRCglwYWdlX3NpemUYBCABKAUyrhIKFldvcmtmbG93UnVudGltZVNlcnZpY2USywEKEENyZWF0ZURlcGxveW1lbnQSLC53b3JrZmxvdy5ydW50aW1lLnYxLkNyZWF0ZURlcGxveW1lbnRSZXF1ZXN0Gi0ud29ya2Zsb3cucnVudGltZS52MS5DcmVhdGVEZXBsb3ltZW50UmVzcG9uc2UiWsLzGCMKIXdvcmtmbG93czp3cml0ZSB3b3JrZmxvd3M6ZXhlY3V0ZYLT5JMCLToBKmIKZGVwbG95bWVudCIcL2FwaS92MS93b3JrZmxvdy9kZXBsb3ltZW50cxKpAQoPTGlzdERlcGxveW1lbnRzEisud29ya2Zsb3cucnVudGltZS52MS5MaXN0RGVwbG95bWVudHNSZXF1ZXN0Giwud29ya2Zsb3cucnVudGltZS52MS5MaXN0RGVwbG95bWVudHNSZXNwb25zZSI7kAIBwvMYEAoOd29ya2Zsb3dzOnJlYWSC0+STAh4SHC9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMSvwEKDUdldERlcGxveW1lbnQSKS53b3JrZmxvdy5ydW50aW1lLnYxLkdldERlcGxveW1lbnRSZXF1ZXN0Gioud29ya2Zsb3cucnVudGltZS52MS5HZXREZXBsb3ltZW50UmVzcG9uc2UiV5ACAcLzGBAKDndvcmtmbG93czpyZWFkgtPkkwI6YgpkZXBsb3ltZW50EiwvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzL3tkZXBsb3ltZW50X2lkfRLbAQoQVXBkYXRlRGVwbG95bWVudBIsLndvcmtmbG93LnJ1bnRpbWUudjEuVXBkYXRlRGVwbG95bWVudFJlcXVlc3QaLS53b3JrZmxvdy5ydW50aW1lLnYxLlVwZGF0ZURlcGxveW1lbnRSZXNwb25zZSJqwvMYIwohd29ya2Zsb3dzOndyaXRlIHdvcmtmbG93czpleGVjdXRlgtPkkwI9OgEqYgpkZXBsb3ltZW50GiwvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzL3tkZXBsb3ltZW50X2lkfRK6AQoQRGVsZXRlRGVwbG95bWVudBIsLndvcmtmbG93LnJ1bnRpbWUudjEuRGVsZXRlRGVwbG95bWVudFJlcXVlc3QaLS53b3JrZmxvdy5ydW50aW1lLnYxLkRlbGV0ZURlcGxveW1lbnRSZXNwb25zZSJJwvMYEQoPd29ya2Zsb3dzOndyaXRlgtPkkwIuKiwvYXBpL3YxL3dvcmtmbG93L2RlcGxveW1lbnRzL3tkZXBsb3ltZW50X2lkfRLFAQoNUnVuRGVwbG95bWVudBIpLndvcmtmbG93LnJ1bnRpbWUudjEuUnVuRGVwbG95bWVudFJlcXVlc3QaKi53b3JrZmxvdy5ydW50aW1lLnYxLlJ1bkRlcGxveW1lbnRSZXNwb25zZSJdwvMYEwoRd29ya2Zsb3dzOmV4ZWN1dGWC0+STAkA6ASpiCWV4ZWN1dGlvbiIwL2FwaS92MS93b3JrZmxvdy9kZXBsb3ltZW50cy97ZGVwbG95bWVudF9pZH0vcnVuEpwBCg5MaXN0RXhlY3V0aW9ucxIqLndvcmtmbG93LnJ1bnRpbWUudjEuTGlzdEV4ZWN1dGlvbnNSZXF1ZXN0Gisud29ya2Zsb3cucnVudGltZS52MS5MaXN0RXhlY3V0aW9uc1Jlc3BvbnNlIjGQAgHC8xgQCg53b3JrZmxvd3M6cmVhZILT5JMCFBISL2FwaS92MS9leGVjdXRpb25zErABCgxHZXRFeGVjdXRpb24SKC53b3JrZmxvdy5ydW50aW1lLnYxLkdldEV4ZWN1dGlvblJlcXVlc3QaKS53b3JrZmxvdy5ydW50aW1lLnYxLkdldEV4ZWN1dGlvblJlc3BvbnNlIkuQAgHC8xgQCg53b3JrZmxvd3M6cmVhZILT5JMCLmIJZXhlY3V0aW9uEiEvYXBpL3YxL2V4ZWN1dGlvbnMve2V4ZWN1dGlvbl9pZH0SwwEKDlRyaWdnZXJXZWJob29rEioud29ya2Zsb3cucnVudGltZS52MS5UcmlnZ2VyV2ViaG9va1JlcXVlc3QaKy53b3JrZmxvdy5ydW50aW1lLnYxLlRyaWdnZXJXZWJob29rUmVzcG9uc2UiWMLzGAIQAYLT5JMCTDoEYm9keVoiYgRib2R5EhovYXBpL3YxL3dlYmhvb2tzL3twYXRoPSoqfWIEYm9keSIaL2FwaS92MS93ZWJob29rcy97cGF0aD0qKn0SwwEKD0NhbmNlbEV4ZWN1dGlvbhIrLndvcmtmbG93LnJ1bnRpbWUudjEuQ2FuY2VsRXhlY3V0aW9uUmVxdWVzdBosLndvcmtmbG93LnJ1bnRpbWUudjEuQ2FuY2VsRXhlY3V0aW9uUmVzcG9uc2UiVcLzGBMKEXdvcmtmbG93czpleGVjdXRlgtPkkwI4OgEqYglleGVjdXRpb24iKC9hcGkvdjEvZXhlY3V0aW9ucy97ZXhlY3V0aW9uX2lkfS9jYW5jZWwSvwEKDlJldHJ5RXhlY3V0aW9uEioud29ya2Zsb3cucnVudGltZS52MS5SZXRyeUV4ZWN1dGlvblJlcXVlc3QaKy53b3JrZmxvdy5ydW50aW1lLnYxLlJldHJ5RXhlY3V0aW9uUmVzcG9uc2UiVMLzGBMKEXdvcmtmbG93czpleGVjdXRlgtPkkwI3OgEqYglleGVjdXRpb24iJy9hcGkvdjEvZXhlY3V0aW9ucy97ZXhlY3V0aW9uX2lkfS9yZXRyeRLUAQoWTGlzdERlcGxveW1lbnRWZXJzaW9ucxIyLndvcmtmbG93LnJ1bnRpbWUudjEuTGlzdERlcGxveW1lbnRWZXJzaW9uc1JlcXVlc3QaMy53b3JrZmxvdy5ydW50aW1lLnYxLkxpc3REZXBsb3ltZW50VmVyc2lvbnNSZXNwb25zZSJRwvMYEAoOd29ya2Zsb3dzOnJlYWSC0+STAjcSNS9hcGkvdjEvd29ya2Zsb3cvZGVwbG95bWVudHMve2RlcGxveW1lbnRfaWR9L3ZlcnNpb25zQtgBChdjb20ud29ya2Zsb3cucnVudGltZS52MUIMUnVudGltZVByb3RvUAFaQWdpdGh1Yi5jb20vZmxvd2dhdGUvZmxvd2dhdGUvZ2VuL2dvL3dvcmtmbG93L3J1bnRpbWUvdjE7cnVudGltZXYxogIDV1JYqgITV29ya2Zsb3cuUnVudGltZS5WMcoCE1dvcmtmbG93XFJ1bnRpbWVcVjHiAh9Xb3JrZmxvd1xSdW50aW1lXFYxXEdQQk1ldGFkYXRh6gIVV29ya2Zsb3c6OlJ1bnRpbWU6OlYxYgZwcm90bzM", [file_flowgate_options_v1_options, file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_workflow_engine_v1_engine]);
 
 /**
  * Deployment is a deployed workflow.
@@ -94,6 +94,28 @@ export type Deployment = Message<"workflow.runtime.v1.Deployment"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 9;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * The deadline of each execution, when set (see CreateDeploymentRequest).
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 10;
+   */
+  runTimeout?: Duration | undefined;
+
+  /**
+   * What to do when an execution fails or times out.
+   *
+   * @generated from field: workflow.runtime.v1.OnFailure on_failure = 11;
+   */
+  onFailure?: OnFailure | undefined;
+
+  /**
+   * The version of the workflow definition, from 1; an update that changes
+   * the definition adds one (output only).
+   *
+   * @generated from field: int32 version = 12;
+   */
+  version: number;
 };
 
 /**
@@ -102,6 +124,75 @@ export type Deployment = Message<"workflow.runtime.v1.Deployment"> & {
  */
 export const DeploymentSchema: GenMessage<Deployment> = /*@__PURE__*/
   messageDesc(file_workflow_runtime_v1_runtime, 0);
+
+/**
+ * OnFailure is what a deployment does when one of its executions fails or
+ * times out: notify a URL, run an error workflow, or both.
+ *
+ * @generated from message workflow.runtime.v1.OnFailure
+ */
+export type OnFailure = Message<"workflow.runtime.v1.OnFailure"> & {
+  /**
+   * An http or https URL that gets a POST with the failed execution
+   * (execution_id, deployment_id, deployment_version, status, error,
+   * trigger_type, started_at, finished_at) as JSON. It is sent by the
+   * engine's http_request node, so the same destination rules apply.
+   *
+   * @generated from field: string webhook_url = 1;
+   */
+  webhookUrl: string;
+
+  /**
+   * Another active deployment of the tenant, the error workflow: it runs
+   * with the same document as its trigger data, trigger_type
+   * "on_failure". Its own failures trigger nothing.
+   *
+   * @generated from field: string deployment_id = 2;
+   */
+  deploymentId: string;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.OnFailure.
+ * Use `create(OnFailureSchema)` to create a new message.
+ */
+export const OnFailureSchema: GenMessage<OnFailure> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 1);
+
+/**
+ * DeploymentVersion is one workflow definition a deployment has had.
+ *
+ * @generated from message workflow.runtime.v1.DeploymentVersion
+ */
+export type DeploymentVersion = Message<"workflow.runtime.v1.DeploymentVersion"> & {
+  /**
+   * The version, from 1.
+   *
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * The definition.
+   *
+   * @generated from field: workflow.engine.v1.WorkflowDefinition workflow_definition = 2;
+   */
+  workflowDefinition?: WorkflowDefinition | undefined;
+
+  /**
+   * When the deployment got this definition.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.DeploymentVersion.
+ * Use `create(DeploymentVersionSchema)` to create a new message.
+ */
+export const DeploymentVersionSchema: GenMessage<DeploymentVersion> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 2);
 
 /**
  * Trigger fires a deployment's workflow.
@@ -167,7 +258,7 @@ export type Trigger = Message<"workflow.runtime.v1.Trigger"> & {
  * Use `create(TriggerSchema)` to create a new message.
  */
 export const TriggerSchema: GenMessage<Trigger> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 1);
+  messageDesc(file_workflow_runtime_v1_runtime, 3);
 
 /**
  * CreateDeploymentRequest carries what to deploy.
@@ -202,6 +293,23 @@ export type CreateDeploymentRequest = Message<"workflow.runtime.v1.CreateDeploym
    * @generated from field: string description = 4;
    */
   description: string;
+
+  /**
+   * The deadline of each execution: longer than the delays of any path
+   * through the workflow, at most the runtime's maximum (5 minutes by
+   * default). Unset: the delays on the longest path plus a minute, or the
+   * engine's default deadline for a workflow without delays.
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 5;
+   */
+  runTimeout?: Duration | undefined;
+
+  /**
+   * What to do when an execution fails or times out.
+   *
+   * @generated from field: workflow.runtime.v1.OnFailure on_failure = 6;
+   */
+  onFailure?: OnFailure | undefined;
 };
 
 /**
@@ -209,7 +317,7 @@ export type CreateDeploymentRequest = Message<"workflow.runtime.v1.CreateDeploym
  * Use `create(CreateDeploymentRequestSchema)` to create a new message.
  */
 export const CreateDeploymentRequestSchema: GenMessage<CreateDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 2);
+  messageDesc(file_workflow_runtime_v1_runtime, 4);
 
 /**
  * CreateDeploymentResponse carries the new deployment.
@@ -230,7 +338,7 @@ export type CreateDeploymentResponse = Message<"workflow.runtime.v1.CreateDeploy
  * Use `create(CreateDeploymentResponseSchema)` to create a new message.
  */
 export const CreateDeploymentResponseSchema: GenMessage<CreateDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 3);
+  messageDesc(file_workflow_runtime_v1_runtime, 5);
 
 /**
  * ListDeploymentsRequest selects a page of deployments.
@@ -272,7 +380,7 @@ export type ListDeploymentsRequest = Message<"workflow.runtime.v1.ListDeployment
  * Use `create(ListDeploymentsRequestSchema)` to create a new message.
  */
 export const ListDeploymentsRequestSchema: GenMessage<ListDeploymentsRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 4);
+  messageDesc(file_workflow_runtime_v1_runtime, 6);
 
 /**
  * ListDeploymentsResponse carries a page of deployments.
@@ -321,7 +429,7 @@ export type ListDeploymentsResponse = Message<"workflow.runtime.v1.ListDeploymen
  * Use `create(ListDeploymentsResponseSchema)` to create a new message.
  */
 export const ListDeploymentsResponseSchema: GenMessage<ListDeploymentsResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 5);
+  messageDesc(file_workflow_runtime_v1_runtime, 7);
 
 /**
  * GetDeploymentRequest names a deployment.
@@ -342,7 +450,7 @@ export type GetDeploymentRequest = Message<"workflow.runtime.v1.GetDeploymentReq
  * Use `create(GetDeploymentRequestSchema)` to create a new message.
  */
 export const GetDeploymentRequestSchema: GenMessage<GetDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 6);
+  messageDesc(file_workflow_runtime_v1_runtime, 8);
 
 /**
  * GetDeploymentResponse carries a deployment.
@@ -363,7 +471,7 @@ export type GetDeploymentResponse = Message<"workflow.runtime.v1.GetDeploymentRe
  * Use `create(GetDeploymentResponseSchema)` to create a new message.
  */
 export const GetDeploymentResponseSchema: GenMessage<GetDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 7);
+  messageDesc(file_workflow_runtime_v1_runtime, 9);
 
 /**
  * UpdateDeploymentRequest replaces a deployment.
@@ -412,6 +520,20 @@ export type UpdateDeploymentRequest = Message<"workflow.runtime.v1.UpdateDeploym
    * @generated from field: string status = 6;
    */
   status: string;
+
+  /**
+   * The deadline of each execution, as in CreateDeploymentRequest.
+   *
+   * @generated from field: google.protobuf.Duration run_timeout = 7;
+   */
+  runTimeout?: Duration | undefined;
+
+  /**
+   * What to do when an execution fails or times out.
+   *
+   * @generated from field: workflow.runtime.v1.OnFailure on_failure = 8;
+   */
+  onFailure?: OnFailure | undefined;
 };
 
 /**
@@ -419,7 +541,7 @@ export type UpdateDeploymentRequest = Message<"workflow.runtime.v1.UpdateDeploym
  * Use `create(UpdateDeploymentRequestSchema)` to create a new message.
  */
 export const UpdateDeploymentRequestSchema: GenMessage<UpdateDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 8);
+  messageDesc(file_workflow_runtime_v1_runtime, 10);
 
 /**
  * UpdateDeploymentResponse carries the updated deployment.
@@ -440,7 +562,7 @@ export type UpdateDeploymentResponse = Message<"workflow.runtime.v1.UpdateDeploy
  * Use `create(UpdateDeploymentResponseSchema)` to create a new message.
  */
 export const UpdateDeploymentResponseSchema: GenMessage<UpdateDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 9);
+  messageDesc(file_workflow_runtime_v1_runtime, 11);
 
 /**
  * DeleteDeploymentRequest names a deployment.
@@ -461,7 +583,7 @@ export type DeleteDeploymentRequest = Message<"workflow.runtime.v1.DeleteDeploym
  * Use `create(DeleteDeploymentRequestSchema)` to create a new message.
  */
 export const DeleteDeploymentRequestSchema: GenMessage<DeleteDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 10);
+  messageDesc(file_workflow_runtime_v1_runtime, 12);
 
 /**
  * DeleteDeploymentResponse confirms a deletion.
@@ -482,7 +604,7 @@ export type DeleteDeploymentResponse = Message<"workflow.runtime.v1.DeleteDeploy
  * Use `create(DeleteDeploymentResponseSchema)` to create a new message.
  */
 export const DeleteDeploymentResponseSchema: GenMessage<DeleteDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 11);
+  messageDesc(file_workflow_runtime_v1_runtime, 13);
 
 /**
  * RunDeploymentRequest fires a deployment's manual trigger.
@@ -503,6 +625,15 @@ export type RunDeploymentRequest = Message<"workflow.runtime.v1.RunDeploymentReq
    * @generated from field: google.protobuf.Struct trigger_data = 2;
    */
   triggerData?: JsonObject | undefined;
+
+  /**
+   * How long to wait for the execution to finish, 0 to 300 seconds; 0
+   * answers at once. An execution still running when the wait ends is
+   * returned with status running (REST: 202 Accepted).
+   *
+   * @generated from field: int32 wait_seconds = 3;
+   */
+  waitSeconds: number;
 };
 
 /**
@@ -510,16 +641,17 @@ export type RunDeploymentRequest = Message<"workflow.runtime.v1.RunDeploymentReq
  * Use `create(RunDeploymentRequestSchema)` to create a new message.
  */
 export const RunDeploymentRequestSchema: GenMessage<RunDeploymentRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 12);
+  messageDesc(file_workflow_runtime_v1_runtime, 14);
 
 /**
- * RunDeploymentResponse carries the finished execution.
+ * RunDeploymentResponse carries the execution the manual trigger started.
  *
  * @generated from message workflow.runtime.v1.RunDeploymentResponse
  */
 export type RunDeploymentResponse = Message<"workflow.runtime.v1.RunDeploymentResponse"> & {
   /**
-   * The execution; REST callers get it as the response body.
+   * The execution, finished or still running; REST callers get it as the
+   * response body.
    *
    * @generated from field: workflow.runtime.v1.Execution execution = 1;
    */
@@ -531,7 +663,7 @@ export type RunDeploymentResponse = Message<"workflow.runtime.v1.RunDeploymentRe
  * Use `create(RunDeploymentResponseSchema)` to create a new message.
  */
 export const RunDeploymentResponseSchema: GenMessage<RunDeploymentResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 13);
+  messageDesc(file_workflow_runtime_v1_runtime, 15);
 
 /**
  * Execution is one run of a deployment.
@@ -561,7 +693,8 @@ export type Execution = Message<"workflow.runtime.v1.Execution"> & {
   status: string;
 
   /**
-   * What fired it: webhook, manual or schedule.
+   * What fired it: webhook, manual, schedule, or on_failure (an error
+   * workflow run for another deployment's failed execution).
    *
    * @generated from field: string trigger_type = 4;
    */
@@ -608,6 +741,21 @@ export type Execution = Message<"workflow.runtime.v1.Execution"> & {
    * @generated from field: google.protobuf.Timestamp finished_at = 10;
    */
   finishedAt?: Timestamp | undefined;
+
+  /**
+   * The version of the deployment's workflow definition it ran.
+   *
+   * @generated from field: int32 deployment_version = 11;
+   */
+  deploymentVersion: number;
+
+  /**
+   * The execution this one retries (RetryExecution, or an Idempotency-Key
+   * sent again after its execution was interrupted).
+   *
+   * @generated from field: string retry_of = 12;
+   */
+  retryOf: string;
 };
 
 /**
@@ -615,7 +763,7 @@ export type Execution = Message<"workflow.runtime.v1.Execution"> & {
  * Use `create(ExecutionSchema)` to create a new message.
  */
 export const ExecutionSchema: GenMessage<Execution> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 14);
+  messageDesc(file_workflow_runtime_v1_runtime, 16);
 
 /**
  * ListExecutionsRequest selects a page of executions.
@@ -664,7 +812,7 @@ export type ListExecutionsRequest = Message<"workflow.runtime.v1.ListExecutionsR
  * Use `create(ListExecutionsRequestSchema)` to create a new message.
  */
 export const ListExecutionsRequestSchema: GenMessage<ListExecutionsRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 15);
+  messageDesc(file_workflow_runtime_v1_runtime, 17);
 
 /**
  * ListExecutionsResponse carries a page of executions.
@@ -713,7 +861,7 @@ export type ListExecutionsResponse = Message<"workflow.runtime.v1.ListExecutions
  * Use `create(ListExecutionsResponseSchema)` to create a new message.
  */
 export const ListExecutionsResponseSchema: GenMessage<ListExecutionsResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 16);
+  messageDesc(file_workflow_runtime_v1_runtime, 18);
 
 /**
  * GetExecutionRequest names an execution.
@@ -734,7 +882,7 @@ export type GetExecutionRequest = Message<"workflow.runtime.v1.GetExecutionReque
  * Use `create(GetExecutionRequestSchema)` to create a new message.
  */
 export const GetExecutionRequestSchema: GenMessage<GetExecutionRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 17);
+  messageDesc(file_workflow_runtime_v1_runtime, 19);
 
 /**
  * GetExecutionResponse carries an execution.
@@ -755,7 +903,7 @@ export type GetExecutionResponse = Message<"workflow.runtime.v1.GetExecutionResp
  * Use `create(GetExecutionResponseSchema)` to create a new message.
  */
 export const GetExecutionResponseSchema: GenMessage<GetExecutionResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 18);
+  messageDesc(file_workflow_runtime_v1_runtime, 20);
 
 /**
  * TriggerWebhookRequest is one HTTP request to a webhook path.
@@ -815,7 +963,7 @@ export type TriggerWebhookRequest = Message<"workflow.runtime.v1.TriggerWebhookR
  * Use `create(TriggerWebhookRequestSchema)` to create a new message.
  */
 export const TriggerWebhookRequestSchema: GenMessage<TriggerWebhookRequest> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 19);
+  messageDesc(file_workflow_runtime_v1_runtime, 21);
 
 /**
  * TriggerWebhookResponse is what the webhook caller gets back.
@@ -866,7 +1014,169 @@ export type TriggerWebhookResponse = Message<"workflow.runtime.v1.TriggerWebhook
  * Use `create(TriggerWebhookResponseSchema)` to create a new message.
  */
 export const TriggerWebhookResponseSchema: GenMessage<TriggerWebhookResponse> = /*@__PURE__*/
-  messageDesc(file_workflow_runtime_v1_runtime, 20);
+  messageDesc(file_workflow_runtime_v1_runtime, 22);
+
+/**
+ * CancelExecutionRequest names an execution to stop.
+ *
+ * @generated from message workflow.runtime.v1.CancelExecutionRequest
+ */
+export type CancelExecutionRequest = Message<"workflow.runtime.v1.CancelExecutionRequest"> & {
+  /**
+   * The execution's id.
+   *
+   * @generated from field: string execution_id = 1;
+   */
+  executionId: string;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.CancelExecutionRequest.
+ * Use `create(CancelExecutionRequestSchema)` to create a new message.
+ */
+export const CancelExecutionRequestSchema: GenMessage<CancelExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 23);
+
+/**
+ * CancelExecutionResponse carries the canceled execution.
+ *
+ * @generated from message workflow.runtime.v1.CancelExecutionResponse
+ */
+export type CancelExecutionResponse = Message<"workflow.runtime.v1.CancelExecutionResponse"> & {
+  /**
+   * The execution; REST callers get it as the response body.
+   *
+   * @generated from field: workflow.runtime.v1.Execution execution = 1;
+   */
+  execution?: Execution | undefined;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.CancelExecutionResponse.
+ * Use `create(CancelExecutionResponseSchema)` to create a new message.
+ */
+export const CancelExecutionResponseSchema: GenMessage<CancelExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 24);
+
+/**
+ * RetryExecutionRequest names an execution to run again.
+ *
+ * @generated from message workflow.runtime.v1.RetryExecutionRequest
+ */
+export type RetryExecutionRequest = Message<"workflow.runtime.v1.RetryExecutionRequest"> & {
+  /**
+   * The execution's id; it must have finished.
+   *
+   * @generated from field: string execution_id = 1;
+   */
+  executionId: string;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.RetryExecutionRequest.
+ * Use `create(RetryExecutionRequestSchema)` to create a new message.
+ */
+export const RetryExecutionRequestSchema: GenMessage<RetryExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 25);
+
+/**
+ * RetryExecutionResponse carries the new execution.
+ *
+ * @generated from message workflow.runtime.v1.RetryExecutionResponse
+ */
+export type RetryExecutionResponse = Message<"workflow.runtime.v1.RetryExecutionResponse"> & {
+  /**
+   * The new execution, running (REST: 202 Accepted); REST callers get it
+   * as the response body.
+   *
+   * @generated from field: workflow.runtime.v1.Execution execution = 1;
+   */
+  execution?: Execution | undefined;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.RetryExecutionResponse.
+ * Use `create(RetryExecutionResponseSchema)` to create a new message.
+ */
+export const RetryExecutionResponseSchema: GenMessage<RetryExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 26);
+
+/**
+ * ListDeploymentVersionsRequest selects a page of a deployment's versions.
+ *
+ * @generated from message workflow.runtime.v1.ListDeploymentVersionsRequest
+ */
+export type ListDeploymentVersionsRequest = Message<"workflow.runtime.v1.ListDeploymentVersionsRequest"> & {
+  /**
+   * The deployment's id.
+   *
+   * @generated from field: string deployment_id = 1;
+   */
+  deploymentId: string;
+
+  /**
+   * The page number, from 1.
+   *
+   * @generated from field: int32 page = 2;
+   */
+  page: number;
+
+  /**
+   * Versions per page (default 20, at most 100).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.ListDeploymentVersionsRequest.
+ * Use `create(ListDeploymentVersionsRequestSchema)` to create a new message.
+ */
+export const ListDeploymentVersionsRequestSchema: GenMessage<ListDeploymentVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 27);
+
+/**
+ * ListDeploymentVersionsResponse carries a page of versions.
+ *
+ * @generated from message workflow.runtime.v1.ListDeploymentVersionsResponse
+ */
+export type ListDeploymentVersionsResponse = Message<"workflow.runtime.v1.ListDeploymentVersionsResponse"> & {
+  /**
+   * The page's versions, newest first.
+   *
+   * @generated from field: repeated workflow.runtime.v1.DeploymentVersion versions = 1;
+   */
+  versions: DeploymentVersion[];
+
+  /**
+   * How many versions the deployment has.
+   *
+   * @generated from field: int32 total_count = 2;
+   */
+  totalCount: number;
+
+  /**
+   * The page number.
+   *
+   * @generated from field: int32 page = 3;
+   */
+  page: number;
+
+  /**
+   * Versions per page.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message workflow.runtime.v1.ListDeploymentVersionsResponse.
+ * Use `create(ListDeploymentVersionsResponseSchema)` to create a new message.
+ */
+export const ListDeploymentVersionsResponseSchema: GenMessage<ListDeploymentVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_workflow_runtime_v1_runtime, 28);
 
 /**
  * WorkflowRuntimeService manages deployments and their executions.
@@ -964,6 +1274,39 @@ export const WorkflowRuntimeService: GenService<{
     methodKind: "unary";
     input: typeof TriggerWebhookRequestSchema;
     output: typeof TriggerWebhookResponseSchema;
+  },
+  /**
+   * CancelExecution stops a running execution; it ends canceled, with the
+   * results of the nodes that had finished.
+   *
+   * @generated from rpc workflow.runtime.v1.WorkflowRuntimeService.CancelExecution
+   */
+  cancelExecution: {
+    methodKind: "unary";
+    input: typeof CancelExecutionRequestSchema;
+    output: typeof CancelExecutionResponseSchema;
+  },
+  /**
+   * RetryExecution runs a finished execution's deployment again with the
+   * same trigger data, as a new execution whose retry_of names the old one.
+   *
+   * @generated from rpc workflow.runtime.v1.WorkflowRuntimeService.RetryExecution
+   */
+  retryExecution: {
+    methodKind: "unary";
+    input: typeof RetryExecutionRequestSchema;
+    output: typeof RetryExecutionResponseSchema;
+  },
+  /**
+   * ListDeploymentVersions lists the workflow definitions a deployment has
+   * had, newest first.
+   *
+   * @generated from rpc workflow.runtime.v1.WorkflowRuntimeService.ListDeploymentVersions
+   */
+  listDeploymentVersions: {
+    methodKind: "unary";
+    input: typeof ListDeploymentVersionsRequestSchema;
+    output: typeof ListDeploymentVersionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_workflow_runtime_v1_runtime, 0);

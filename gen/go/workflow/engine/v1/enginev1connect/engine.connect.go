@@ -38,6 +38,9 @@ const (
 	// WorkflowEngineServiceExecuteWorkflowProcedure is the fully-qualified name of the
 	// WorkflowEngineService's ExecuteWorkflow RPC.
 	WorkflowEngineServiceExecuteWorkflowProcedure = "/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow"
+	// WorkflowEngineServiceStreamWorkflowProcedure is the fully-qualified name of the
+	// WorkflowEngineService's StreamWorkflow RPC.
+	WorkflowEngineServiceStreamWorkflowProcedure = "/workflow.engine.v1.WorkflowEngineService/StreamWorkflow"
 )
 
 // WorkflowEngineServiceClient is a client for the workflow.engine.v1.WorkflowEngineService service.
@@ -45,6 +48,11 @@ type WorkflowEngineServiceClient interface {
 	// ExecuteWorkflow validates a definition and, unless validate_only is set,
 	// runs it with the given trigger data and returns every node's result.
 	ExecuteWorkflow(context.Context, *connect.Request[v1.ExecuteWorkflowRequest]) (*connect.Response[v1.ExecuteWorkflowResponse], error)
+	// StreamWorkflow runs a definition as ExecuteWorkflow does and reports
+	// the run as it goes: an event as each node finishes, one when a respond
+	// node runs (so that a webhook caller can be answered before the run
+	// ends), and the result last. A client that goes away cancels the run.
+	StreamWorkflow(context.Context, *connect.Request[v1.StreamWorkflowRequest]) (*connect.ServerStreamForClient[v1.StreamWorkflowResponse], error)
 }
 
 // NewWorkflowEngineServiceClient constructs a client for the
@@ -64,17 +72,29 @@ func NewWorkflowEngineServiceClient(httpClient connect.HTTPClient, baseURL strin
 			connect.WithSchema(workflowEngineServiceMethods.ByName("ExecuteWorkflow")),
 			connect.WithClientOptions(opts...),
 		),
+		streamWorkflow: connect.NewClient[v1.StreamWorkflowRequest, v1.StreamWorkflowResponse](
+			httpClient,
+			baseURL+WorkflowEngineServiceStreamWorkflowProcedure,
+			connect.WithSchema(workflowEngineServiceMethods.ByName("StreamWorkflow")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // workflowEngineServiceClient implements WorkflowEngineServiceClient.
 type workflowEngineServiceClient struct {
 	executeWorkflow *connect.Client[v1.ExecuteWorkflowRequest, v1.ExecuteWorkflowResponse]
+	streamWorkflow  *connect.Client[v1.StreamWorkflowRequest, v1.StreamWorkflowResponse]
 }
 
 // ExecuteWorkflow calls workflow.engine.v1.WorkflowEngineService.ExecuteWorkflow.
 func (c *workflowEngineServiceClient) ExecuteWorkflow(ctx context.Context, req *connect.Request[v1.ExecuteWorkflowRequest]) (*connect.Response[v1.ExecuteWorkflowResponse], error) {
 	return c.executeWorkflow.CallUnary(ctx, req)
+}
+
+// StreamWorkflow calls workflow.engine.v1.WorkflowEngineService.StreamWorkflow.
+func (c *workflowEngineServiceClient) StreamWorkflow(ctx context.Context, req *connect.Request[v1.StreamWorkflowRequest]) (*connect.ServerStreamForClient[v1.StreamWorkflowResponse], error) {
+	return c.streamWorkflow.CallServerStream(ctx, req)
 }
 
 // WorkflowEngineServiceHandler is an implementation of the workflow.engine.v1.WorkflowEngineService
@@ -83,6 +103,11 @@ type WorkflowEngineServiceHandler interface {
 	// ExecuteWorkflow validates a definition and, unless validate_only is set,
 	// runs it with the given trigger data and returns every node's result.
 	ExecuteWorkflow(context.Context, *connect.Request[v1.ExecuteWorkflowRequest]) (*connect.Response[v1.ExecuteWorkflowResponse], error)
+	// StreamWorkflow runs a definition as ExecuteWorkflow does and reports
+	// the run as it goes: an event as each node finishes, one when a respond
+	// node runs (so that a webhook caller can be answered before the run
+	// ends), and the result last. A client that goes away cancels the run.
+	StreamWorkflow(context.Context, *connect.Request[v1.StreamWorkflowRequest], *connect.ServerStream[v1.StreamWorkflowResponse]) error
 }
 
 // NewWorkflowEngineServiceHandler builds an HTTP handler from the service implementation. It
@@ -98,10 +123,18 @@ func NewWorkflowEngineServiceHandler(svc WorkflowEngineServiceHandler, opts ...c
 		connect.WithSchema(workflowEngineServiceMethods.ByName("ExecuteWorkflow")),
 		connect.WithHandlerOptions(opts...),
 	)
+	workflowEngineServiceStreamWorkflowHandler := connect.NewServerStreamHandler(
+		WorkflowEngineServiceStreamWorkflowProcedure,
+		svc.StreamWorkflow,
+		connect.WithSchema(workflowEngineServiceMethods.ByName("StreamWorkflow")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/workflow.engine.v1.WorkflowEngineService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case WorkflowEngineServiceExecuteWorkflowProcedure:
 			workflowEngineServiceExecuteWorkflowHandler.ServeHTTP(w, r)
+		case WorkflowEngineServiceStreamWorkflowProcedure:
+			workflowEngineServiceStreamWorkflowHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -113,4 +146,8 @@ type UnimplementedWorkflowEngineServiceHandler struct{}
 
 func (UnimplementedWorkflowEngineServiceHandler) ExecuteWorkflow(context.Context, *connect.Request[v1.ExecuteWorkflowRequest]) (*connect.Response[v1.ExecuteWorkflowResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("workflow.engine.v1.WorkflowEngineService.ExecuteWorkflow is not implemented"))
+}
+
+func (UnimplementedWorkflowEngineServiceHandler) StreamWorkflow(context.Context, *connect.Request[v1.StreamWorkflowRequest], *connect.ServerStream[v1.StreamWorkflowResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("workflow.engine.v1.WorkflowEngineService.StreamWorkflow is not implemented"))
 }

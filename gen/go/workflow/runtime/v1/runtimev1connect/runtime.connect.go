@@ -63,6 +63,15 @@ const (
 	// WorkflowRuntimeServiceTriggerWebhookProcedure is the fully-qualified name of the
 	// WorkflowRuntimeService's TriggerWebhook RPC.
 	WorkflowRuntimeServiceTriggerWebhookProcedure = "/workflow.runtime.v1.WorkflowRuntimeService/TriggerWebhook"
+	// WorkflowRuntimeServiceCancelExecutionProcedure is the fully-qualified name of the
+	// WorkflowRuntimeService's CancelExecution RPC.
+	WorkflowRuntimeServiceCancelExecutionProcedure = "/workflow.runtime.v1.WorkflowRuntimeService/CancelExecution"
+	// WorkflowRuntimeServiceRetryExecutionProcedure is the fully-qualified name of the
+	// WorkflowRuntimeService's RetryExecution RPC.
+	WorkflowRuntimeServiceRetryExecutionProcedure = "/workflow.runtime.v1.WorkflowRuntimeService/RetryExecution"
+	// WorkflowRuntimeServiceListDeploymentVersionsProcedure is the fully-qualified name of the
+	// WorkflowRuntimeService's ListDeploymentVersions RPC.
+	WorkflowRuntimeServiceListDeploymentVersionsProcedure = "/workflow.runtime.v1.WorkflowRuntimeService/ListDeploymentVersions"
 )
 
 // WorkflowRuntimeServiceClient is a client for the workflow.runtime.v1.WorkflowRuntimeService
@@ -87,6 +96,15 @@ type WorkflowRuntimeServiceClient interface {
 	// TriggerWebhook fires the deployment whose webhook trigger owns the path.
 	// The body is kept byte for byte so that its signature can be checked.
 	TriggerWebhook(context.Context, *connect.Request[v1.TriggerWebhookRequest]) (*connect.Response[v1.TriggerWebhookResponse], error)
+	// CancelExecution stops a running execution; it ends canceled, with the
+	// results of the nodes that had finished.
+	CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error)
+	// RetryExecution runs a finished execution's deployment again with the
+	// same trigger data, as a new execution whose retry_of names the old one.
+	RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error)
+	// ListDeploymentVersions lists the workflow definitions a deployment has
+	// had, newest first.
+	ListDeploymentVersions(context.Context, *connect.Request[v1.ListDeploymentVersionsRequest]) (*connect.Response[v1.ListDeploymentVersionsResponse], error)
 }
 
 // NewWorkflowRuntimeServiceClient constructs a client for the
@@ -158,20 +176,41 @@ func NewWorkflowRuntimeServiceClient(httpClient connect.HTTPClient, baseURL stri
 			connect.WithSchema(workflowRuntimeServiceMethods.ByName("TriggerWebhook")),
 			connect.WithClientOptions(opts...),
 		),
+		cancelExecution: connect.NewClient[v1.CancelExecutionRequest, v1.CancelExecutionResponse](
+			httpClient,
+			baseURL+WorkflowRuntimeServiceCancelExecutionProcedure,
+			connect.WithSchema(workflowRuntimeServiceMethods.ByName("CancelExecution")),
+			connect.WithClientOptions(opts...),
+		),
+		retryExecution: connect.NewClient[v1.RetryExecutionRequest, v1.RetryExecutionResponse](
+			httpClient,
+			baseURL+WorkflowRuntimeServiceRetryExecutionProcedure,
+			connect.WithSchema(workflowRuntimeServiceMethods.ByName("RetryExecution")),
+			connect.WithClientOptions(opts...),
+		),
+		listDeploymentVersions: connect.NewClient[v1.ListDeploymentVersionsRequest, v1.ListDeploymentVersionsResponse](
+			httpClient,
+			baseURL+WorkflowRuntimeServiceListDeploymentVersionsProcedure,
+			connect.WithSchema(workflowRuntimeServiceMethods.ByName("ListDeploymentVersions")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // workflowRuntimeServiceClient implements WorkflowRuntimeServiceClient.
 type workflowRuntimeServiceClient struct {
-	createDeployment *connect.Client[v1.CreateDeploymentRequest, v1.CreateDeploymentResponse]
-	listDeployments  *connect.Client[v1.ListDeploymentsRequest, v1.ListDeploymentsResponse]
-	getDeployment    *connect.Client[v1.GetDeploymentRequest, v1.GetDeploymentResponse]
-	updateDeployment *connect.Client[v1.UpdateDeploymentRequest, v1.UpdateDeploymentResponse]
-	deleteDeployment *connect.Client[v1.DeleteDeploymentRequest, v1.DeleteDeploymentResponse]
-	runDeployment    *connect.Client[v1.RunDeploymentRequest, v1.RunDeploymentResponse]
-	listExecutions   *connect.Client[v1.ListExecutionsRequest, v1.ListExecutionsResponse]
-	getExecution     *connect.Client[v1.GetExecutionRequest, v1.GetExecutionResponse]
-	triggerWebhook   *connect.Client[v1.TriggerWebhookRequest, v1.TriggerWebhookResponse]
+	createDeployment       *connect.Client[v1.CreateDeploymentRequest, v1.CreateDeploymentResponse]
+	listDeployments        *connect.Client[v1.ListDeploymentsRequest, v1.ListDeploymentsResponse]
+	getDeployment          *connect.Client[v1.GetDeploymentRequest, v1.GetDeploymentResponse]
+	updateDeployment       *connect.Client[v1.UpdateDeploymentRequest, v1.UpdateDeploymentResponse]
+	deleteDeployment       *connect.Client[v1.DeleteDeploymentRequest, v1.DeleteDeploymentResponse]
+	runDeployment          *connect.Client[v1.RunDeploymentRequest, v1.RunDeploymentResponse]
+	listExecutions         *connect.Client[v1.ListExecutionsRequest, v1.ListExecutionsResponse]
+	getExecution           *connect.Client[v1.GetExecutionRequest, v1.GetExecutionResponse]
+	triggerWebhook         *connect.Client[v1.TriggerWebhookRequest, v1.TriggerWebhookResponse]
+	cancelExecution        *connect.Client[v1.CancelExecutionRequest, v1.CancelExecutionResponse]
+	retryExecution         *connect.Client[v1.RetryExecutionRequest, v1.RetryExecutionResponse]
+	listDeploymentVersions *connect.Client[v1.ListDeploymentVersionsRequest, v1.ListDeploymentVersionsResponse]
 }
 
 // CreateDeployment calls workflow.runtime.v1.WorkflowRuntimeService.CreateDeployment.
@@ -219,6 +258,21 @@ func (c *workflowRuntimeServiceClient) TriggerWebhook(ctx context.Context, req *
 	return c.triggerWebhook.CallUnary(ctx, req)
 }
 
+// CancelExecution calls workflow.runtime.v1.WorkflowRuntimeService.CancelExecution.
+func (c *workflowRuntimeServiceClient) CancelExecution(ctx context.Context, req *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error) {
+	return c.cancelExecution.CallUnary(ctx, req)
+}
+
+// RetryExecution calls workflow.runtime.v1.WorkflowRuntimeService.RetryExecution.
+func (c *workflowRuntimeServiceClient) RetryExecution(ctx context.Context, req *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error) {
+	return c.retryExecution.CallUnary(ctx, req)
+}
+
+// ListDeploymentVersions calls workflow.runtime.v1.WorkflowRuntimeService.ListDeploymentVersions.
+func (c *workflowRuntimeServiceClient) ListDeploymentVersions(ctx context.Context, req *connect.Request[v1.ListDeploymentVersionsRequest]) (*connect.Response[v1.ListDeploymentVersionsResponse], error) {
+	return c.listDeploymentVersions.CallUnary(ctx, req)
+}
+
 // WorkflowRuntimeServiceHandler is an implementation of the
 // workflow.runtime.v1.WorkflowRuntimeService service.
 type WorkflowRuntimeServiceHandler interface {
@@ -241,6 +295,15 @@ type WorkflowRuntimeServiceHandler interface {
 	// TriggerWebhook fires the deployment whose webhook trigger owns the path.
 	// The body is kept byte for byte so that its signature can be checked.
 	TriggerWebhook(context.Context, *connect.Request[v1.TriggerWebhookRequest]) (*connect.Response[v1.TriggerWebhookResponse], error)
+	// CancelExecution stops a running execution; it ends canceled, with the
+	// results of the nodes that had finished.
+	CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error)
+	// RetryExecution runs a finished execution's deployment again with the
+	// same trigger data, as a new execution whose retry_of names the old one.
+	RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error)
+	// ListDeploymentVersions lists the workflow definitions a deployment has
+	// had, newest first.
+	ListDeploymentVersions(context.Context, *connect.Request[v1.ListDeploymentVersionsRequest]) (*connect.Response[v1.ListDeploymentVersionsResponse], error)
 }
 
 // NewWorkflowRuntimeServiceHandler builds an HTTP handler from the service implementation. It
@@ -308,6 +371,24 @@ func NewWorkflowRuntimeServiceHandler(svc WorkflowRuntimeServiceHandler, opts ..
 		connect.WithSchema(workflowRuntimeServiceMethods.ByName("TriggerWebhook")),
 		connect.WithHandlerOptions(opts...),
 	)
+	workflowRuntimeServiceCancelExecutionHandler := connect.NewUnaryHandler(
+		WorkflowRuntimeServiceCancelExecutionProcedure,
+		svc.CancelExecution,
+		connect.WithSchema(workflowRuntimeServiceMethods.ByName("CancelExecution")),
+		connect.WithHandlerOptions(opts...),
+	)
+	workflowRuntimeServiceRetryExecutionHandler := connect.NewUnaryHandler(
+		WorkflowRuntimeServiceRetryExecutionProcedure,
+		svc.RetryExecution,
+		connect.WithSchema(workflowRuntimeServiceMethods.ByName("RetryExecution")),
+		connect.WithHandlerOptions(opts...),
+	)
+	workflowRuntimeServiceListDeploymentVersionsHandler := connect.NewUnaryHandler(
+		WorkflowRuntimeServiceListDeploymentVersionsProcedure,
+		svc.ListDeploymentVersions,
+		connect.WithSchema(workflowRuntimeServiceMethods.ByName("ListDeploymentVersions")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/workflow.runtime.v1.WorkflowRuntimeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case WorkflowRuntimeServiceCreateDeploymentProcedure:
@@ -328,6 +409,12 @@ func NewWorkflowRuntimeServiceHandler(svc WorkflowRuntimeServiceHandler, opts ..
 			workflowRuntimeServiceGetExecutionHandler.ServeHTTP(w, r)
 		case WorkflowRuntimeServiceTriggerWebhookProcedure:
 			workflowRuntimeServiceTriggerWebhookHandler.ServeHTTP(w, r)
+		case WorkflowRuntimeServiceCancelExecutionProcedure:
+			workflowRuntimeServiceCancelExecutionHandler.ServeHTTP(w, r)
+		case WorkflowRuntimeServiceRetryExecutionProcedure:
+			workflowRuntimeServiceRetryExecutionHandler.ServeHTTP(w, r)
+		case WorkflowRuntimeServiceListDeploymentVersionsProcedure:
+			workflowRuntimeServiceListDeploymentVersionsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -371,4 +458,16 @@ func (UnimplementedWorkflowRuntimeServiceHandler) GetExecution(context.Context, 
 
 func (UnimplementedWorkflowRuntimeServiceHandler) TriggerWebhook(context.Context, *connect.Request[v1.TriggerWebhookRequest]) (*connect.Response[v1.TriggerWebhookResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("workflow.runtime.v1.WorkflowRuntimeService.TriggerWebhook is not implemented"))
+}
+
+func (UnimplementedWorkflowRuntimeServiceHandler) CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("workflow.runtime.v1.WorkflowRuntimeService.CancelExecution is not implemented"))
+}
+
+func (UnimplementedWorkflowRuntimeServiceHandler) RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("workflow.runtime.v1.WorkflowRuntimeService.RetryExecution is not implemented"))
+}
+
+func (UnimplementedWorkflowRuntimeServiceHandler) ListDeploymentVersions(context.Context, *connect.Request[v1.ListDeploymentVersionsRequest]) (*connect.Response[v1.ListDeploymentVersionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("workflow.runtime.v1.WorkflowRuntimeService.ListDeploymentVersions is not implemented"))
 }

@@ -1,0 +1,51 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"connectrpc.com/connect"
+
+	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
+)
+
+// StreamWorkflow runs a definition as [Service.ExecuteWorkflow] does and
+// sends an event as each node finishes, one as soon as a respond node has
+// answered, and the result last. A caller that goes away cancels the run.
+func (s *Service) StreamWorkflow(ctx context.Context, req *connect.Request[enginev1.StreamWorkflowRequest], stream *connect.ServerStream[enginev1.StreamWorkflowResponse]) error {
+	msg := req.Msg
+	wf, timeout, err := s.prepare(msg.GetWorkflowDefinition(), msg.Timeout)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu      sync.Mutex
+		sendErr error
+	)
+	// Nodes of parallel branches may finish at once; a stream takes one
+	// message at a time. A failed send means the caller is gone: stop.
+	observe := func(ev *enginev1.StreamWorkflowResponse) {
+		mu.Lock()
+		defer mu.Unlock()
+		if sendErr != nil {
+			return
+		}
+		if sendErr = stream.Send(ev); sendErr != nil {
+			cancel()
+		}
+	}
+	result := s.run(ctx, wf, msg.GetTriggerData().AsMap(), timeout, observe)
+	mu.Lock()
+	defer mu.Unlock()
+	if sendErr != nil || (result.GetStatus() == StatusCanceled && ctx.Err() != nil) {
+		return connect.NewError(connect.CodeCanceled, errors.New("the caller canceled the run"))
+	}
+	s.logger.LogAttrs(ctx, slog.LevelDebug, "workflow ran",
+		slog.String("workflow", wf.name), slog.String("status", result.GetStatus()),
+		slog.Int("nodes", len(result.GetNodeResults())))
+	return stream.Send(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_Result{Result: result}})
+}
