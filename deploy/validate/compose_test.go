@@ -249,17 +249,29 @@ func mustAbs(t *testing.T, p string) string {
 	return abs
 }
 
-// mounted is the host file a service mounts at target.
-func mounted(t *testing.T, s *composeService, target string) string {
+// configFile reads the host file that a service's first argument (flag
+// followed by a path in the container) names, through the service's mounts.
+func configFile(t *testing.T, name string, s *composeService, flag string) []byte {
 	t.Helper()
+	if s == nil || len(s.Command) == 0 {
+		t.Fatalf("the %s service has no command naming its configuration", name)
+	}
+	target, ok := strings.CutPrefix(s.Command[0], flag)
+	if !ok {
+		t.Fatalf("%s command %v: want %s<file>", name, s.Command, flag)
+	}
 	for _, v := range s.Volumes {
 		parts := strings.Split(v, ":")
 		if len(parts) >= 2 && parts[1] == target {
-			return filepath.Join(filepath.Dir(composeFile), parts[0])
+			raw, err := os.ReadFile(filepath.Join(filepath.Dir(composeFile), parts[0]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return raw
 		}
 	}
-	t.Fatalf("nothing is mounted at %s", target)
-	return ""
+	t.Fatalf("%s: nothing is mounted at %s", name, target)
+	return nil
 }
 
 type collectorConfig struct {
@@ -280,17 +292,7 @@ func endpointPort(t *testing.T, what, endpoint string) int {
 // from the OTLP receiver through components that are defined.
 func readCollector(t *testing.T, s *composeService) collectorConfig {
 	t.Helper()
-	if s == nil || len(s.Command) == 0 {
-		t.Fatal("the otel-collector service has no command naming its configuration")
-	}
-	path, ok := strings.CutPrefix(s.Command[0], "--config=")
-	if !ok {
-		t.Fatalf("otel-collector command %v", s.Command)
-	}
-	raw, err := os.ReadFile(mounted(t, s, path))
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := configFile(t, "otel-collector", s, "--config=")
 	var cfg struct {
 		Receivers struct {
 			OTLP struct {
@@ -338,18 +340,7 @@ func readCollector(t *testing.T, s *composeService) collectorConfig {
 // serves /metrics, and that every target is a service and port.
 func checkPrometheus(t *testing.T, services map[string]*composeService, runs map[string]*binary, listens map[string][]int, collector collectorConfig) {
 	t.Helper()
-	s := services["prometheus"]
-	if s == nil || len(s.Command) == 0 {
-		t.Fatal("the prometheus service has no command naming its configuration")
-	}
-	path, ok := strings.CutPrefix(s.Command[0], "--config.file=")
-	if !ok {
-		t.Fatalf("prometheus command %v", s.Command)
-	}
-	raw, err := os.ReadFile(mounted(t, s, path))
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := configFile(t, "prometheus", services["prometheus"], "--config.file=")
 	var cfg struct {
 		ScrapeConfigs []struct {
 			JobName       string `yaml:"job_name"`
