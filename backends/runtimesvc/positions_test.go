@@ -125,7 +125,7 @@ func testConcurrentPositions(t *testing.T, db *store.DB, eng enginev1connect.Wor
 
 	ctx := t.Context()
 	// Each tenant's callers share one key every fourth round.
-	keyed := 2 * (rounds + 3) / 4
+	keyed := 2 * ((rounds + 3) / 4)
 	if want := int64(2*callers*rounds - (callers-1)*keyed); inserted.Load() != want {
 		t.Fatalf("%d executions recorded, want %d (one per idempotency key)", inserted.Load(), want)
 	}
