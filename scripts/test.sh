@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check a change must pass: proto lint, generated code (Go and
 # TypeScript) in step with proto/, a type check of the TypeScript, go vet,
-# and the Go tests with the race detector.
+# the Go tests with the race detector, and the deployment files (deploy/
+# and compose.yaml, checked by the separate module deploy/validate).
 #
 # Tests that need PostgreSQL or Redis use FLOWGATE_TEST_DATABASE_URL and
 # FLOWGATE_TEST_REDIS_URL; when those are unset and the services answer on
@@ -53,3 +54,6 @@ echo "Redis tests: ${FLOWGATE_TEST_REDIS_URL:-skipped (no redis)}"
 
 step "go test -race"
 go test -race -count=1 -timeout 12m ./...
+
+step "deploy/ and compose.yaml (kustomize build, strict Kubernetes API types, checked against the binaries)"
+(cd deploy/validate && go vet ./... && go test -count=1 ./...)

@@ -23,6 +23,8 @@ var (
 // repo is the runtime's SQL, written once for both dialects.
 type repo struct {
 	db *store.DB
+	// starts and finishes batch the writes that draw execution positions.
+	starts, finishes commitGroup
 }
 
 const deploymentCols = `seq, id, tenant, name, description, status, definition, triggers, created_at, updated_at, version`

@@ -69,18 +69,6 @@ func (e *execution) toProto(withNodes bool) *runtimev1.Execution {
 	return out
 }
 
-// bump takes the next dense position of a counter scope, inside tx; the
-// counter row stays locked until tx ends, which orders positions by commit.
-func bump(ctx context.Context, tx *store.Tx, tenant, scope string) (int64, error) {
-	var n int64
-	err := tx.QueryRow(ctx, `INSERT INTO execution_counters (tenant, scope, n) VALUES (?, ?, 1)
-		ON CONFLICT (tenant, scope) DO UPDATE SET n = execution_counters.n + 1 RETURNING n`, tenant, scope).Scan(&n)
-	if err != nil {
-		return 0, fmt.Errorf("bump counter %s: %w", scope, err)
-	}
-	return n, nil
-}
-
 func scopeAll() string                     { return "all" }
 func scopeDep(dep string) string           { return "dep:" + dep }
 func scopeStatus(st string) string         { return "st:" + st }
@@ -110,28 +98,23 @@ func (r *repo) insertExecution(ctx context.Context, ne newExecution) error {
 	if !ne.scheduledAt.IsZero() {
 		sched = ne.scheduledAt.UnixMicro()
 	}
-	return r.db.InTx(ctx, func(tx *store.Tx) error {
-		posAll, err := bump(ctx, tx, e.tenant, scopeAll())
-		if err != nil {
-			return err
-		}
-		posDep, err := bump(ctx, tx, e.tenant, scopeDep(e.deploymentID))
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO executions (id, tenant, deployment_id, status, trigger_type, trigger_data,
+	scopes := []counterKey{{e.tenant, scopeAll()}, {e.tenant, scopeDep(e.deploymentID)}}
+	return r.starts.do(r.db, &batchItem{ctx: ctx, scopes: scopes, apply: func(ctx context.Context, tx *store.Tx, pos []int64) error {
+		// DO NOTHING: a taken idempotency key or schedule tick must not
+		// abort the transaction the other executions of the batch share.
+		res, err := tx.Exec(ctx, `INSERT INTO executions (id, tenant, deployment_id, status, trigger_type, trigger_data,
 				started_at, owner, idempotency_key, request_hash, scheduled_at, pos_all, pos_dep, deployment_version, retry_of)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
 			e.id, e.tenant, e.deploymentID, statusRunning, e.triggerType, data,
-			e.startedAt.UnixMicro(), ne.owner, idem, reqHash, sched, posAll, posDep, e.version, e.retryOf)
-		if store.IsUniqueViolation(err) {
-			return errDuplicate
-		}
+			e.startedAt.UnixMicro(), ne.owner, idem, reqHash, sched, pos[0], pos[1], e.version, e.retryOf)
 		if err != nil {
 			return fmt.Errorf("insert execution: %w", err)
 		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return errDuplicate
+		}
 		return nil
-	})
+	}})
 }
 
 // finishExecution moves a running execution to its final status. It does
@@ -150,27 +133,20 @@ func (r *repo) finishExecution(ctx context.Context, e *execution) error {
 			return fmt.Errorf("encode result: %w", err)
 		}
 	}
-	return r.db.InTx(ctx, func(tx *store.Tx) error {
-		posSt, err := bump(ctx, tx, e.tenant, scopeStatus(e.status))
-		if err != nil {
-			return err
-		}
-		posDst, err := bump(ctx, tx, e.tenant, scopeDepStatus(e.deploymentID, e.status))
-		if err != nil {
-			return err
-		}
+	scopes := []counterKey{{e.tenant, scopeStatus(e.status)}, {e.tenant, scopeDepStatus(e.deploymentID, e.status)}}
+	return r.finishes.do(r.db, &batchItem{ctx: ctx, scopes: scopes, apply: func(ctx context.Context, tx *store.Tx, pos []int64) error {
 		res, err := tx.Exec(ctx, `UPDATE executions SET status = ?, output = ?, result = ?, error = ?, finished_at = ?,
 				pos_st = ?, pos_dst = ?
 			WHERE id = ? AND status = ?`,
-			e.status, output, result, e.errText, e.finishedAt.UnixMicro(), posSt, posDst, e.id, statusRunning)
+			e.status, output, result, e.errText, e.finishedAt.UnixMicro(), pos[0], pos[1], e.id, statusRunning)
 		if err != nil {
 			return fmt.Errorf("finish execution: %w", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return errNotFound // rolls the counters back
+			return errNotFound // draws no positions
 		}
 		return nil
-	})
+	}})
 }
 
 const executionCols = `id, tenant, deployment_id, status, trigger_type, trigger_data, output, error, started_at, finished_at, deployment_version, retry_of`

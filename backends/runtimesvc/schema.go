@@ -9,7 +9,8 @@ const component = "runtime"
 //
 // Times are Unix microseconds. Executions carry dense per-group positions
 // (pos_all per tenant, pos_dep per deployment, pos_st/pos_dst per final
-// status) drawn from execution_counters in the inserting transaction, so
+// status) drawn from execution_counters in the inserting transaction (one
+// transaction writes all the executions waiting for it: repo_batch.go), so
 // that page N of a listing is an index seek to a computed position instead
 // of an OFFSET scan, and total counts are a single row read. Executions are
 // never deleted, which keeps the positions dense.
