@@ -205,6 +205,9 @@ func TestCompose(t *testing.T) {
 		if bin.name == "flowgate" {
 			for _, up := range []string{"AGENT", "RUNTIME", "ENGINE"} {
 				host := env["WORKFLOW_"+up+"_HOST"]
+				// dns:///name: every address of the name, re-resolved (a headless Service,
+				// or compose's replicas of one service).
+				host = strings.TrimPrefix(host, "dns:///")
 				port, err := strconv.Atoi(env["WORKFLOW_"+up+"_PORT"])
 				if err != nil {
 					port = map[string]int{"AGENT": 50051, "RUNTIME": 50052, "ENGINE": 50053}[up]

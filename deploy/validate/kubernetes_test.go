@@ -517,6 +517,9 @@ func checkUpstreams(t *testing.T, o *objects, gw *appsv1.Deployment) {
 	env := containerEnv(t, o, "gateway", gw.Spec.Template.Spec.Containers[0])
 	for _, up := range []string{"AGENT", "RUNTIME", "ENGINE"} {
 		host, port := env["WORKFLOW_"+up+"_HOST"], env["WORKFLOW_"+up+"_PORT"]
+		// dns:///name: every address of the name, re-resolved (a headless Service,
+		// or compose's replicas of one service).
+		host = strings.TrimPrefix(host, "dns:///")
 		ok := false
 		for _, svc := range o.services {
 			for _, p := range svc.Spec.Ports {
