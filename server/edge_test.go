@@ -84,6 +84,12 @@ var edgeCases = []edgeCase{
 		want: edgeWant{status: 404, restCode: "NOT_FOUND", code: connect.CodeUnimplemented, message: "no route for"},
 	},
 	{
+		// http.ServeMux would redirect to /deployments/run, another resource.
+		name: "empty path segment",
+		rest: &restEdge{method: "POST", path: "/api/v1/workflow/deployments//run", body: `{}`},
+		want: edgeWant{status: 404, restCode: "NOT_FOUND", message: "no route for POST /api/v1/workflow/deployments//run"},
+	},
+	{
 		name: "truncated JSON",
 		rest: &restEdge{method: "POST", path: "/api/v1/workflow/execute", body: `{"workflow_definition":`},
 		rpc:  &rpcEdge{procedure: executeProcedure, json: `{"workflow_definition":`},

@@ -17,6 +17,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 
@@ -247,16 +248,17 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		health.add(string(svc.desc.FullName()), pool.healthStatus)
 	}
 	errs := newErrorWriter()
+	noRoute := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		code := connect.CodeNotFound
+		if isRPCRequest(r) {
+			code = connect.CodeUnimplemented
+		}
+		errs.write(w, r, connect.NewError(code, fmt.Errorf("no route for %s %s", r.Method, r.URL.Path)))
+	})
 	transcoder, err := vanguard.NewTranscoder(vgServices,
 		g.security.transcoderOption(),
 		vanguard.WithCodec(restJSONCodec),
-		vanguard.WithUnknownHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			code := connect.CodeNotFound
-			if isRPCRequest(r) {
-				code = connect.CodeUnimplemented
-			}
-			errs.write(w, r, connect.NewError(code, fmt.Errorf("no route for %s %s", r.Method, r.URL.Path)))
-		})),
+		vanguard.WithUnknownHandler(noRoute),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("could not build the transcoder: %w", err)
@@ -293,7 +295,33 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		return nil, err
 	}
 	g.bridges = bridges
-	return requestID(access.Middleware(callerProtocol, grpcWebLayer(g.security.wrapHTTP(mux)))), nil
+	return requestID(access.Middleware(callerProtocol, grpcWebLayer(g.security.wrapHTTP(cleanPaths(mux, noRoute))))), nil
+}
+
+// cleanPaths answers a path with an empty, "." or ".." segment as a route
+// that does not exist. http.ServeMux would redirect it to the cleaned path
+// instead: a POST to /deployments//run would be sent on, by clients that
+// follow redirects, to /deployments/run, another resource than the caller
+// named (an empty id is a caller's bug to report, not to repair).
+func cleanPaths(next, noRoute http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.Path; r.Method != http.MethodConnect && !isCleanPath(p) {
+			noRoute.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func isCleanPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	c := path.Clean(p)
+	if p[len(p)-1] == '/' && c != "/" {
+		c += "/"
+	}
+	return c == p
 }
 
 // retryAttempts bounds the tries of one forwarded call.
