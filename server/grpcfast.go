@@ -298,7 +298,7 @@ func headerMetadata(h http.Header) metadata.MD {
 		if len(vals) == 0 || neverForwarded(name) && name != "Grpc-Status-Details-Bin" {
 			continue
 		}
-		key := strings.ToLower(name)
+		key := lowerName(name)
 		if strings.HasPrefix(key, "grpc-") {
 			continue
 		}
@@ -308,6 +308,11 @@ func headerMetadata(h http.Header) metadata.MD {
 					md[key] = append(md[key], string(raw))
 				}
 			}
+			continue
+		}
+		if md[key] == nil {
+			// grpc-go only reads what it is given.
+			md[key] = vals
 			continue
 		}
 		md[key] = append(md[key], vals...)
