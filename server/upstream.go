@@ -182,6 +182,9 @@ func (g *Gateway) buildService(svc upstreamService, up Upstream, hooks map[strin
 			if g.fast != nil {
 				g.fast.add(procedure, method, g.chain, fwd.unaryConn)
 			}
+			if g.rest != nil && fwd.hooks.request == nil {
+				g.rest.add(procedure, method, g.chain, fwd.unaryConn)
+			}
 		}
 	}
 	return vanguard.NewServiceWithSchema(svc.descriptor, mux,
