@@ -64,7 +64,7 @@ func TestRESTFastMatchesTranscoder(t *testing.T) {
 	}
 	run := func(t *testing.T, cfg Config, calls []call) {
 		direct, directURL := startGateway(t, cfg)
-		cfg.TranscodeAllREST = true
+		cfg.TranscodeREST = true
 		_, transcodedURL := startGateway(t, cfg)
 		client := http1Client(t)
 		for _, c := range calls {

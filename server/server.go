@@ -66,11 +66,11 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile, when both set, serve TLS with HTTP/2 by
 	// ALPN instead of cleartext HTTP/1.1 and HTTP/2.
 	TLSCertFile, TLSKeyFile string
-	// TranscodeAllREST serves every REST call through the transcoder,
+	// TranscodeREST serves every REST call through the transcoder,
 	// instead of serving the POSTs of a whole JSON body to routes without
 	// path variables directly (see restFast). The direct path costs about
 	// a quarter less CPU per call; this is the way back.
-	TranscodeAllREST bool
+	TranscodeREST bool
 	// NetHTTPGRPC serves gRPC callers with net/http, as every other caller,
 	// instead of with grpc-go on connections whose first request is gRPC.
 	// grpc-go costs a third of the CPU per call; this is the way back.
@@ -199,7 +199,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if !g.cfg.NetHTTPGRPC {
 		g.fast = newGRPCFast(g.security, g.security.maxMessageBytes())
 	}
-	if !g.cfg.TranscodeAllREST {
+	if !g.cfg.TranscodeREST {
 		g.rest = newRESTFast(min(g.security.maxMessageBytes(), int(g.security.cfg.MaxBodyBytes)), g.security.maxMessageBytes())
 	}
 	handlerOpts := append([]connect.HandlerOption{connect.WithInterceptors(chain...)}, g.security.handlerOptions()...)

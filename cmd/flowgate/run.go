@@ -32,6 +32,7 @@ type options struct {
 	dialTimeout     time.Duration
 	maxInFlight     int
 	netHTTPGRPC     bool
+	transcodeREST   bool
 	shutdownTimeout time.Duration
 	drainDelay      time.Duration
 	metrics         bool
@@ -73,6 +74,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
 	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
 	set.Bool(&o.netHTTPGRPC, "grpc-net-http", "FLOWGATE_GRPC_NET_HTTP", false, "serve gRPC callers with net/http like every other caller, instead of with grpc-go on connections whose first request is gRPC")
+	set.Bool(&o.transcodeREST, "rest-transcode-all", "FLOWGATE_REST_TRANSCODE_ALL", false, "serve every REST call through the transcoder, including the JSON POSTs to routes without path variables that are otherwise served directly")
 	set.Int(&o.maxInFlight, "upstream-max-in-flight", "FLOWGATE_UPSTREAM_MAX_IN_FLIGHT", 1024, "unary calls in flight to one upstream beyond which calls fail at once")
 	set.Duration(&o.shutdownTimeout, "shutdown-timeout", "FLOWGATE_SHUTDOWN_TIMEOUT", 15*time.Second, "time allowed to drain in-flight calls on SIGINT/SIGTERM; what outlives it is cut, and the process still exits 0")
 	set.Duration(&o.drainDelay, "drain-delay", "FLOWGATE_DRAIN_DELAY", 0, "time to keep serving after SIGINT/SIGTERM with /readyz answering 503, so that load balancers stop sending calls first (e.g. 5s on Kubernetes)")
@@ -187,6 +189,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		DialTimeout:     o.dialTimeout,
 		MaxInFlight:     o.maxInFlight,
 		NetHTTPGRPC:     o.netHTTPGRPC,
+		TranscodeREST:   o.transcodeREST,
 		ForwardHeaders:  o.forwardHeaders,
 		SSE:             server.SSEConfig{Heartbeat: o.sseHeartbeat, Retry: o.sseRetry},
 		Security:        o.security,
