@@ -195,7 +195,7 @@ func (w *restWriter) reshape() *apierr.Error {
 	case ce != nil && ce.Code() == connect.CodeResourceExhausted && w.trace.answered:
 		// The forwarder returned a response the transcoder could not hold:
 		// the upstream's fault, not the caller's nor a rate limit.
-		return apierr.New(http.StatusBadGateway, "the upstream's response exceeds the gateway's size limit")
+		return upstreamTooLarge()
 	case ce != nil && ce.Code() == connect.CodeResourceExhausted:
 		return apierr.New(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes", w.maxBody))
 	case !w.trace.reached && (ce != nil && serverSide(ce.Code()) || ce == nil && w.held == http.StatusInternalServerError):
@@ -214,6 +214,12 @@ func (w *restWriter) reshape() *apierr.Error {
 		msg = "" // never show a transcoder's internals
 	}
 	return apierr.New(w.held, msg)
+}
+
+// upstreamTooLarge is the REST error for an upstream response larger than
+// the gateway holds.
+func upstreamTooLarge() *apierr.Error {
+	return apierr.New(http.StatusBadGateway, "the upstream's response exceeds the gateway's size limit")
 }
 
 // parameterError rewords the transcoder's errors for a query or path

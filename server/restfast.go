@@ -148,7 +148,7 @@ func (f *restFast) respond(w *restWriter, route *restRoute, conn *restConn) {
 		return
 	}
 	if len(conn.res.data) > f.maxResponse {
-		w.failWith(apierr.New(http.StatusBadGateway, "the upstream's response exceeds the gateway's size limit"))
+		w.failWith(upstreamTooLarge())
 		return
 	}
 	out := route.output.New().Interface()

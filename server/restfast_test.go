@@ -3,9 +3,12 @@ package server
 import (
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc"
 )
 
 // TestRESTFastMatchesTranscoder sends the same REST calls to a gateway
@@ -95,6 +98,11 @@ func TestRESTFastMatchesTranscoder(t *testing.T) {
 		}
 	}
 	t.Run("open", func(t *testing.T) { run(t, open, calls) })
+	t.Run("malformed upstream response", func(t *testing.T) {
+		cfg := open
+		cfg.Engine = Upstream{Address: rawGRPCBackend(t, []byte{0xff, 0xff, 0xff})}
+		run(t, cfg, calls[:1])
+	})
 	t.Run("secured", func(t *testing.T) {
 		tok := hsToken(t, nil)
 		var sec []call
@@ -110,4 +118,24 @@ func TestRESTFastMatchesTranscoder(t *testing.T) {
 		)
 		run(t, secured, sec)
 	})
+}
+
+// rawGRPCBackend answers every gRPC call with reply, whatever it is, and
+// returns its address.
+func rawGRPCBackend(t *testing.T, reply []byte) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(frameCodec{}), grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		var in frame
+		if err := stream.RecvMsg(&in); err != nil {
+			return err
+		}
+		return stream.SendMsg(&frame{data: reply})
+	}))
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
 }
