@@ -69,7 +69,8 @@ type Config struct {
 	// TranscodeREST serves every REST call through the transcoder,
 	// instead of serving the POSTs of a whole JSON body to routes without
 	// path variables directly (see restFast). The direct path costs about
-	// a quarter less CPU per call; this is the way back.
+	// a quarter less of the gateway's CPU in handling a call; this is the
+	// way back.
 	TranscodeREST bool
 	// NetHTTPGRPC serves gRPC callers with net/http, as every other caller,
 	// instead of with grpc-go on connections whose first request is gRPC.
