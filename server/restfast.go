@@ -96,6 +96,10 @@ type bufferedBody struct {
 	data []byte
 }
 
+func newBufferedBody(data []byte) bufferedBody {
+	return bufferedBody{Reader: bytes.NewReader(data), data: data}
+}
+
 func (bufferedBody) Close() error { return nil }
 
 // serve serves r if it can, and reports whether it did; when it did not,
