@@ -96,7 +96,7 @@ func prepareREST(r *http.Request) *url.URL {
 	if r.ContentLength == 0 && (r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch) {
 		// An empty body is an empty message, as with grpc-gateway; the
 		// transcoder would send the backend no message at all.
-		r.Body, r.ContentLength = io.NopCloser(strings.NewReader("{}")), 2
+		r.Body, r.ContentLength = newBufferedBody([]byte("{}")), 2
 		r.Header.Set("Content-Type", "application/json")
 	}
 	return &u

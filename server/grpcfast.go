@@ -76,12 +76,22 @@ func newGRPCFast(sec *security, maxRecv int) *grpcFast {
 	return f
 }
 
-// add serves procedure with handler wrapped in chain, first interceptor
-// outermost, as connect applies them.
+// add serves procedure with handler wrapped in chain.
 func (f *grpcFast) add(procedure string, method protoreflect.MethodDescriptor, chain []connect.Interceptor, handler connect.StreamingHandlerFunc) {
+	f.methods[procedure] = fastMethod{spec: methodSpec(procedure, method), handler: wrapChain(chain, handler)}
+}
+
+// wrapChain wraps handler in chain, first interceptor outermost, as
+// connect applies them.
+func wrapChain(chain []connect.Interceptor, handler connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	for i := len(chain) - 1; i >= 0; i-- {
 		handler = chain[i].WrapStreamingHandler(handler)
 	}
+	return handler
+}
+
+// methodSpec is the spec connect gives a handler of method.
+func methodSpec(procedure string, method protoreflect.MethodDescriptor) connect.Spec {
 	streamType := connect.StreamTypeUnary
 	switch {
 	case method.IsStreamingClient() && method.IsStreamingServer():
@@ -91,10 +101,7 @@ func (f *grpcFast) add(procedure string, method protoreflect.MethodDescriptor, c
 	case method.IsStreamingClient():
 		streamType = connect.StreamTypeClient
 	}
-	f.methods[procedure] = fastMethod{
-		spec:    connect.Spec{Procedure: procedure, StreamType: streamType, Schema: method, IdempotencyLevel: connect.IdempotencyLevel(method.Options().ProtoReflect().Get(idempotencyField(method)).Enum())},
-		handler: handler,
-	}
+	return connect.Spec{Procedure: procedure, StreamType: streamType, Schema: method, IdempotencyLevel: connect.IdempotencyLevel(method.Options().ProtoReflect().Get(idempotencyField(method)).Enum())}
 }
 
 // asFastConn finds the grpc-go stream under the wrappers interceptors put
@@ -178,6 +185,8 @@ func newFastConn(stream grpc.ServerStream, spec connect.Spec) *fastConn {
 	metadataToHeader(c.reqHeader, md, notPseudoHeader)
 	return c
 }
+
+func (c *fastConn) messageBytes() (int, bool, int) { return c.received, c.received > 0, c.sent }
 
 func (c *fastConn) Spec() connect.Spec           { return c.spec }
 func (c *fastConn) Peer() connect.Peer           { return c.peer }
@@ -298,7 +307,7 @@ func headerMetadata(h http.Header) metadata.MD {
 		if len(vals) == 0 || neverForwarded(name) && name != "Grpc-Status-Details-Bin" {
 			continue
 		}
-		key := strings.ToLower(name)
+		key := lowerName(name)
 		if strings.HasPrefix(key, "grpc-") {
 			continue
 		}
@@ -308,6 +317,11 @@ func headerMetadata(h http.Header) metadata.MD {
 					md[key] = append(md[key], string(raw))
 				}
 			}
+			continue
+		}
+		if md[key] == nil {
+			// grpc-go only reads what it is given.
+			md[key] = vals
 			continue
 		}
 		md[key] = append(md[key], vals...)

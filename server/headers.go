@@ -132,3 +132,43 @@ func neverForwarded(name string) bool {
 	}
 	return false
 }
+
+// commonHeaderNames are the header names most calls carry, whose
+// conversion between gRPC metadata's lower-case keys and HTTP's canonical
+// names is looked up instead of computed: computing it allocated a string
+// per header and call, on both sides of every gRPC call.
+var commonHeaderNames = append([]string{
+	"Content-Type", "User-Agent", "Te", "Authorization", "X-Api-Key",
+	"Grpc-Accept-Encoding", "Grpc-Encoding", "Grpc-Timeout", "Accept-Encoding",
+	interceptors.HeaderToken,
+}, defaultForwardHeaders...)
+
+// canonicalNames maps lower-case keys to canonical names; lowerNames the
+// other way. Both are fixed at start-up: names callers choose are
+// converted as before rather than remembered.
+var canonicalNames, lowerNames = func() (map[string]string, map[string]string) {
+	canonical := make(map[string]string, len(commonHeaderNames))
+	lower := make(map[string]string, len(commonHeaderNames))
+	for _, name := range commonHeaderNames {
+		name = http.CanonicalHeaderKey(name)
+		canonical[strings.ToLower(name)] = name
+		lower[name] = strings.ToLower(name)
+	}
+	return canonical, lower
+}()
+
+// canonicalName is http.CanonicalHeaderKey(key) for a metadata key.
+func canonicalName(key string) string {
+	if name, ok := canonicalNames[key]; ok {
+		return name
+	}
+	return http.CanonicalHeaderKey(key)
+}
+
+// lowerName is strings.ToLower(name) for a header name.
+func lowerName(name string) string {
+	if key, ok := lowerNames[name]; ok {
+		return key
+	}
+	return strings.ToLower(name)
+}

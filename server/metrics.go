@@ -209,26 +209,36 @@ func (i rpcMetrics) WrapStreamingHandler(next connect.StreamingHandlerFunc) conn
 		spec := conn.Spec()
 		protocol := interceptors.CallerProtocol(ctx, conn.Peer())
 		s := i.m.series(spec.Procedure, protocol)
-		if fc, ok := conn.(*fastConn); ok && spec.StreamType == connect.StreamTypeUnary {
-			return i.m.fastUnary(ctx, s, fc, next)
+		if cc, ok := conn.(countingConn); ok && spec.StreamType == connect.StreamTypeUnary {
+			return i.m.fastUnary(ctx, s, cc, next)
 		}
 		return i.m.stream(ctx, s, protocol == sse.Protocol, conn, next)
 	}
 }
 
-// fastUnary measures a unary call of the grpc-go path, whose connection
-// counts the bytes of its messages so that a call costs no wrapper.
-func (m *metrics) fastUnary(ctx context.Context, s *callSeries, conn *fastConn, next connect.StreamingHandlerFunc) error {
+// countingConn is the connection of a unary call that counts the bytes of
+// its messages itself, so that measuring it costs no wrapper: the grpc-go
+// path's and the REST fast path's.
+type countingConn interface {
+	connect.StreamingHandlerConn
+	// messageBytes returns the request's size, whether there was one,
+	// and the response's size.
+	messageBytes() (received int, hasRequest bool, sent int)
+}
+
+// fastUnary measures a unary call on a countingConn.
+func (m *metrics) fastUnary(ctx context.Context, s *callSeries, conn countingConn, next connect.StreamingHandlerFunc) error {
 	s.inFlight.Inc()
 	start := time.Now()
 	err := next(ctx, conn)
 	elapsed := time.Since(start)
 	s.inFlight.Dec()
-	if conn.received > 0 {
-		s.reqSize.Observe(float64(conn.received))
+	received, hasRequest, sent := conn.messageBytes()
+	if hasRequest {
+		s.reqSize.Observe(float64(received))
 	}
 	if err == nil {
-		s.resSize.Observe(float64(conn.sent))
+		s.resSize.Observe(float64(sent))
 	}
 	s.done(err, elapsed)
 	return err

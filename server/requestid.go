@@ -23,12 +23,14 @@ func requestID(next http.Handler) http.Handler {
 // echoes it in the response headers; gRPC callers served by grpc-go get
 // theirs here too.
 func ensureRequestID(req, res http.Header) {
-	id := req.Get(requestIDHeader)
-	if !validRequestID(id) {
-		id = newRequestID()
-		req.Set(requestIDHeader, id)
+	vals := req[requestIDHeader]
+	if len(vals) == 0 || !validRequestID(vals[0]) {
+		vals = []string{newRequestID()}
+		req[requestIDHeader] = vals
 	}
-	res.Set(requestIDHeader, id)
+	// The response shares the request's slice: it is never written in
+	// place, and an append to it copies (its capacity is its length).
+	res[requestIDHeader] = vals[:1:1]
 }
 
 func validRequestID(id string) bool {
@@ -51,5 +53,6 @@ func newRequestID() string {
 	var b [16]byte
 	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
 	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
-	return hex.EncodeToString(b[:])
+	var out [32]byte
+	return string(hex.AppendEncode(out[:0], b[:]))
 }

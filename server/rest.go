@@ -75,7 +75,7 @@ const webhookPrefix = "/api/v1/webhooks/"
 // what the transcoder gets wrong at the edge (see edge.go). RPC callers get
 // their protocol's error shape for the transcoder's own refusals.
 // maxBody is the request body limit, named in size errors.
-func restLayer(next http.Handler, maxBody int64) http.Handler {
+func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
 	errs := newErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Internal headers are the gateway's own; no caller may set them.
@@ -98,7 +98,9 @@ func restLayer(next http.Handler, maxBody int64) http.Handler {
 		u := prepareREST(r)
 		r = r.WithContext(context.WithValue(r.Context(), restTraceKey{}, &rw.trace))
 		r.URL = u
-		next.ServeHTTP(rw, r)
+		if !fast.serve(rw, r) {
+			next.ServeHTTP(rw, r)
+		}
 		rw.finish()
 	})
 }
@@ -110,8 +112,10 @@ const maxErrorBody = 64 << 10
 // contract's shape; successful responses pass through.
 type restWriter struct {
 	holdingWriter
-	err   error     // an error handed over whole, see fail
-	trace restTrace // what the RPC level saw, see restTraceInterceptor
+	err error // an error handed over whole, see fail
+	// answer is an error to write as it is, see failWith.
+	answer *apierr.Error
+	trace  restTrace // what the RPC level saw, see restTraceInterceptor
 	// contentType is the request's, to name it when it is refused.
 	contentType string
 	maxBody     int64
@@ -153,6 +157,15 @@ func (w *restWriter) fail(err error) {
 	w.held = http.StatusInternalServerError // held: later writes are dropped
 }
 
+// failWith hands the REST layer the error to answer with, as it is.
+func (w *restWriter) failWith(e *apierr.Error) {
+	if w.passed || w.held != 0 {
+		return
+	}
+	w.answer = e
+	w.held = http.StatusInternalServerError // held: later writes are dropped
+}
+
 // finish writes the held-back error, if any, in the contract's shape,
 // without the protocol headers and trailers the handler behind the
 // transcoder left in the shared header map.
@@ -177,6 +190,8 @@ func (w *restWriter) finish() {
 // from its google.rpc.Status or its plain text.
 func (w *restWriter) reshape() *apierr.Error {
 	switch {
+	case w.answer != nil:
+		return w.answer
 	case w.err != nil:
 		return apierr.FromError(asConnectError(w.err))
 	case w.trace.err != nil:
@@ -190,7 +205,7 @@ func (w *restWriter) reshape() *apierr.Error {
 	case ce != nil && ce.Code() == connect.CodeResourceExhausted && w.trace.answered:
 		// The forwarder returned a response the transcoder could not hold:
 		// the upstream's fault, not the caller's nor a rate limit.
-		return apierr.New(http.StatusBadGateway, "the upstream's response exceeds the gateway's size limit")
+		return upstreamTooLarge()
 	case ce != nil && ce.Code() == connect.CodeResourceExhausted:
 		return apierr.New(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes", w.maxBody))
 	case !w.trace.reached && (ce != nil && serverSide(ce.Code()) || ce == nil && w.held == http.StatusInternalServerError):
@@ -209,6 +224,12 @@ func (w *restWriter) reshape() *apierr.Error {
 		msg = "" // never show a transcoder's internals
 	}
 	return apierr.New(w.held, msg)
+}
+
+// upstreamTooLarge is the REST error for an upstream response larger than
+// the gateway holds.
+func upstreamTooLarge() *apierr.Error {
+	return apierr.New(http.StatusBadGateway, "the upstream's response exceeds the gateway's size limit")
 }
 
 // parameterError rewords the transcoder's errors for a query or path

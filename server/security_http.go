@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -175,7 +174,7 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 		s.bodyFailed(w, r, err, "could not read the request body")
 		return r, false
 	}
-	r.Body = io.NopCloser(bytes.NewReader(data))
+	r.Body = newBufferedBody(data)
 	r.ContentLength = int64(len(data))
 	return r, true
 }

@@ -79,6 +79,12 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile, when both set, serve TLS with HTTP/2 by
 	// ALPN instead of cleartext HTTP/1.1 and HTTP/2.
 	TLSCertFile, TLSKeyFile string
+	// TranscodeREST serves every REST call through the transcoder,
+	// instead of serving the POSTs of a whole JSON body to routes without
+	// path variables directly (see restFast). The direct path costs about
+	// a quarter less of the gateway's CPU in handling a call; this is the
+	// way back.
+	TranscodeREST bool
 	// NetHTTPGRPC serves gRPC callers with net/http, as every other caller,
 	// instead of with grpc-go on connections whose first request is gRPC.
 	// grpc-go costs a third of the CPU per call; this is the way back.
@@ -117,7 +123,10 @@ type Gateway struct {
 	// tracing records spans; nil when off.
 	tracing *interceptors.Tracing
 	// fast serves gRPC callers' connections with grpc-go; nil when off.
-	fast        *grpcFast
+	fast *grpcFast
+	// rest serves the commonest REST calls without the transcoder; nil
+	// when off.
+	rest        *restFast
 	metrics     *metrics
 	health      *healthChecker
 	security    *security
@@ -216,6 +225,9 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if !g.cfg.NetHTTPGRPC {
 		g.fast = newGRPCFast(g.security, g.security.maxMessageBytes())
 	}
+	if !g.cfg.TranscodeREST {
+		g.rest = newRESTFast(min(g.security.maxMessageBytes(), int(g.security.cfg.MaxBodyBytes)), g.security.maxMessageBytes())
+	}
 	handlerOpts := append([]connect.HandlerOption{connect.WithInterceptors(chain...)}, g.security.handlerOptions()...)
 	upstreams := []Upstream{g.cfg.Agent, g.cfg.Runtime, g.cfg.Engine}
 	health := newHealthChecker()
@@ -263,7 +275,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("could not build the transcoder: %w", err)
 	}
-	rpc := cacheGET(restLayer(transcoder, g.security.cfg.MaxBodyBytes))
+	rpc := cacheGET(restLayer(transcoder, g.rest, g.security.cfg.MaxBodyBytes))
 
 	mux := http.NewServeMux()
 	mux.Handle("/", rpc)

@@ -173,6 +173,9 @@ func (g *Gateway) buildService(svc upstreamService, hooks map[string]methodHooks
 			if g.fast != nil {
 				g.fast.add(procedure, method, g.chain, fwd.unaryConn)
 			}
+			if g.rest != nil && fwd.hooks.request == nil {
+				g.rest.add(procedure, method, g.chain, fwd.unaryConn)
+			}
 		}
 	}
 	return vanguard.NewServiceWithSchema(svc.descriptor, mux,

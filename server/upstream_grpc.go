@@ -222,7 +222,7 @@ func outgoingMetadata(ctx context.Context, header http.Header) (context.Context,
 	}
 	md := make(metadata.MD, len(header))
 	for name, vals := range header {
-		key := strings.ToLower(name)
+		key := lowerName(name)
 		if !strings.HasSuffix(key, "-bin") {
 			for _, v := range vals {
 				if !printableASCII(v) {
@@ -264,9 +264,11 @@ func copyMetadata(dst http.Header, md metadata.MD) {
 
 // metadataToHeader copies the metadata keep accepts (by canonical name)
 // into dst, base64-encoding binary values as HTTP headers carry them.
+// grpc-go hands out copies of its metadata, so values are shared rather
+// than copied again, capped so that an append to either side copies.
 func metadataToHeader(dst http.Header, md metadata.MD, keep func(name string) bool) {
 	for key, vals := range md {
-		name := http.CanonicalHeaderKey(key)
+		name := canonicalName(key)
 		if len(vals) == 0 || !keep(name) {
 			continue
 		}
@@ -274,6 +276,10 @@ func metadataToHeader(dst http.Header, md metadata.MD, keep func(name string) bo
 			for _, v := range vals {
 				dst[name] = append(dst[name], connect.EncodeBinaryHeader([]byte(v)))
 			}
+			continue
+		}
+		if dst[name] == nil {
+			dst[name] = vals[:len(vals):len(vals)]
 			continue
 		}
 		dst[name] = append(dst[name], vals...)

@@ -35,6 +35,7 @@ type options struct {
 	retryBudget     float64
 	resolveInterval time.Duration
 	netHTTPGRPC     bool
+	transcodeREST   bool
 	shutdownTimeout time.Duration
 	drainDelay      time.Duration
 	metrics         bool
@@ -77,6 +78,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
 	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
 	set.Bool(&o.netHTTPGRPC, "grpc-net-http", "FLOWGATE_GRPC_NET_HTTP", false, "serve gRPC callers with net/http like every other caller, instead of with grpc-go on connections whose first request is gRPC")
+	set.Bool(&o.transcodeREST, "rest-transcode-all", "FLOWGATE_REST_TRANSCODE_ALL", false, "serve every REST call through the transcoder, including the JSON POSTs to routes without path variables that are otherwise served directly")
 	set.Int(&o.maxInFlight, "upstream-max-in-flight", "FLOWGATE_UPSTREAM_MAX_IN_FLIGHT", 1024, "unary calls in flight to one upstream beyond which calls fail at once")
 	set.Int(&o.retryAttempts, "upstream-retry-attempts", "FLOWGATE_UPSTREAM_RETRY_ATTEMPTS", 3, "tries of one call, retries included (1: never retry); only calls an upstream surely did not get, and reads, are retried")
 	set.Float(&o.retryBudget, "upstream-retry-budget", "FLOWGATE_UPSTREAM_RETRY_BUDGET", 0.2, "retries allowed per upstream as a share of its calls of the last 10 s (plus 10)")
@@ -198,6 +200,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		RetryBudget:     o.retryBudget,
 		ResolveInterval: o.resolveInterval,
 		NetHTTPGRPC:     o.netHTTPGRPC,
+		TranscodeREST:   o.transcodeREST,
 		ForwardHeaders:  o.forwardHeaders,
 		SSE:             server.SSEConfig{Heartbeat: o.sseHeartbeat, Retry: o.sseRetry},
 		Security:        o.security,

@@ -1,0 +1,226 @@
+package server
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/vanguard"
+	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"github.com/flowgate/flowgate/internal/apierr"
+)
+
+// restFast serves the commonest REST calls, a POST of a JSON body to a
+// route without path variables, without the transcoder. The transcoder
+// would turn the call into an in-process gRPC call (an HTTP request with
+// an enveloped message, a gRPC response with trailers, and back), which
+// cost a third of a REST call. restFast decodes the body with the
+// transcoder's own codec and runs the same interceptors around the same
+// forwarder, through the connection adapter the grpc-go path uses. What it
+// does not take on as the transcoder would (a query string, a deadline
+// header, a body that does not decode, anything over a limit) it leaves
+// to the transcoder before anything is decided, so that every error is
+// the transcoder's as before.
+type restFast struct {
+	// routes are by path, for POST.
+	routes map[string]*restRoute
+	codec  jsonCodec
+	// maxRequest is the largest body or message the transcoder and the
+	// forwarding handler take; maxResponse the largest response message
+	// the transcoder holds.
+	maxRequest, maxResponse int
+	served                  atomic.Int64 // calls, for tests
+}
+
+// restRoute is one REST route restFast serves.
+type restRoute struct {
+	spec    connect.Spec
+	handler connect.StreamingHandlerFunc // wrapped in the interceptors
+	input   protoreflect.MessageType
+	output  protoreflect.MessageType
+	// field is the response_body field, nil for the whole message.
+	field protoreflect.FieldDescriptor
+}
+
+func newRESTFast(maxRequest, maxResponse int) *restFast {
+	res := protoregistry.GlobalTypes
+	return &restFast{
+		routes: map[string]*restRoute{},
+		codec: jsonCodec{vanguard.JSONCodec{
+			MarshalOptions:   protojson.MarshalOptions{Resolver: res, UseProtoNames: true, EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{Resolver: res},
+		}},
+		maxRequest:  maxRequest,
+		maxResponse: maxResponse,
+	}
+}
+
+// add serves method's REST route when it is one restFast can: a unary
+// POST of the whole body to a path without variables.
+func (f *restFast) add(procedure string, method protoreflect.MethodDescriptor, chain []connect.Interceptor, handler connect.StreamingHandlerFunc) {
+	rule, _ := proto.GetExtension(method.Options(), annotations.E_Http).(*annotations.HttpRule)
+	path := rule.GetPost()
+	if path == "" || rule.GetBody() != "*" || strings.ContainsAny(path, "{}:*") ||
+		method.IsStreamingClient() || method.IsStreamingServer() {
+		return
+	}
+	input, err := protoregistry.GlobalTypes.FindMessageByName(method.Input().FullName())
+	if err != nil {
+		return
+	}
+	output, err := protoregistry.GlobalTypes.FindMessageByName(method.Output().FullName())
+	if err != nil {
+		return
+	}
+	route := &restRoute{spec: methodSpec(procedure, method), handler: wrapChain(chain, handler), input: input, output: output}
+	if name := rule.GetResponseBody(); name != "" {
+		if route.field = method.Output().Fields().ByName(protoreflect.Name(name)); route.field == nil {
+			return
+		}
+	}
+	f.routes[path] = route
+}
+
+// bufferedBody is a REST request body the edge has read whole.
+type bufferedBody struct {
+	*bytes.Reader
+	data []byte
+}
+
+func newBufferedBody(data []byte) bufferedBody {
+	return bufferedBody{Reader: bytes.NewReader(data), data: data}
+}
+
+func (bufferedBody) Close() error { return nil }
+
+// serve serves r if it can, and reports whether it did; when it did not,
+// r is as it was, body included.
+func (f *restFast) serve(w *restWriter, r *http.Request) bool {
+	if f == nil || r.Method != http.MethodPost || r.URL.RawQuery != "" {
+		return false
+	}
+	route := f.routes[r.URL.Path]
+	body, ok := r.Body.(bufferedBody)
+	h := r.Header
+	if route == nil || !ok || len(body.data) > f.maxRequest || body.Len() != len(body.data) ||
+		len(h["Content-Type"]) != 1 || h["Content-Type"][0] != "application/json" ||
+		h["Content-Encoding"] != nil || h["X-Server-Timeout"] != nil {
+		return false
+	}
+	in := route.input.New().Interface()
+	if f.codec.Unmarshal(body.data, in) != nil {
+		return false
+	}
+	msg, err := proto.Marshal(in)
+	if err != nil || len(msg) > f.maxRequest {
+		return false
+	}
+	// What the transcoder removes before its call, and what it answers
+	// with whatever the handler said.
+	delete(h, "Content-Type")
+	delete(h, "Accept-Encoding")
+	f.served.Add(1)
+	conn := &restConn{
+		spec:    route.spec,
+		peer:    connect.Peer{Addr: r.RemoteAddr, Protocol: connect.ProtocolGRPC},
+		header:  h,
+		req:     frame{data: msg},
+		resHead: w.Header(),
+		trailer: http.Header{},
+	}
+	if err := route.handler(r.Context(), conn); err != nil {
+		w.fail(err)
+		return true
+	}
+	f.respond(w, route, conn)
+	return true
+}
+
+// respond writes a forwarded call's response as the transcoder does.
+func (f *restFast) respond(w *restWriter, route *restRoute, conn *restConn) {
+	if conn.res == nil {
+		w.fail(connect.NewError(connect.CodeInternal, errNoResponse))
+		return
+	}
+	if len(conn.res.data) > f.maxResponse {
+		w.failWith(upstreamTooLarge())
+		return
+	}
+	out := route.output.New().Interface()
+	var body []byte
+	err := proto.Unmarshal(conn.res.data, out)
+	if err == nil {
+		if route.field == nil {
+			body, err = f.codec.MarshalAppend(nil, out)
+		} else {
+			body, err = f.codec.MarshalAppendField(nil, out, route.field)
+		}
+	}
+	if err != nil {
+		w.fail(connect.NewError(connect.CodeInternal, err))
+		return
+	}
+	// The transcoder drops a unary call's trailers from REST responses.
+	head := w.Header()
+	head["Content-Type"] = []string{"application/json"}
+	head["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+var errNoResponse = apierr.Public("the upstream sent no response")
+
+// restConn is a REST call as a Connect handler connection, with its
+// request already decoded and its response kept for restFast to write.
+type restConn struct {
+	spec    connect.Spec
+	peer    connect.Peer
+	header  http.Header
+	req     frame
+	read    bool
+	res     *frame
+	resHead http.Header
+	trailer http.Header
+}
+
+func (c *restConn) Spec() connect.Spec           { return c.spec }
+func (c *restConn) Peer() connect.Peer           { return c.peer }
+func (c *restConn) RequestHeader() http.Header   { return c.header }
+func (c *restConn) ResponseHeader() http.Header  { return c.resHead }
+func (c *restConn) ResponseTrailer() http.Header { return c.trailer }
+
+func (c *restConn) messageBytes() (int, bool, int) {
+	sent := 0
+	if c.res != nil {
+		sent = len(c.res.data)
+	}
+	return len(c.req.data), true, sent
+}
+
+func (c *restConn) Receive(msg any) error {
+	f, ok := msg.(*frame)
+	if !ok || c.read {
+		return io.EOF
+	}
+	c.read = true
+	f.data = c.req.data
+	return nil
+}
+
+func (c *restConn) Send(msg any) error {
+	f, ok := msg.(*frame)
+	if !ok || c.res != nil {
+		return connect.NewError(connect.CodeInternal, errNoResponse)
+	}
+	c.res = f
+	return nil
+}
