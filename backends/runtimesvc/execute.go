@@ -160,6 +160,7 @@ func (s *Service) execute(ctx context.Context, d *deployment, st *started) {
 	}
 	p := &progress{s: s, st: st}
 	res, err := p.run(ctx, req)
+	nodes, progressStored := p.finished()
 	switch {
 	case err == nil:
 		e.result, e.status, e.output, e.errText = res, res.GetStatus(), res.GetOutput(), res.GetError()
@@ -176,7 +177,7 @@ func (s *Service) execute(ctx context.Context, d *deployment, st *started) {
 	}
 	if e.result == nil {
 		// What had finished before the run was cut.
-		e.result = &enginev1.ExecutionResult{Status: e.status, NodeResults: p.nodes, Error: e.errText}
+		e.result = &enginev1.ExecutionResult{Status: e.status, NodeResults: nodes, Error: e.errText}
 	}
 	e.finishedAt = time.Now().UTC().Truncate(time.Microsecond)
 	// Store the outcome even when shutting down: the run is over either way.
@@ -188,6 +189,9 @@ func (s *Service) execute(ctx context.Context, d *deployment, st *started) {
 			return
 		}
 		s.logger.Error("could not store execution result", "execution_id", e.id, "error", err)
+		return
+	}
+	if !progressStored {
 		return
 	}
 	if err := s.repo.dropNodeResults(storeCtx, e.id); err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flowgate/flowgate/backends/store/storetest"
+	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 	runtimev1 "github.com/flowgate/flowgate/gen/go/workflow/runtime/v1"
 )
 
@@ -22,7 +23,7 @@ func BenchmarkWebhookExecutions(b *testing.B) {
 	db := storetest.OpenPostgres(b)
 	s := newService(b, db, engineClient(b), func(c *Config) { c.DisableScheduler = true })
 	res, err := s.CreateDeployment(b.Context(), req("bench", &runtimev1.CreateDeploymentRequest{
-		Name: "bench", WorkflowDefinition: orderWorkflow(),
+		Name: "bench", WorkflowDefinition: noRespondWorkflow(),
 		Triggers: []*runtimev1.Trigger{{Type: "webhook", Path: "bench", ResponseMode: modeWait}},
 	}))
 	if err != nil {
@@ -40,6 +41,24 @@ func BenchmarkWebhookExecutions(b *testing.B) {
 		}
 		return err
 	})
+}
+
+// noRespondWorkflow is orderWorkflow without respond nodes: a respond node
+// answers the caller as soon as it runs, before the execution is recorded
+// as finished, and the benchmark must wait for the whole execution.
+func noRespondWorkflow() *enginev1.WorkflowDefinition {
+	return &enginev1.WorkflowDefinition{
+		Name: "orders",
+		Nodes: []*enginev1.Node{
+			node("start", "trigger", nil),
+			node("big", "condition", map[string]any{"expression": "trigger.body.total > 100"}),
+			node("gold", "set", map[string]any{"values": map[string]any{"tier": "gold", "order": "{{ trigger.body.id }}"}}),
+		},
+		Connections: []*enginev1.Connection{
+			{Source: "start", Target: "big"},
+			{Source: "big", Target: "gold", Branch: "true"},
+		},
+	}
 }
 
 // BenchmarkExecutionRecords measures what the database allows without the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -12,18 +13,38 @@ import (
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 )
 
+// progressDelay is how long a run goes before its progress is stored. Most
+// runs end sooner: their node results are then stored once, with the
+// outcome, and cost the database nothing more. A run still going after it,
+// or one whose respond node has answered, has the nodes finished so far
+// stored then, and each later one as it finishes.
+const progressDelay = 100 * time.Millisecond
+
 // progress follows one execution's run on the engine's stream.
 type progress struct {
-	s     *Service
-	st    *started
-	nodes []*enginev1.NodeResult // finished so far
+	s  *Service
+	st *started
+
+	mu     sync.Mutex
+	nodes  []*enginev1.NodeResult // finished so far
+	stored int                    // how many of nodes have progress rows
+	over   bool                   // the run has ended: store nothing more
 }
 
-// run streams the workflow and returns its result. Each node's result is
-// stored as it arrives, so that the execution's record shows its progress
-// and, should this process die, what had completed; a respond node's
-// answer goes to the waiting webhook caller at once.
+// run streams the workflow and returns its result. Node results are
+// stored as they arrive once the run has gone on for progressDelay, so
+// that a running execution's record shows its progress and, should this
+// process die, what had completed; a respond node's answer goes to the
+// waiting webhook caller at once.
 func (p *progress) run(ctx context.Context, req *enginev1.StreamWorkflowRequest) (*enginev1.ExecutionResult, error) {
+	began := time.Now()
+	later := time.AfterFunc(progressDelay, func() { p.store(ctx, began) })
+	defer func() {
+		later.Stop()
+		p.mu.Lock() // waits out a store in progress
+		p.over = true
+		p.mu.Unlock()
+	}()
 	stream, err := p.s.engine.StreamWorkflow(ctx, connect.NewRequest(req))
 	if err != nil {
 		return nil, err
@@ -33,8 +54,14 @@ func (p *progress) run(ctx context.Context, req *enginev1.StreamWorkflowRequest)
 	for stream.Receive() {
 		switch ev := stream.Msg().GetEvent().(type) {
 		case *enginev1.StreamWorkflowResponse_NodeFinished:
-			p.nodeFinished(ctx, ev.NodeFinished)
+			p.mu.Lock()
+			p.nodes = append(p.nodes, ev.NodeFinished)
+			p.mu.Unlock()
+			p.store(ctx, began)
 		case *enginev1.StreamWorkflowResponse_Respond:
+			// The caller answered early may read the execution at once:
+			// its record shows what ran before the answer.
+			p.store(ctx, time.Time{})
 			p.st.respond(ev.Respond)
 		case *enginev1.StreamWorkflowResponse_Result:
 			result = ev.Result
@@ -49,15 +76,36 @@ func (p *progress) run(ctx context.Context, req *enginev1.StreamWorkflowRequest)
 	return result, nil
 }
 
-func (p *progress) nodeFinished(ctx context.Context, res *enginev1.NodeResult) {
-	p.nodes = append(p.nodes, res)
-	// Progress is a view, not the outcome: a failed write is logged and
-	// the run goes on.
+// store writes the node results not yet stored, once the run has gone on
+// for progressDelay since began (a zero began: at once).
+func (p *progress) store(ctx context.Context, began time.Time) {
+	if time.Since(began) < progressDelay {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.over {
+		return
+	}
+	// Progress is a view, not the outcome: a failed write is logged, tried
+	// again with the next node, and the run goes on.
 	storeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := p.s.repo.addNodeResult(storeCtx, p.st.e.id, len(p.nodes), res); err != nil {
-		p.s.logger.Warn("could not store a node result", "execution_id", p.st.e.id, "node", res.GetNodeId(), "error", err)
+	for ; p.stored < len(p.nodes); p.stored++ {
+		res := p.nodes[p.stored]
+		if err := p.s.repo.addNodeResult(storeCtx, p.st.e.id, p.stored+1, res); err != nil {
+			p.s.logger.Warn("could not store a node result", "execution_id", p.st.e.id, "node", res.GetNodeId(), "error", err)
+			return
+		}
 	}
+}
+
+// finished gives the node results of a run that has ended, and whether any
+// were stored as progress rows.
+func (p *progress) finished() ([]*enginev1.NodeResult, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nodes, p.stored > 0
 }
 
 func (r *repo) addNodeResult(ctx context.Context, executionID string, seq int, res *enginev1.NodeResult) error {
