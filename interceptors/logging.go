@@ -66,8 +66,7 @@ func (a *AccessLog) Middleware(protocol func(*http.Request) string, next http.Ha
 			return
 		}
 		if json != nil {
-			now := time.Now()
-			line := lineBufs.Get().(*[]byte)
+			line, now := json.line()
 			*line = appendHTTPLine(*line, now, level, r.Method, r.URL.Path, rec.protocol, status, now.Sub(start), r.Header.Get("X-Request-Id"), r.RemoteAddr)
 			json.write(line)
 			return
@@ -153,8 +152,7 @@ func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Pe
 		return
 	}
 	if json != nil {
-		now := time.Now()
-		line := lineBufs.Get().(*[]byte)
+		line, now := json.line()
 		*line = appendRPCLine(*line, now, level, procedure, callerProtocol(rec, peer), code, now.Sub(start), header.Get("X-Request-Id"), peer.Addr, hasErr, errMsg)
 		json.write(line)
 		return

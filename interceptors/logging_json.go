@@ -74,6 +74,11 @@ var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b 
 // buffer in the pool.
 const maxPooledLine = 16 << 10
 
+// line returns a buffer for a line, and the line's time.
+func (h *jsonHandler) line() (*[]byte, time.Time) {
+	return lineBufs.Get().(*[]byte), time.Now()
+}
+
 func (h *jsonHandler) write(line *[]byte) {
 	_, _ = h.out.Write(*line)
 	if cap(*line) <= maxPooledLine {
@@ -102,12 +107,7 @@ func appendRPCLine(b []byte, t time.Time, level slog.Level, procedure, protocol,
 	b = appendJSONString(b, protocol)
 	b = append(b, `,"code":`...)
 	b = appendJSONString(b, code)
-	b = append(b, `,"duration":`...)
-	b = strconv.AppendInt(b, int64(d), 10)
-	b = append(b, `,"request_id":`...)
-	b = appendJSONString(b, requestID)
-	b = append(b, `,"peer":`...)
-	b = appendJSONString(b, peer)
+	b = appendLineEnd(b, d, requestID, peer)
 	if hasErr {
 		b = append(b, `,"error":`...)
 		b = appendJSONString(b, errMsg)
@@ -127,13 +127,18 @@ func appendHTTPLine(b []byte, t time.Time, level slog.Level, method, path, proto
 	b = appendJSONString(b, protocol)
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(status), 10)
+	b = appendLineEnd(b, d, requestID, peer)
+	return append(b, "}\n"...)
+}
+
+// appendLineEnd appends the fields both lines end with.
+func appendLineEnd(b []byte, d time.Duration, requestID, peer string) []byte {
 	b = append(b, `,"duration":`...)
 	b = strconv.AppendInt(b, int64(d), 10)
 	b = append(b, `,"request_id":`...)
 	b = appendJSONString(b, requestID)
 	b = append(b, `,"peer":`...)
-	b = appendJSONString(b, peer)
-	return append(b, "}\n"...)
+	return appendJSONString(b, peer)
 }
 
 // appendJSONString appends s quoted as slog's JSON handler quotes it:
