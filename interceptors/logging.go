@@ -21,6 +21,7 @@ import (
 // each request is logged exactly once.
 type AccessLog struct {
 	logger *slog.Logger
+	json   *jsonHandler // set when the lines are encoded here, not by slog
 }
 
 // NewAccessLog returns an access log writing to logger (nil discards).
@@ -28,7 +29,7 @@ func NewAccessLog(logger *slog.Logger) *AccessLog {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &AccessLog{logger: logger}
+	return &AccessLog{logger: logger, json: directJSON(logger)}
 }
 
 // accessRecord links the HTTP-level and RPC-level halves of one request.
@@ -60,7 +61,14 @@ func (a *AccessLog) Middleware(protocol func(*http.Request) string, next http.Ha
 			level = slog.LevelWarn
 		}
 		ctx := r.Context()
-		if !a.logger.Enabled(ctx, level) {
+		json, ok := a.enabledJSON(ctx, level)
+		if !ok {
+			return
+		}
+		if json != nil {
+			line, now := json.line()
+			*line = appendHTTPLine(*line, now, level, r.Method, r.URL.Path, rec.protocol, status, now.Sub(start), r.Header.Get("X-Request-Id"), r.RemoteAddr)
+			json.write(line)
 			return
 		}
 		a.logger.LogAttrs(ctx, level, "http",
@@ -125,14 +133,28 @@ func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Pe
 	}
 	code := "ok"
 	level := slog.LevelInfo
+	var errMsg string
+	var hasErr bool
 	if err != nil {
-		c := connect.CodeOf(err)
+		// What connect.CodeOf does, with AsType rather than As, whose
+		// pointer argument would put the error on the heap.
+		c := connect.CodeUnknown
+		if ce, ok := errors.AsType[*connect.Error](err); ok {
+			c, errMsg, hasErr = ce.Code(), ce.Message(), true
+		}
 		code = c.String()
 		if serverFault(c) {
 			level = slog.LevelWarn
 		}
 	}
-	if !a.logger.Enabled(ctx, level) {
+	json, ok := a.enabledJSON(ctx, level)
+	if !ok {
+		return
+	}
+	if json != nil {
+		line, now := json.line()
+		*line = appendRPCLine(*line, now, level, procedure, callerProtocol(rec, peer), code, now.Sub(start), header.Get("X-Request-Id"), peer.Addr, hasErr, errMsg)
+		json.write(line)
 		return
 	}
 	attrs := []slog.Attr{
@@ -143,11 +165,8 @@ func (a *AccessLog) write(ctx context.Context, procedure string, peer connect.Pe
 		slog.String("request_id", header.Get("X-Request-Id")),
 		slog.String("peer", peer.Addr),
 	}
-	if err != nil {
-		var ce *connect.Error
-		if errors.As(err, &ce) {
-			attrs = append(attrs, slog.String("error", ce.Message()))
-		}
+	if hasErr {
+		attrs = append(attrs, slog.String("error", errMsg))
 	}
 	a.logger.LogAttrs(ctx, level, "rpc", attrs...)
 }

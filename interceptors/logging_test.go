@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -66,10 +67,26 @@ func (deny) WrapStreamingHandler(connect.StreamingHandlerFunc) connect.Streaming
 	}
 }
 
+// jsonHandlers are the two JSON handlers a gateway may log with: slog's,
+// and the one whose access-log lines the access log encodes itself.
+var jsonHandlers = map[string]func(io.Writer, *slog.HandlerOptions) slog.Handler{
+	"slog":   func(w io.Writer, o *slog.HandlerOptions) slog.Handler { return slog.NewJSONHandler(w, o) },
+	"direct": interceptors.NewJSONHandler,
+}
+
 func TestAccessLogOneLinePerRequest(t *testing.T) {
 	t.Parallel()
+	for name, newHandler := range jsonHandlers {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testAccessLogOneLinePerRequest(t, newHandler)
+		})
+	}
+}
+
+func testAccessLogOneLinePerRequest(t *testing.T, newHandler func(io.Writer, *slog.HandlerOptions) slog.Handler) {
 	var buf syncBuffer
-	access := interceptors.NewAccessLog(slog.New(slog.NewJSONHandler(&buf, nil)))
+	access := interceptors.NewAccessLog(slog.New(newHandler(&buf, nil)))
 	mux := http.NewServeMux()
 	open := grpchealth.NewStaticChecker("open")
 	mux.Handle(grpchealth.NewHandler(open, connect.WithInterceptors(access.Interceptor())))
@@ -139,12 +156,38 @@ func TestAccessLogOneLinePerRequest(t *testing.T) {
 
 func TestAccessLogWritesNothingWhenDisabled(t *testing.T) {
 	t.Parallel()
+	for name, newHandler := range jsonHandlers {
+		var buf syncBuffer
+		logger := slog.New(newHandler(&buf, &slog.HandlerOptions{Level: slog.LevelError}))
+		access := interceptors.NewAccessLog(logger)
+		h := access.Middleware(func(*http.Request) string { return "rest" }, http.NotFoundHandler())
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
+		if n := len(buf.lines(t)); n != 0 {
+			t.Errorf("%s: %d lines below the level", name, n)
+		}
+	}
+}
+
+// TestAccessLogDirectKeepsSlogOptions checks that what would change the
+// line (attributes added to the logger, ReplaceAttr) still reaches it.
+func TestAccessLogDirectKeepsSlogOptions(t *testing.T) {
+	t.Parallel()
 	var buf syncBuffer
-	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelError}))
-	access := interceptors.NewAccessLog(logger)
-	h := access.Middleware(func(*http.Request) string { return "rest" }, http.NotFoundHandler())
-	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
-	if n := len(buf.lines(t)); n != 0 {
-		t.Errorf("%d lines below the level", n)
+	with := slog.New(interceptors.NewJSONHandler(&buf, nil)).With(slog.String("service", "gw"))
+	replace := slog.New(interceptors.NewJSONHandler(&buf, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == "peer" {
+				a.Value = slog.StringValue("redacted")
+			}
+			return a
+		},
+	}))
+	for _, logger := range []*slog.Logger{with, replace} {
+		h := interceptors.NewAccessLog(logger).Middleware(func(*http.Request) string { return "rest" }, http.NotFoundHandler())
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
+	}
+	lines := buf.lines(t)
+	if len(lines) != 2 || lines[0]["service"] != "gw" || lines[1]["peer"] != "redacted" {
+		t.Errorf("lines: %v", lines)
 	}
 }
