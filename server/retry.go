@@ -42,8 +42,6 @@ type retryBudget struct {
 	retries [budgetBuckets]atomic.Int64
 }
 
-func (b *retryBudget) init(ratio float64) { b.ratio = ratio }
-
 // call counts a call sent.
 func (b *retryBudget) call() { b.calls[b.bucket.Load()%budgetBuckets].Add(1) }
 

@@ -244,7 +244,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		}
 		pool := &replicaPool{name: svc.name, service: string(svc.desc.FullName()),
 			interval: g.cfg.ResolveInterval, lookup: g.cfg.lookupHost, logger: g.logger}
-		pool.budget.init(g.cfg.RetryBudget)
+		pool.budget.ratio = g.cfg.RetryBudget
 		pool.build = g.replicaBuilder(pool, svc.desc, upstreams[i])
 		if err := newReplicaPool(g.streams, pool, upstreams[i]); err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", svc.name, err)
@@ -335,9 +335,6 @@ func isCleanPath(p string) bool {
 	}
 	return c == p
 }
-
-// retryAttempts bounds the tries of one forwarded call.
-func (g *Gateway) retryAttempts() int { return g.cfg.RetryAttempts }
 
 // knownProcedures are the procedures the gateway serves, the only values
 // of the metrics' procedure label.

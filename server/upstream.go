@@ -137,7 +137,7 @@ func (g *Gateway) buildService(svc upstreamService, hooks map[string]methodHooks
 			pool:       svc.pool,
 			stats:      svc.stats,
 			idempotent: idempotent(method),
-			attempts:   g.retryAttempts(),
+			attempts:   g.cfg.RetryAttempts,
 			headers:    g.headers,
 			maxTimeout: g.cfg.MaxTimeout,
 			logger:     g.logger,
