@@ -297,14 +297,16 @@ func fastError(err error) error {
 }
 
 // headerMetadata is h as gRPC metadata, leaving out what grpc-go writes
-// itself; binary values are decoded for grpc-go to encode.
+// itself and the status a forwarder asks of the REST layer, which these
+// calls do not pass (see restWriter.decide); binary values are decoded for
+// grpc-go to encode.
 func headerMetadata(h http.Header) metadata.MD {
 	if len(h) == 0 {
 		return nil
 	}
 	md := make(metadata.MD, len(h))
 	for name, vals := range h {
-		if len(vals) == 0 || neverForwarded(name) && name != "Grpc-Status-Details-Bin" {
+		if len(vals) == 0 || neverForwarded(name) && name != "Grpc-Status-Details-Bin" || name == statusHeader {
 			continue
 		}
 		key := lowerName(name)
