@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -458,9 +459,13 @@ func TestConnectGET(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(rest.Body)
 	_ = rest.Body.Close()
 	if rest.StatusCode != http.StatusOK || rest.Header.Get("Cache-Control") != getCacheControl {
 		t.Errorf("REST GET: %d, Cache-Control %q", rest.StatusCode, rest.Header.Get("Cache-Control"))
+	}
+	if vary := strings.Join(rest.Header.Values("Vary"), ","); !strings.Contains(string(body), `"deployment_id":"d7"`) || !strings.Contains(vary, "Authorization") {
+		t.Errorf("REST GET: Vary %q, body %.200s", vary, body)
 	}
 }
 
