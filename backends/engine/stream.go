@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 
 	"connectrpc.com/connect"
 
@@ -22,15 +21,11 @@ func (s *Service) StreamWorkflow(ctx context.Context, req *connect.Request[engin
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var (
-		mu      sync.Mutex
-		sendErr error
-	)
-	// Nodes of parallel branches may finish at once; a stream takes one
-	// message at a time. A failed send means the caller is gone: stop.
+	// The run calls observe from its scheduling goroutine only, one event
+	// at a time, so sends need no lock. A failed send means the caller is
+	// gone: stop.
+	var sendErr error
 	observe := func(ev *enginev1.StreamWorkflowResponse) {
-		mu.Lock()
-		defer mu.Unlock()
 		if sendErr != nil {
 			return
 		}
@@ -39,8 +34,6 @@ func (s *Service) StreamWorkflow(ctx context.Context, req *connect.Request[engin
 		}
 	}
 	result := s.run(ctx, wf, msg.GetTriggerData().AsMap(), timeout, observe)
-	mu.Lock()
-	defer mu.Unlock()
 	if sendErr != nil || (result.GetStatus() == StatusCanceled && ctx.Err() != nil) {
 		return connect.NewError(connect.CodeCanceled, errors.New("the caller canceled the run"))
 	}
