@@ -2,8 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
-	"log/slog"
 
 	"connectrpc.com/connect"
 
@@ -34,11 +32,11 @@ func (s *Service) StreamWorkflow(ctx context.Context, req *connect.Request[engin
 		}
 	}
 	result := s.run(ctx, wf, msg.GetTriggerData().AsMap(), timeout, observe)
-	if sendErr != nil || (result.GetStatus() == StatusCanceled && ctx.Err() != nil) {
-		return connect.NewError(connect.CodeCanceled, errors.New("the caller canceled the run"))
+	if sendErr != nil {
+		return errCallerCanceled()
 	}
-	s.logger.LogAttrs(ctx, slog.LevelDebug, "workflow ran",
-		slog.String("workflow", wf.name), slog.String("status", result.GetStatus()),
-		slog.Int("nodes", len(result.GetNodeResults())))
+	if err := s.ran(ctx, wf, result); err != nil {
+		return err
+	}
 	return stream.Send(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_Result{Result: result}})
 }
