@@ -204,13 +204,27 @@ func (s *Service) ExecuteWorkflow(ctx context.Context, req *connect.Request[engi
 		return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: &enginev1.ExecutionResult{Status: StatusValid}}), nil
 	}
 	result := s.run(ctx, wf, msg.GetTriggerData().AsMap(), timeout, nil)
+	if err := s.ran(ctx, wf, result); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: result}), nil
+}
+
+// ran logs a run that ended, or refuses its result when the run ended
+// because the caller went away.
+func (s *Service) ran(ctx context.Context, wf *workflow, result *enginev1.ExecutionResult) error {
 	if result.GetStatus() == StatusCanceled && ctx.Err() != nil {
-		return nil, connect.NewError(connect.CodeCanceled, errors.New("the caller canceled the run"))
+		return errCallerCanceled()
 	}
 	s.logger.LogAttrs(ctx, slog.LevelDebug, "workflow ran",
 		slog.String("workflow", wf.name), slog.String("status", result.GetStatus()),
 		slog.Int("nodes", len(result.GetNodeResults())))
-	return connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: result}), nil
+	return nil
+}
+
+// errCallerCanceled is fresh per call: a connect error carries its own metadata.
+func errCallerCanceled() error {
+	return connect.NewError(connect.CodeCanceled, errors.New("the caller canceled the run"))
 }
 
 // prepare compiles a definition and settles the run's deadline.

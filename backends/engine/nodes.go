@@ -201,14 +201,10 @@ func compileDelay(c *compiler, params map[string]any, field string) (executor, *
 }
 
 func (n *delayNode) run(ctx context.Context, _ *run, in *exprEnv) (outcome, error) {
-	t := time.NewTimer(n.d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return outcome{output: in.Input}, nil
-	case <-ctx.Done():
-		return outcome{}, ctx.Err()
+	if err := sleep(ctx, n.d); err != nil {
+		return outcome{}, err
 	}
+	return outcome{output: in.Input}, nil
 }
 
 // merge: joins the outputs of every input that ran, in connection order,

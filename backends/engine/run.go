@@ -38,8 +38,7 @@ type run struct {
 	last    *node // the node latest in topological order that ran
 	// observe hears of each node as it finishes and of the respond node's
 	// answer as soon as it exists; nil when nobody listens.
-	observe   func(*enginev1.StreamWorkflowResponse)
-	responded bool
+	observe func(*enginev1.StreamWorkflowResponse)
 }
 
 type nodeState struct {
@@ -229,28 +228,30 @@ func (r *run) finish(d done) error {
 	r.results = append(r.results, d.res)
 	st := &nodeState{}
 	r.state[d.n] = st
+	answered := false
 	if d.err == nil && d.res.GetStatus() != StatusSkipped {
 		st.ran, st.output, st.branch = true, d.out.output, d.out.branch
 		if r.last == nil || d.n.pos > r.last.pos {
 			r.last = d.n
 		}
-		if d.out.response != nil {
-			r.respond(d.n, d.out.response)
+		// The first respond node to run decides the webhook caller's
+		// response.
+		if d.out.response != nil && r.resp == nil {
+			r.resp, answered = d.out.response, true
 		}
 	}
-	r.finished(d.res)
+	r.finished(d.res, answered)
 	return d.err
 }
 
-// finished tells the observer that a node's result is final and, the first
-// time a respond node has set one, what the webhook caller gets.
-func (r *run) finished(res *enginev1.NodeResult) {
+// finished tells the observer that a node's result is final and, when that
+// node gave the run its response, what the webhook caller gets.
+func (r *run) finished(res *enginev1.NodeResult, answered bool) {
 	if r.observe == nil {
 		return
 	}
 	r.observe(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_NodeFinished{NodeFinished: res}})
-	if r.resp != nil && !r.responded {
-		r.responded = true
+	if answered {
 		r.observe(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_Respond{Respond: r.resp.toProto()}})
 	}
 }
@@ -260,14 +261,6 @@ func (w *webhookResponse) toProto() *enginev1.WebhookResponse {
 		StatusCode: int32(w.status), //nolint:gosec // validated to 200..599
 		Headers:    w.headers,
 		Body:       toValue(w.body),
-	}
-}
-
-// respond records what a respond node answered. The first respond node to
-// run decides the webhook caller's response.
-func (r *run) respond(_ *node, resp *webhookResponse) {
-	if r.resp == nil {
-		r.resp = resp
 	}
 }
 

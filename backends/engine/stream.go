@@ -2,9 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
-	"log/slog"
-	"sync"
 
 	"connectrpc.com/connect"
 
@@ -22,15 +19,11 @@ func (s *Service) StreamWorkflow(ctx context.Context, req *connect.Request[engin
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var (
-		mu      sync.Mutex
-		sendErr error
-	)
-	// Nodes of parallel branches may finish at once; a stream takes one
-	// message at a time. A failed send means the caller is gone: stop.
+	// The run calls observe from its scheduling goroutine only, one event
+	// at a time, so sends need no lock. A failed send means the caller is
+	// gone: stop.
+	var sendErr error
 	observe := func(ev *enginev1.StreamWorkflowResponse) {
-		mu.Lock()
-		defer mu.Unlock()
 		if sendErr != nil {
 			return
 		}
@@ -39,13 +32,11 @@ func (s *Service) StreamWorkflow(ctx context.Context, req *connect.Request[engin
 		}
 	}
 	result := s.run(ctx, wf, msg.GetTriggerData().AsMap(), timeout, observe)
-	mu.Lock()
-	defer mu.Unlock()
-	if sendErr != nil || (result.GetStatus() == StatusCanceled && ctx.Err() != nil) {
-		return connect.NewError(connect.CodeCanceled, errors.New("the caller canceled the run"))
+	if sendErr != nil {
+		return errCallerCanceled()
 	}
-	s.logger.LogAttrs(ctx, slog.LevelDebug, "workflow ran",
-		slog.String("workflow", wf.name), slog.String("status", result.GetStatus()),
-		slog.Int("nodes", len(result.GetNodeResults())))
+	if err := s.ran(ctx, wf, result); err != nil {
+		return err
+	}
 	return stream.Send(&enginev1.StreamWorkflowResponse{Event: &enginev1.StreamWorkflowResponse_Result{Result: result}})
 }
