@@ -113,3 +113,28 @@ func FuzzAccessLineMatchesSlog(f *testing.F) {
 		}
 	})
 }
+
+// TestDirectJSONOnlyForPlainHandler: the access log encodes its lines
+// itself on NewJSONHandler's logger, and leaves them to slog wherever that
+// would change the line. The line tests pass either way, so this is what
+// notices the direct path silently going unused.
+func TestDirectJSONOnlyForPlainHandler(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	direct := slog.New(NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if NewAccessLog(direct).json == nil || NewAccessLog(slog.New(NewJSONHandler(&buf, nil))).json == nil {
+		t.Error("NewJSONHandler's logger is not encoded directly")
+	}
+	for name, logger := range map[string]*slog.Logger{
+		"slog":          slog.New(slog.NewJSONHandler(&buf, nil)),
+		"with":          direct.With(slog.String("service", "gw")),
+		"group":         direct.WithGroup("g"),
+		"replace":       slog.New(NewJSONHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr { return a }})),
+		"source":        slog.New(NewJSONHandler(&buf, &slog.HandlerOptions{AddSource: true})),
+		"nil (discard)": nil,
+	} {
+		if NewAccessLog(logger).json != nil {
+			t.Errorf("%s: encoded directly", name)
+		}
+	}
+}

@@ -140,8 +140,9 @@ type SecurityConfig struct {
 	// MaxConcurrentStreams caps HTTP/2 streams per connection (default 250).
 	// Env FLOWGATE_MAX_CONCURRENT_STREAMS, flag -max-concurrent-streams.
 	MaxConcurrentStreams uint32
-	// SSECookie is the cookie the SSE routes read a bearer token from
-	// (default "flowgate_token"). Env FLOWGATE_SSE_COOKIE, flag -sse-cookie.
+	// SSECookie is the cookie the SSE routes read a bearer token from, or
+	// an API key when its value is not a JWT (default "flowgate_token").
+	// Env FLOWGATE_SSE_COOKIE, flag -sse-cookie.
 	SSECookie string
 	// SSEQueryTokenMaxTTL is the longest remaining lifetime accepted for a
 	// token passed in the access_token query parameter (default 5m).

@@ -40,6 +40,6 @@ func securityFlags(set *flagenv.Set, c *server.SecurityConfig) {
 	set.Int(&c.MaxConnsPerIP, "max-conns-per-ip", "FLOWGATE_MAX_CONNS_PER_IP", 0, "open connections per client address (IPv6: per /64), trusted proxies exempt (default 256; negative: no cap)")
 	set.Int(&c.MaxStreamsPerCaller, "max-streams-per-caller", "FLOWGATE_MAX_STREAMS_PER_CALLER", 0, "open server streams (SSE included) per subject, or per address without credentials (default 32; negative: no cap)")
 	set.Uint32(&c.MaxConcurrentStreams, "max-concurrent-streams", "FLOWGATE_MAX_CONCURRENT_STREAMS", 0, "HTTP/2 streams per connection (default 250)")
-	set.String(&c.SSECookie, "sse-cookie", "FLOWGATE_SSE_COOKIE", "", "cookie SSE routes read a bearer token from (default flowgate_token)")
+	set.String(&c.SSECookie, "sse-cookie", "FLOWGATE_SSE_COOKIE", "", "cookie SSE routes read a bearer token from, or an API key when its value is not a JWT (default flowgate_token)")
 	set.Duration(&c.SSEQueryTokenMaxTTL, "sse-query-token-max-ttl", "FLOWGATE_SSE_QUERY_TOKEN_MAX_TTL", 0, "longest remaining lifetime of an access_token query token (default 5m)")
 }

@@ -22,6 +22,7 @@ import (
 	"mime"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -107,14 +108,20 @@ func newFile(body []byte, contentType string, immutable bool) file {
 }
 
 // acceptsGzip reads Accept-Encoding loosely: browsers send "gzip" without
-// weights, and a client that refuses it with "gzip;q=0" gets the plain
-// body.
+// weights, and a client that refuses it with a zero weight ("gzip;q=0",
+// "gzip; q=0.000") gets the plain body.
 func acceptsGzip(r *http.Request) bool {
 	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
 		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
-		if strings.EqualFold(strings.TrimSpace(name), "gzip") {
-			return strings.ReplaceAll(params, " ", "") != "q=0"
+		if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
+			continue
 		}
+		key, weight, _ := strings.Cut(strings.TrimSpace(params), "=")
+		if !strings.EqualFold(strings.TrimSpace(key), "q") {
+			return true
+		}
+		q, err := strconv.ParseFloat(strings.TrimSpace(weight), 64)
+		return err != nil || q > 0
 	}
 	return false
 }

@@ -143,4 +143,15 @@ func TestGzip(t *testing.T) {
 	if zipped.Header().Get("ETag") == plain.Header().Get("ETag") || zipped.Header().Get("Vary") != "Accept-Encoding" {
 		t.Errorf("representations: ETags %q and %q, Vary %q", zipped.Header().Get("ETag"), plain.Header().Get("ETag"), zipped.Header().Get("Vary"))
 	}
+	for ae, want := range map[string]string{
+		"gzip;q=0.0":          "",
+		"br, gzip; Q=0.000":   "",
+		"gzip;q=0.5, br;q=1":  "gzip",
+		"deflate, GZIP ; q=1": "gzip",
+	} {
+		res := serve(t, c.Page(), http.MethodGet, "/", http.Header{"Accept-Encoding": {ae}})
+		if got := res.Header().Get("Content-Encoding"); got != want {
+			t.Errorf("Accept-Encoding %q: Content-Encoding %q, want %q", ae, got, want)
+		}
+	}
 }
