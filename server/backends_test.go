@@ -96,6 +96,10 @@ func (e *testEngine) ExecuteWorkflow(ctx context.Context, req *connect.Request[e
 	case "slow":
 		select {
 		case <-ctx.Done():
+			select {
+			case e.rec.canceled <- struct{}{}:
+			default:
+			}
 			return nil, ctx.Err()
 		case <-time.After(10 * time.Second):
 			return nil, errors.New("not canceled")

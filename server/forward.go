@@ -55,8 +55,19 @@ func (f *forwarder) unary(ctx context.Context, in *connect.Request[frame]) (*con
 // that failed where it may be retried (see retryable) is tried again on
 // another replica when there is one, after a jittered backoff.
 func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) (*connect.Response[frame], error) {
+	_, asked := ctx.Deadline()
 	ctx, cancel := f.deadline(ctx, true)
 	defer cancel()
+	// The cap on a call that asked for no deadline is the gateway's own
+	// guard, kept by canceling the upstream call when it ends; it is not
+	// sent upstream as the caller's deadline. The backend is spared
+	// decoding a new grpc-timeout on every call (a value that is never the
+	// same twice, so HPACK cannot index it and it churns the header table
+	// of the connection) and a timer of its own.
+	upstreamCtx := ctx
+	if !asked {
+		upstreamCtx = unadvertisedDeadline{ctx}
+	}
 	start := time.Now()
 	f.pool.budget.call()
 	var failed *replica
@@ -71,7 +82,7 @@ func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) 
 			// Nowhere left to retry: the caller gets the last failure.
 			return nil, f.endUnary(start, f.upstreamError(ctx, lastErr))
 		}
-		actx, span := f.tracing.StartClient(ctx, f.procedure, out.Header())
+		actx, span := f.tracing.StartClient(upstreamCtx, f.procedure, out.Header())
 		reply, err := rep.callers[f.method].unary(actx, out)
 		interceptors.EndClient(span, err)
 		rep.finish(ctx, err, true)
@@ -293,6 +304,12 @@ func (f *forwarder) request(msg *frame, header http.Header) *connect.Request[fra
 	f.headers.copyRequest(out.Header(), header)
 	return out
 }
+
+// unadvertisedDeadline is a context whose deadline its upstream call does
+// not send: the call still ends when the context does.
+type unadvertisedDeadline struct{ context.Context } //nolint:containedctx // a view of the call's context
+
+func (unadvertisedDeadline) Deadline() (time.Time, bool) { return time.Time{}, false }
 
 // deadline caps the caller's deadline at the configured maximum. Unary calls
 // without a deadline get the maximum; streams without one may stay open.

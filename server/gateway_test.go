@@ -171,11 +171,29 @@ func TestDeadlinePropagation(t *testing.T) {
 		}
 		check(t, 500*time.Millisecond, time.Second)
 	})
-	t.Run("no deadline gets the maximum", func(t *testing.T) {
+	t.Run("no deadline is not sent upstream", func(t *testing.T) {
 		if _, err := engineClient(t, url, nil).ExecuteWorkflow(t.Context(), execute("d")); err != nil {
 			t.Fatal(err)
 		}
-		check(t, 500*time.Millisecond, time.Second)
+		if _, left := b.engine.last(t); left != -1 {
+			t.Errorf("backend saw a deadline %v away for a call that asked for none", left)
+		}
+	})
+	t.Run("no deadline is still cut at the maximum", func(t *testing.T) {
+		start := time.Now()
+		_, err := engineClient(t, url, []connect.ClientOption{connect.WithGRPC()}).ExecuteWorkflow(t.Context(), execute("slow"))
+		if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+			t.Fatalf("err = %v, want deadline_exceeded", err)
+		}
+		if took := time.Since(start); took < 900*time.Millisecond || took > 5*time.Second {
+			t.Errorf("call ended after %v, want about the 1s maximum", took)
+		}
+		// The backend's call ended with it, canceled from the gateway's side.
+		select {
+		case <-b.engine.canceled:
+		case <-time.After(5 * time.Second):
+			t.Error("the backend's call was not canceled")
+		}
 	})
 	t.Run("rest caller sets one", func(t *testing.T) {
 		res, body := restCall(t, http.MethodPost, url+"/api/v1/workflow/execute", `{"workflow_definition":{"name":"d"}}`, http.Header{"X-Server-Timeout": {"0.6"}})
