@@ -134,15 +134,23 @@ func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*con
 	if err != nil {
 		return nil, err
 	}
-	var header, trailer metadata.MD
-	out := new(frame)
-	if err := c.conn.Invoke(ctx, c.procedure, in.Msg, out, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
-		return nil, grpcError(ctx, err, trailer)
+	call := new(unaryCall)
+	call.opts = [...]grpc.CallOption{grpc.Header(&call.header), grpc.Trailer(&call.trailer)}
+	if err := c.conn.Invoke(ctx, c.procedure, in.Msg, &call.out, call.opts[:]...); err != nil {
+		return nil, grpcError(ctx, err, call.trailer)
 	}
-	res := connect.NewResponse(out)
-	copyMetadata(res.Header(), header)
-	copyMetadata(res.Trailer(), trailer)
+	res := connect.NewResponse(&call.out)
+	copyMetadata(res.Header(), call.header)
+	copyMetadata(res.Trailer(), call.trailer)
 	return res, nil
+}
+
+// unaryCall is what grpc-go fills in for a unary call, in one allocation
+// rather than one each.
+type unaryCall struct {
+	out             frame
+	header, trailer metadata.MD
+	opts            [2]grpc.CallOption
 }
 
 func (c grpcCaller) serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error) {
