@@ -25,6 +25,7 @@ import (
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -72,8 +73,31 @@ func newGRPCFast(sec *security, maxRecv int) *grpcFast {
 		// Calls run on long-lived workers whose stacks have grown to what a
 		// call needs, instead of a new goroutine growing its stack each time.
 		grpc.NumStreamWorkers(streamWorkers()),
+		grpc.InTapHandle(keepMetadata),
 	)
 	return f
+}
+
+// receivedMetadataKey is the context key of a call's metadata as grpc-go
+// received it.
+type receivedMetadataKey struct{}
+
+// keepMetadata hands a call the metadata grpc-go received, which the call
+// converts to HTTP headers. metadata.FromIncomingContext would copy every
+// key's values first, only for them to be converted.
+func keepMetadata(ctx context.Context, info *tap.Info) (context.Context, error) {
+	return context.WithValue(ctx, receivedMetadataKey{}, info.Header), nil
+}
+
+// receivedMetadata is the metadata a call received. grpc-go writes none of
+// it once the call has started, and the call writes none: its headers
+// share the values, which are never written in place.
+func receivedMetadata(ctx context.Context) metadata.MD {
+	if md, ok := ctx.Value(receivedMetadataKey{}).(metadata.MD); ok {
+		return md
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	return md
 }
 
 // streamWorkers is how many calls the grpc-go server runs on long-lived
@@ -218,7 +242,7 @@ func newFastConn(stream grpc.ServerStream, spec connect.Spec) *fastConn {
 	if p, ok := peer.FromContext(stream.Context()); ok && p.Addr != nil {
 		c.peer.Addr = p.Addr.String()
 	}
-	md, _ := metadata.FromIncomingContext(stream.Context())
+	md := receivedMetadata(stream.Context())
 	if c.reqHeader == nil {
 		c.reqHeader = make(http.Header, len(md))
 	}

@@ -272,8 +272,8 @@ func copyMetadata(dst http.Header, md metadata.MD) {
 
 // metadataToHeader copies the metadata keep accepts (by canonical name)
 // into dst, base64-encoding binary values as HTTP headers carry them.
-// grpc-go hands out copies of its metadata, so values are shared rather
-// than copied again, capped so that an append to either side copies.
+// Values are shared rather than copied: neither side writes them in place,
+// and they are capped so that an append to either side copies.
 func metadataToHeader(dst http.Header, md metadata.MD, keep func(name string) bool) {
 	for key, vals := range md {
 		name := canonicalName(key)
