@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -130,7 +131,14 @@ var serverStreamDesc = &grpc.StreamDesc{ServerStreams: true}
 
 func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error) {
 	c.redialIfDown(ctx)
-	ctx, err := outgoingMetadata(ctx, in.Header())
+	md, _ := unaryMetadata.Get().(metadata.MD)
+	if md == nil {
+		md = metadata.MD{}
+	}
+	// grpc-go reads the metadata while it opens the call, and keeps none
+	// of it: the map serves the next call.
+	defer releaseMetadata(md)
+	ctx, err := outgoingMetadata(ctx, md, in.Header())
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +163,7 @@ type unaryCall struct {
 
 func (c grpcCaller) serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error) {
 	c.redialIfDown(ctx)
-	ctx, err := outgoingMetadata(ctx, in.Header())
+	ctx, err := outgoingMetadata(ctx, metadata.MD{}, in.Header())
 	if err != nil {
 		return nil, err
 	}
@@ -221,14 +229,23 @@ func (s *grpcStream) ResponseTrailer() http.Header {
 // with the stream, which releases it in grpc-go.
 func (s *grpcStream) Close() error { return nil }
 
+// unaryMetadata holds the emptied metadata maps of finished unary calls.
+var unaryMetadata sync.Pool
+
+func releaseMetadata(md metadata.MD) {
+	if len(md) <= reusedHeaderNames {
+		clear(md)
+		unaryMetadata.Put(md)
+	}
+}
+
 // outgoingMetadata puts the forwarded request headers into the context as
-// gRPC metadata. Binary (-bin) values arrive base64-encoded in HTTP headers;
-// grpc-go wants them raw and encodes them itself.
-func outgoingMetadata(ctx context.Context, header http.Header) (context.Context, error) {
+// gRPC metadata, in md. Binary (-bin) values arrive base64-encoded in HTTP
+// headers; grpc-go wants them raw and encodes them itself.
+func outgoingMetadata(ctx context.Context, md metadata.MD, header http.Header) (context.Context, error) {
 	if len(header) == 0 {
 		return ctx, nil
 	}
-	md := make(metadata.MD, len(header))
 	for name, vals := range header {
 		key := lowerName(name)
 		if !strings.HasSuffix(key, "-bin") {
