@@ -116,7 +116,7 @@ func (f *forwarder) unaryConn(ctx context.Context, conn connect.StreamingHandler
 	if call == nil {
 		call = new(connCall)
 	}
-	defer f.release(call)
+	defer f.releaseCall(call)
 	msg := &call.msg
 	if err := conn.Receive(msg); err != nil {
 		return err
@@ -153,11 +153,11 @@ type connCall struct {
 // connCalls holds finished calls' connCalls for new ones.
 var connCalls sync.Pool
 
-// release keeps call for another if nothing can hold its request any
+// releaseCall keeps call for another if nothing can hold its request any
 // longer: grpc-go reads a request's headers while it opens the call, where
 // connect-go's client puts them in an HTTP request of its own; a request
 // hook may keep what it was given.
-func (f *forwarder) release(call *connCall) {
+func (f *forwarder) releaseCall(call *connCall) {
 	if f.hooks.request != nil || !f.grpcOnly() {
 		return
 	}

@@ -13,8 +13,8 @@ import (
 
 // TestGRPCCallsShareNothing: the grpc-go path keeps a finished call's state
 // for the next one, and nothing of a call reaches the next: not its request
-// headers (upstream or in the access to them), nor the headers and
-// trailers of its response.
+// headers (as the gateway reads them, or as the backend gets them), nor the
+// headers and trailers of its response.
 func TestGRPCCallsShareNothing(t *testing.T) {
 	t.Parallel()
 	b := startTestBackends(t)
