@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -111,13 +112,20 @@ func (f *forwarder) endUnary(start time.Time, err error) error {
 // unaryConn serves a unary call handed over as a stream connection (the
 // grpc-go path for gRPC callers).
 func (f *forwarder) unaryConn(ctx context.Context, conn connect.StreamingHandlerConn) error {
-	var msg frame
-	if err := conn.Receive(&msg); err != nil {
+	call, _ := connCalls.Get().(*connCall)
+	if call == nil {
+		call = new(connCall)
+	}
+	defer f.releaseCall(call)
+	msg := &call.msg
+	if err := conn.Receive(msg); err != nil {
 		return err
 	}
-	out := f.request(&msg, conn.RequestHeader())
+	out := &call.out
+	out.Msg = msg
+	f.headers.copyRequest(out.Header(), conn.RequestHeader())
 	if f.hooks.request != nil {
-		in := connect.NewRequest(&msg)
+		in := connect.NewRequest(msg)
 		copyAll(in.Header(), conn.RequestHeader())
 		if err := f.hooks.request(in, out); err != nil {
 			return err
@@ -133,6 +141,49 @@ func (f *forwarder) unaryConn(ctx context.Context, conn connect.StreamingHandler
 	}
 	copyAll(conn.ResponseTrailer(), reply.Trailer())
 	return nil
+}
+
+// connCall is the request message and the upstream request of a unary
+// call on the connection path.
+type connCall struct {
+	msg frame
+	out connect.Request[frame]
+}
+
+// connCalls holds finished calls' connCalls for new ones.
+var connCalls sync.Pool
+
+// releaseCall keeps call for another if nothing can hold its request any
+// longer: grpc-go reads a request's headers while it opens the call, where
+// connect-go's client puts them in an HTTP request of its own; a request
+// hook may keep what it was given.
+func (f *forwarder) releaseCall(call *connCall) {
+	if f.hooks.request != nil || !f.grpcOnly() {
+		return
+	}
+	h := call.out.Header()
+	if len(h) > reusedHeaderNames {
+		return
+	}
+	clear(h)
+	call.msg = frame{}
+	call.out.Msg = nil
+	connCalls.Put(call)
+}
+
+// grpcOnly reports whether the forwarder's replicas are called with grpc-go
+// (an upstream's replicas all are, or none).
+func (f *forwarder) grpcOnly() bool {
+	replicas := f.pool.replicas.Load()
+	if replicas == nil {
+		return false
+	}
+	for _, r := range *replicas {
+		if _, ok := r.callers[f.method].(grpcCaller); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func copyAll(dst, src http.Header) {

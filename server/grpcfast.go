@@ -25,6 +25,7 @@ import (
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -72,8 +73,31 @@ func newGRPCFast(sec *security, maxRecv int) *grpcFast {
 		// Calls run on long-lived workers whose stacks have grown to what a
 		// call needs, instead of a new goroutine growing its stack each time.
 		grpc.NumStreamWorkers(streamWorkers()),
+		grpc.InTapHandle(keepMetadata),
 	)
 	return f
+}
+
+// receivedMetadataKey is the context key of a call's metadata as grpc-go
+// received it.
+type receivedMetadataKey struct{}
+
+// keepMetadata hands a call the metadata grpc-go received, which the call
+// converts to HTTP headers. metadata.FromIncomingContext would copy every
+// key's values first, only for them to be converted.
+func keepMetadata(ctx context.Context, info *tap.Info) (context.Context, error) {
+	return context.WithValue(ctx, receivedMetadataKey{}, info.Header), nil
+}
+
+// receivedMetadata is the metadata a call received. grpc-go writes none of
+// it once the call has started, and the call writes none: its headers
+// share the values, which are never written in place.
+func receivedMetadata(ctx context.Context) metadata.MD {
+	if md, ok := ctx.Value(receivedMetadataKey{}).(metadata.MD); ok {
+		return md
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	return md
 }
 
 // streamWorkers is how many calls the grpc-go server runs on long-lived
@@ -154,10 +178,12 @@ func (f *grpcFast) serve(_ any, stream grpc.ServerStream) error {
 	err := m.handler(f.security.edge(ctx, conn.peer.Addr, conn.reqHeader), conn)
 	conn.flushHeader()
 	if err != nil {
-		return conn.fail(err)
+		err = conn.fail(err)
+	} else {
+		conn.setTrailer(conn.trailer)
 	}
-	conn.setTrailer(conn.trailer)
-	return nil
+	conn.release()
+	return err
 }
 
 // notPseudoHeader keeps the request's headers, not HTTP/2's pseudo-headers
@@ -181,20 +207,71 @@ type fastConn struct {
 	// long is not using the others either.
 	fast  *grpcFast
 	timer *time.Timer
-	// received and sent count message bytes, for the metrics.
-	received, sent int
+	// fired is set once the timer's cut has started: it reads the struct,
+	// which is then never reused.
+	fired bool
+	// md is the map the call's headers and trailers are handed to grpc-go in.
+	md metadata.MD
+	// received and sent count message bytes, for the metrics; queued
+	// bounds what the call has handed grpc-go to send (see Send).
+	received, sent, queued int
 }
 
+// fastConns holds the state of finished calls for new ones: the struct,
+// its header maps (cleared, their storage kept) and its timer, which a
+// call would otherwise allocate afresh.
+var fastConns sync.Pool
+
+// reusedHeaderNames is the most names a header map may have held and
+// still be kept for another call.
+const reusedHeaderNames = 32
+
 func newFastConn(stream grpc.ServerStream, spec connect.Spec) *fastConn {
-	c := &fastConn{stream: stream, spec: spec, header: http.Header{}, trailer: http.Header{}}
+	c, _ := fastConns.Get().(*fastConn)
+	if c == nil {
+		c = new(fastConn)
+	}
+	if c.header == nil {
+		c.header = http.Header{}
+	}
+	if c.trailer == nil {
+		c.trailer = http.Header{}
+	}
+	c.stream, c.spec = stream, spec
 	c.peer.Protocol = connect.ProtocolGRPC
 	if p, ok := peer.FromContext(stream.Context()); ok && p.Addr != nil {
 		c.peer.Addr = p.Addr.String()
 	}
-	md, _ := metadata.FromIncomingContext(stream.Context())
-	c.reqHeader = make(http.Header, len(md))
+	md := receivedMetadata(stream.Context())
+	if c.reqHeader == nil {
+		c.reqHeader = make(http.Header, len(md))
+	}
 	metadataToHeader(c.reqHeader, md, notPseudoHeader)
 	return c
+}
+
+// release keeps c for another call, once nothing of this call reads it:
+// grpc-go took copies of what it sends, and the handler has returned.
+func (c *fastConn) release() {
+	if c.fired {
+		return
+	}
+	keep := fastConn{timer: c.timer, reqHeader: reusable(c.reqHeader), header: reusable(c.header), trailer: reusable(c.trailer)}
+	if len(c.md) <= reusedHeaderNames {
+		keep.md = c.md
+	}
+	*c = keep
+	fastConns.Put(c)
+}
+
+// reusable is h emptied for another call, or nil if it grew too large to
+// keep.
+func reusable(h http.Header) http.Header {
+	if len(h) > reusedHeaderNames {
+		return nil
+	}
+	clear(h)
+	return h
 }
 
 func (c *fastConn) messageBytes() (int, bool, int) { return c.received, c.received > 0, c.sent }
@@ -220,11 +297,22 @@ func (c *fastConn) Receive(msg any) error {
 
 func (c *fastConn) Send(msg any) error {
 	c.flushHeader()
-	if err := c.timed(c.fast.security.cfg.WriteTimeout, func() error { return c.stream.SendMsg(msg) }); err != nil {
+	timeout := c.fast.security.cfg.WriteTimeout
+	f, isFrame := msg.(*frame)
+	if isFrame && c.queued < sendQuota {
+		// grpc-go queues a message without waiting while the stream has
+		// quota left, and every stream starts with sendQuota: what the call
+		// queued so far is less, so this write cannot wait on the caller
+		// (a unary response never does), and arming the timer for it is
+		// wasted.
+		timeout = 0
+	}
+	if err := c.timed(timeout, func() error { return c.stream.SendMsg(msg) }); err != nil {
 		return fastError(err)
 	}
-	if f, ok := msg.(*frame); ok {
+	if isFrame {
 		c.sent += len(f.data)
+		c.queued += len(f.data) + messageOverhead
 		if len(f.data) > sendQuota && c.fast.security.cfg.WriteTimeout > 0 {
 			c.watchDelivery(int64(len(f.data)), c.fast.security.cfg.WriteTimeout)
 		}
@@ -233,9 +321,15 @@ func (c *fastConn) Send(msg any) error {
 }
 
 // sendQuota is what grpc-go takes of a stream's response before SendMsg
-// waits for the caller: a larger message is queued whole, so SendMsg
-// returning says nothing of its delivery.
+// waits for the caller (its defaultWriteQuota): a larger message is queued
+// whole, so SendMsg returning says nothing of its delivery.
 const sendQuota = 64 << 10
+
+// messageOverhead bounds what grpc-go counts against the quota for a
+// message beyond its bytes: the 5-byte prefix, and what compression adds
+// to a message that does not compress (a caller that asks for compressed
+// responses gets them).
+const messageOverhead = 64
 
 // timed runs op, cutting the caller's connection if op is still waiting on
 // the caller after d.
@@ -251,7 +345,9 @@ func (c *fastConn) timed(d time.Duration, op func() error) error {
 		c.timer.Reset(d)
 	}
 	err := op()
-	c.timer.Stop()
+	if !c.timer.Stop() {
+		c.fired = true
+	}
 	return err
 }
 
@@ -262,15 +358,30 @@ func (c *fastConn) flushHeader() {
 		return
 	}
 	c.headerSent = true
-	if md := headerMetadata(c.header); len(md) > 0 {
+	if md := c.metadata(c.header); len(md) > 0 {
 		_ = c.stream.SetHeader(md)
 	}
 }
 
 func (c *fastConn) setTrailer(h http.Header) {
-	if md := headerMetadata(h); len(md) > 0 {
+	if md := c.metadata(h); len(md) > 0 {
 		c.stream.SetTrailer(md)
 	}
+}
+
+// metadata is h as the metadata grpc-go sends, in a map the call reuses:
+// grpc-go copies what it is given to send.
+func (c *fastConn) metadata(h http.Header) metadata.MD {
+	if len(h) == 0 {
+		return nil
+	}
+	if c.md == nil {
+		c.md = make(metadata.MD, len(h))
+	} else {
+		clear(c.md)
+	}
+	headerMetadata(c.md, h)
+	return c.md
 }
 
 // fail turns a handler's error into the status grpc-go sends: code,
@@ -307,15 +418,11 @@ func fastError(err error) error {
 	return err
 }
 
-// headerMetadata is h as gRPC metadata, leaving out what grpc-go writes
+// headerMetadata adds h to md as gRPC metadata, leaving out what grpc-go writes
 // itself and the status a forwarder asks of the REST layer, which these
 // calls do not pass (see restWriter.decide); binary values are decoded for
 // grpc-go to encode.
-func headerMetadata(h http.Header) metadata.MD {
-	if len(h) == 0 {
-		return nil
-	}
-	md := make(metadata.MD, len(h))
+func headerMetadata(md metadata.MD, h http.Header) {
 	for name, vals := range h {
 		if len(vals) == 0 || neverForwarded(name) && name != "Grpc-Status-Details-Bin" || name == statusHeader {
 			continue
@@ -339,7 +446,6 @@ func headerMetadata(h http.Header) metadata.MD {
 		}
 		md[key] = append(md[key], vals...)
 	}
-	return md
 }
 
 // health serves grpc.health.v1.Health/Check from the gateway's checker;
@@ -450,17 +556,30 @@ func (l trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &trackedConn{Conn: c, conns: l.conns}
-	l.conns.Store(c.RemoteAddr().String(), tc)
+	addr := &remoteAddr{Addr: c.RemoteAddr(), text: c.RemoteAddr().String()}
+	tc := &trackedConn{Conn: c, addr: addr, conns: l.conns}
+	l.conns.Store(addr.text, tc)
 	return tc, nil
 }
 
 type trackedConn struct {
 	net.Conn
+	addr    *remoteAddr
 	conns   *sync.Map
 	once    sync.Once
 	written atomic.Int64
 }
+
+// remoteAddr is a connection's address with its text kept: grpc-go gives
+// each call the connection's address, which every call would format again.
+type remoteAddr struct {
+	net.Addr
+	text string
+}
+
+func (a *remoteAddr) String() string { return a.text }
+
+func (c *trackedConn) RemoteAddr() net.Addr { return c.addr }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)

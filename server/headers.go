@@ -59,7 +59,14 @@ func newHeaderPolicy(extra []string) headerPolicy {
 //go:noinline
 func (p headerPolicy) copyRequest(dst, src http.Header) {
 	for _, name := range p.request {
-		if vals, ok := src[name]; ok {
+		vals, ok := src[name]
+		switch {
+		case !ok:
+		case dst[name] == nil:
+			// Shared, not copied: header values are replaced, never written
+			// in place, and the capacity makes an append to either copy.
+			dst[name] = vals[:len(vals):len(vals)]
+		default:
 			dst[name] = append(dst[name], vals...)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -130,24 +131,39 @@ var serverStreamDesc = &grpc.StreamDesc{ServerStreams: true}
 
 func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error) {
 	c.redialIfDown(ctx)
-	ctx, err := outgoingMetadata(ctx, in.Header())
+	md, _ := unaryMetadata.Get().(metadata.MD)
+	if md == nil {
+		md = metadata.MD{}
+	}
+	// grpc-go reads the metadata while it opens the call, and keeps none
+	// of it: the map serves the next call.
+	defer releaseMetadata(md)
+	ctx, err := outgoingMetadata(ctx, md, in.Header())
 	if err != nil {
 		return nil, err
 	}
-	var header, trailer metadata.MD
-	out := new(frame)
-	if err := c.conn.Invoke(ctx, c.procedure, in.Msg, out, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
-		return nil, grpcError(ctx, err, trailer)
+	call := new(unaryCall)
+	call.opts = [...]grpc.CallOption{grpc.Header(&call.header), grpc.Trailer(&call.trailer)}
+	if err := c.conn.Invoke(ctx, c.procedure, in.Msg, &call.out, call.opts[:]...); err != nil {
+		return nil, grpcError(ctx, err, call.trailer)
 	}
-	res := connect.NewResponse(out)
-	copyMetadata(res.Header(), header)
-	copyMetadata(res.Trailer(), trailer)
+	res := connect.NewResponse(&call.out)
+	copyMetadata(res.Header(), call.header)
+	copyMetadata(res.Trailer(), call.trailer)
 	return res, nil
+}
+
+// unaryCall is what grpc-go fills in for a unary call, in one allocation
+// rather than one each.
+type unaryCall struct {
+	out             frame
+	header, trailer metadata.MD
+	opts            [2]grpc.CallOption
 }
 
 func (c grpcCaller) serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error) {
 	c.redialIfDown(ctx)
-	ctx, err := outgoingMetadata(ctx, in.Header())
+	ctx, err := outgoingMetadata(ctx, metadata.MD{}, in.Header())
 	if err != nil {
 		return nil, err
 	}
@@ -213,14 +229,23 @@ func (s *grpcStream) ResponseTrailer() http.Header {
 // with the stream, which releases it in grpc-go.
 func (s *grpcStream) Close() error { return nil }
 
+// unaryMetadata holds the emptied metadata maps of finished unary calls.
+var unaryMetadata sync.Pool
+
+func releaseMetadata(md metadata.MD) {
+	if len(md) <= reusedHeaderNames {
+		clear(md)
+		unaryMetadata.Put(md)
+	}
+}
+
 // outgoingMetadata puts the forwarded request headers into the context as
-// gRPC metadata. Binary (-bin) values arrive base64-encoded in HTTP headers;
-// grpc-go wants them raw and encodes them itself.
-func outgoingMetadata(ctx context.Context, header http.Header) (context.Context, error) {
+// gRPC metadata, in md. Binary (-bin) values arrive base64-encoded in HTTP
+// headers; grpc-go wants them raw and encodes them itself.
+func outgoingMetadata(ctx context.Context, md metadata.MD, header http.Header) (context.Context, error) {
 	if len(header) == 0 {
 		return ctx, nil
 	}
-	md := make(metadata.MD, len(header))
 	for name, vals := range header {
 		key := lowerName(name)
 		if !strings.HasSuffix(key, "-bin") {
@@ -264,8 +289,8 @@ func copyMetadata(dst http.Header, md metadata.MD) {
 
 // metadataToHeader copies the metadata keep accepts (by canonical name)
 // into dst, base64-encoding binary values as HTTP headers carry them.
-// grpc-go hands out copies of its metadata, so values are shared rather
-// than copied again, capped so that an append to either side copies.
+// Values are shared rather than copied: neither side writes them in place,
+// and they are capped so that an append to either side copies.
 func metadataToHeader(dst http.Header, md metadata.MD, keep func(name string) bool) {
 	for key, vals := range md {
 		name := canonicalName(key)
