@@ -1,6 +1,8 @@
 package server
 
 import (
+	"fmt"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -54,5 +56,46 @@ func TestGRPCCallsShareNothing(t *testing.T) {
 		if seen.Get("X-Request-Id") == "first-call" || seen.Get("Idempotency-Key") != "" {
 			t.Errorf("call %d: the backend got %v, headers of the call before", i, seen)
 		}
+	}
+}
+
+// TestGRPCCallsShareNothingConcurrently: calls in flight together, each
+// with its own request id and workflow name, get their own back, while
+// finished calls' state is handed to new ones under them.
+func TestGRPCCallsShareNothingConcurrently(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	_, url := startGateway(t, b.cfg)
+	conn := grpcGoClient(t, url)
+	const procedure = "/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow"
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := range 16 {
+		wg.Go(func() {
+			for i := range 40 {
+				id := fmt.Sprintf("w%d-call%d", w, i)
+				ctx := metadata.NewOutgoingContext(t.Context(), metadata.Pairs("x-request-id", id))
+				var header metadata.MD
+				res := new(enginev1.ExecuteWorkflowResponse)
+				err := conn.Invoke(ctx, procedure, &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: id}},
+					res, grpc.Header(&header))
+				switch {
+				case err != nil:
+					errs <- fmt.Errorf("%s: %w", id, err)
+				case res.GetResult().GetOutput().GetStringValue() != id:
+					errs <- fmt.Errorf("%s: answer %v", id, res.GetResult().GetOutput())
+				case len(header.Get("x-request-id")) != 1 || header.Get("x-request-id")[0] != id:
+					errs <- fmt.Errorf("%s: request id %v", id, header.Get("x-request-id"))
+				default:
+					continue
+				}
+				return
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
