@@ -96,9 +96,13 @@ func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
 		}
 		rw := newRESTWriter(w, r.Header.Get("Content-Type"), maxBody)
 		u := prepareREST(r)
-		r = r.WithContext(context.WithValue(r.Context(), restTraceKey{}, &rw.trace))
-		r.URL = u
-		if !fast.serve(rw, r) {
+		rw.ctx = restContext{Context: r.Context(), trace: &rw.trace}
+		ctx := &rw.ctx
+		// The direct path takes what it needs from r as it is: a copy
+		// of r is only for the transcoder, which reads the prepared URL.
+		if !fast.serve(ctx, rw, r, u) {
+			r = r.WithContext(ctx)
+			r.URL = u
 			next.ServeHTTP(rw, r)
 		}
 		rw.finish()
@@ -116,13 +120,15 @@ type restWriter struct {
 	// answer is an error to write as it is, see failWith.
 	answer *apierr.Error
 	trace  restTrace // what the RPC level saw, see restTraceInterceptor
+	ctx    restContext
 	// contentType is the request's, to name it when it is refused.
 	contentType string
 	maxBody     int64
 }
 
 func newRESTWriter(w http.ResponseWriter, contentType string, maxBody int64) *restWriter {
-	rw := &restWriter{holdingWriter: holdingWriter{ResponseWriter: w, limit: maxErrorBody}, contentType: contentType, maxBody: maxBody}
+	rw := restWriterOf(w)
+	*rw = restWriter{holdingWriter: holdingWriter{ResponseWriter: w, limit: maxErrorBody}, contentType: contentType, maxBody: maxBody}
 	rw.owner = rw
 	return rw
 }
@@ -296,6 +302,20 @@ func parseStatusJSON(body []byte) *connect.Error {
 }
 
 type restTraceKey struct{}
+
+// restContext is context.WithValue(ctx, restTraceKey{}, trace) without an
+// allocation of its own: it lives in the REST layer's writer.
+type restContext struct {
+	context.Context
+	trace *restTrace
+}
+
+func (c *restContext) Value(key any) any {
+	if _, ok := key.(restTraceKey); ok {
+		return c.trace
+	}
+	return c.Context.Value(key)
+}
 
 // restTrace is what the RPC level tells the REST layer about a call.
 type restTrace struct {

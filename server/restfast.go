@@ -2,8 +2,10 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -90,26 +92,41 @@ func (f *restFast) add(procedure string, method protoreflect.MethodDescriptor, c
 	f.routes[path] = route
 }
 
+// postPaths are the paths of the routes f serves, all POST.
+func (f *restFast) postPaths() []string {
+	if f == nil {
+		return nil
+	}
+	paths := make([]string, 0, len(f.routes))
+	for p := range f.routes {
+		paths = append(paths, p)
+	}
+	return paths
+}
+
 // bufferedBody is a REST request body the edge has read whole.
 type bufferedBody struct {
-	*bytes.Reader
+	bytes.Reader
 	data []byte
 }
 
-func newBufferedBody(data []byte) bufferedBody {
-	return bufferedBody{Reader: bytes.NewReader(data), data: data}
+func newBufferedBody(data []byte) *bufferedBody {
+	b := &bufferedBody{data: data}
+	b.Reset(data)
+	return b
 }
 
-func (bufferedBody) Close() error { return nil }
+func (*bufferedBody) Close() error { return nil }
 
-// serve serves r if it can, and reports whether it did; when it did not,
-// r is as it was, body included.
-func (f *restFast) serve(w *restWriter, r *http.Request) bool {
-	if f == nil || r.Method != http.MethodPost || r.URL.RawQuery != "" {
+// serve serves r, with the URL the REST layer prepared, in ctx if it can,
+// and reports whether it did; when it did not, r is as it was, body
+// included.
+func (f *restFast) serve(ctx context.Context, w *restWriter, r *http.Request, u *url.URL) bool {
+	if f == nil || r.Method != http.MethodPost || u.RawQuery != "" {
 		return false
 	}
-	route := f.routes[r.URL.Path]
-	body, ok := r.Body.(bufferedBody)
+	route := f.routes[u.Path]
+	body, ok := r.Body.(*bufferedBody)
 	h := r.Header
 	if route == nil || !ok || len(body.data) > f.maxRequest || body.Len() != len(body.data) ||
 		len(h["Content-Type"]) != 1 || h["Content-Type"][0] != "application/json" ||
@@ -137,7 +154,7 @@ func (f *restFast) serve(w *restWriter, r *http.Request) bool {
 		resHead: w.Header(),
 		trailer: http.Header{},
 	}
-	if err := route.handler(r.Context(), conn); err != nil {
+	if err := route.handler(ctx, conn); err != nil {
 		w.fail(err)
 		return true
 	}
