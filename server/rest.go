@@ -121,6 +121,7 @@ type restWriter struct {
 	answer *apierr.Error
 	trace  restTrace // what the RPC level saw, see restTraceInterceptor
 	ctx    restContext
+	conn   restConn // the direct path's call, see restFast
 	// contentType is the request's, to name it when it is refused.
 	contentType string
 	maxBody     int64
@@ -141,6 +142,9 @@ func (w *restWriter) decide(code int) (int, bool) {
 	h.Del(statusHeader)
 	if code >= 400 {
 		return code, true
+	}
+	if asked == "" {
+		return code, false // and no error for Atoi to allocate
 	}
 	if n, err := strconv.Atoi(asked); err == nil && code == http.StatusOK && n >= 200 && n < 600 {
 		code = n

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"connectrpc.com/connect"
@@ -146,7 +147,8 @@ func (f *restFast) serve(ctx context.Context, w *restWriter, r *http.Request, u 
 	delete(h, "Content-Type")
 	delete(h, "Accept-Encoding")
 	f.served.Add(1)
-	conn := &restConn{
+	conn := &w.conn
+	*conn = restConn{
 		spec:    route.spec,
 		peer:    connect.Peer{Addr: r.RemoteAddr, Protocol: connect.ProtocolGRPC},
 		header:  h,
@@ -173,25 +175,46 @@ func (f *restFast) respond(w *restWriter, route *restRoute, conn *restConn) {
 		return
 	}
 	out := route.output.New().Interface()
-	var body []byte
+	buf := jsonBodies.Get().(*[]byte) //nolint:forcetypeassert // the pool's own
+	defer putJSONBody(buf)
+	body := (*buf)[:0]
 	err := proto.Unmarshal(conn.res.data, out)
 	if err == nil {
 		if route.field == nil {
-			body, err = f.codec.MarshalAppend(nil, out)
+			body, err = f.codec.MarshalAppend(body, out)
 		} else {
-			body, err = f.codec.MarshalAppendField(nil, out, route.field)
+			body, err = f.codec.MarshalAppendField(body, out, route.field)
 		}
 	}
+	*buf = body
 	if err != nil {
 		w.fail(connect.NewError(connect.CodeInternal, err))
 		return
 	}
 	// The transcoder drops a unary call's trailers from REST responses.
+	// Both values share one allocation; each slice is full, so an append
+	// to either copies.
+	vals := []string{"application/json", strconv.Itoa(len(body))}
 	head := w.Header()
-	head["Content-Type"] = []string{"application/json"}
-	head["Content-Length"] = []string{strconv.Itoa(len(body))}
+	head["Content-Type"] = vals[0:1:1]
+	head["Content-Length"] = vals[1:2:2]
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
+	_, _ = w.Write(body) // writers copy what they keep: body goes back to the pool
+}
+
+// jsonBodies are buffers for responses' JSON, which the encoder would
+// otherwise grow from nothing on every call.
+var jsonBodies = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledJSON bounds the buffers kept, so that one large response does
+// not pin its memory.
+const maxPooledJSON = 64 << 10
+
+func putJSONBody(buf *[]byte) {
+	if cap(*buf) <= maxPooledJSON {
+		*buf = (*buf)[:0]
+		jsonBodies.Put(buf)
+	}
 }
 
 var errNoResponse = apierr.Public("the upstream sent no response")
