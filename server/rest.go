@@ -22,11 +22,11 @@ import (
 // isRPCRequest reports whether a request speaks Connect, gRPC or gRPC-Web,
 // by the same rules the transcoder classifies it: everything else is REST.
 func isRPCRequest(r *http.Request) bool {
-	ct := r.Header.Get("Content-Type")
+	ct := headerValue(r.Header, "Content-Type")
 	switch {
 	case strings.HasPrefix(ct, "application/grpc"), strings.HasPrefix(ct, "application/connect+"):
 		return true
-	case r.Header.Get("Connect-Protocol-Version") == "1":
+	case headerValue(r.Header, "Connect-Protocol-Version") == "1":
 		return true
 	case r.Method == http.MethodGet && strings.Contains(r.URL.RawQuery, "connect=v1"):
 		return r.URL.Query().Get("connect") == "v1"
@@ -36,7 +36,7 @@ func isRPCRequest(r *http.Request) bool {
 
 // callerProtocol names the protocol a request speaks, for logs.
 func callerProtocol(r *http.Request) string {
-	ct := r.Header.Get("Content-Type")
+	ct := headerValue(r.Header, "Content-Type")
 	switch {
 	case strings.HasPrefix(ct, "application/grpc-web"):
 		return "grpcweb"
@@ -79,10 +79,11 @@ func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
 	errs := newErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Internal headers are the gateway's own; no caller may set them.
-		r.Header.Del(webhookQueryHeader)
-		r.Header.Del(webhookMethodHeader)
-		r.Header.Del(webhookAgentHeader)
-		r.Header.Del(statusHeader)
+		// (The names are canonical: no Del to canonicalize them again.)
+		delete(r.Header, webhookQueryHeader)
+		delete(r.Header, webhookMethodHeader)
+		delete(r.Header, webhookAgentHeader)
+		delete(r.Header, statusHeader)
 		if err := checkEdgeHeaders(r); err != nil {
 			errs.write(w, r, err)
 			return
@@ -94,7 +95,7 @@ func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
 			rw.finish()
 			return
 		}
-		rw := newRESTWriter(w, r.Header.Get("Content-Type"), maxBody)
+		rw := newRESTWriter(w, headerValue(r.Header, "Content-Type"), maxBody)
 		u := prepareREST(r)
 		rw.ctx = restContext{Context: r.Context(), trace: &rw.trace}
 		ctx := &rw.ctx
@@ -138,8 +139,8 @@ func newRESTWriter(w http.ResponseWriter, contentType string, maxBody int64) *re
 // asked for (a webhook's respond node).
 func (w *restWriter) decide(code int) (int, bool) {
 	h := w.Header()
-	asked := h.Get(statusHeader)
-	h.Del(statusHeader)
+	asked := headerValue(h, statusHeader)
+	delete(h, statusHeader)
 	if code >= 400 {
 		return code, true
 	}
