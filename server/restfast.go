@@ -2,10 +2,12 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	"connectrpc.com/vanguard"
 	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -52,6 +55,8 @@ type restRoute struct {
 	output  protoreflect.MessageType
 	// field is the response_body field, nil for the whole message.
 	field protoreflect.FieldDescriptor
+	// plain is the input's fields by JSON name, see plainJSONMessage.
+	plain map[string]protoreflect.FieldDescriptor
 }
 
 func newRESTFast(maxRequest, maxResponse int) *restFast {
@@ -84,7 +89,8 @@ func (f *restFast) add(procedure string, method protoreflect.MethodDescriptor, c
 	if err != nil {
 		return
 	}
-	route := &restRoute{spec: methodSpec(procedure, method), handler: wrapChain(chain, handler), input: input, output: output}
+	route := &restRoute{spec: methodSpec(procedure, method), handler: wrapChain(chain, handler), input: input, output: output,
+		plain: plainFields(input.Descriptor())}
 	if name := rule.GetResponseBody(); name != "" {
 		if route.field = method.Output().Fields().ByName(protoreflect.Name(name)); route.field == nil {
 			return
@@ -134,12 +140,18 @@ func (f *restFast) serve(ctx context.Context, w *restWriter, r *http.Request, u 
 		h["Content-Encoding"] != nil || h["X-Server-Timeout"] != nil {
 		return false
 	}
-	in := route.input.New().Interface()
-	if f.codec.Unmarshal(body.data, in) != nil {
-		return false
+	msg, ok := plainJSONMessage(body.data, route.plain)
+	if !ok {
+		in := route.input.New().Interface()
+		if f.codec.Unmarshal(body.data, in) != nil {
+			return false
+		}
+		var err error
+		if msg, err = proto.Marshal(in); err != nil {
+			return false
+		}
 	}
-	msg, err := proto.Marshal(in)
-	if err != nil || len(msg) > f.maxRequest {
+	if len(msg) > f.maxRequest {
 		return false
 	}
 	// What the transcoder removes before its call, and what it answers
@@ -263,4 +275,139 @@ func (c *restConn) Send(msg any) error {
 	}
 	c.res = f
 	return nil
+}
+
+// plainJSONMessage returns the protobuf encoding of the message of type
+// md that body decodes to, when body is a JSON object whose members are
+// all plain strings (printable ASCII without escapes) naming distinct
+// singular string fields without presence, and reports whether it did.
+// Create calls mostly send such bodies, and protojson's general decoder
+// and a reflective message cost them more than the rest of their
+// decoding. What it takes, protojson decodes to a message proto.Marshal
+// encodes to the same bytes (fields in number order, empty strings left
+// out), with field names looked up as protojson does (JSON name, then
+// proto name); anything else, every input protojson refuses included, it
+// leaves to protojson.
+func plainJSONMessage(body []byte, fields map[string]protoreflect.FieldDescriptor) ([]byte, bool) {
+	if fields == nil {
+		return nil, false
+	}
+	var members [8]plainMember
+	set, ok := plainJSONMembers(body, fields, members[:0])
+	if !ok {
+		return nil, false
+	}
+	slices.SortFunc(set, func(a, b plainMember) int { return cmp.Compare(a.num, b.num) })
+	size := 0
+	for _, m := range set {
+		if len(m.value) > 0 {
+			size += protowire.SizeTag(m.num) + protowire.SizeBytes(len(m.value))
+		}
+	}
+	msg := make([]byte, 0, size)
+	for _, m := range set {
+		if len(m.value) > 0 {
+			msg = protowire.AppendTag(msg, m.num, protowire.BytesType)
+			msg = protowire.AppendBytes(msg, m.value)
+		}
+	}
+	return msg, true
+}
+
+// plainFields maps every name protojson takes for a field of md (its JSON
+// name, else its proto name) to that field, for plainJSONMessage; it is
+// nil for messages protojson checks or shapes otherwise.
+func plainFields(md protoreflect.MessageDescriptor) map[string]protoreflect.FieldDescriptor {
+	if md.RequiredNumbers().Len() > 0 || strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
+		return nil
+	}
+	fields := md.Fields()
+	byName := map[string]protoreflect.FieldDescriptor{}
+	for i := range fields.Len() {
+		for _, name := range []string{fields.Get(i).JSONName(), fields.Get(i).TextName()} {
+			fd := fields.ByJSONName(name)
+			if fd == nil {
+				fd = fields.ByTextName(name)
+			}
+			byName[name] = fd
+		}
+	}
+	return byName
+}
+
+// plainMember is a string field's number and value.
+type plainMember struct {
+	num   protowire.Number
+	value []byte
+}
+
+// plainJSONMembers appends to set the members of the plain JSON object
+// body, by field, and reports whether body is one (see plainJSONMessage).
+func plainJSONMembers(body []byte, fields map[string]protoreflect.FieldDescriptor, set []plainMember) ([]plainMember, bool) {
+	var seen uint64 // the field numbers set, all below 64
+	i := skipJSONSpace(body, 0)
+	if i == len(body) || body[i] != '{' {
+		return nil, false
+	}
+	i = skipJSONSpace(body, i+1)
+	if i < len(body) && body[i] == '}' {
+		return set, skipJSONSpace(body, i+1) == len(body)
+	}
+	for {
+		name, next, ok := plainJSONString(body, i)
+		if !ok {
+			return nil, false
+		}
+		if i = skipJSONSpace(body, next); i == len(body) || body[i] != ':' {
+			return nil, false
+		}
+		value, next, ok := plainJSONString(body, skipJSONSpace(body, i+1))
+		if !ok {
+			return nil, false
+		}
+		fd := fields[string(name)]
+		if fd == nil || fd.Kind() != protoreflect.StringKind || fd.Cardinality() == protoreflect.Repeated ||
+			fd.HasPresence() || fd.ContainingOneof() != nil || fd.Number() >= 64 || seen&(1<<fd.Number()) != 0 {
+			return nil, false
+		}
+		seen |= 1 << fd.Number()
+		set = append(set, plainMember{num: fd.Number(), value: value})
+		if i = skipJSONSpace(body, next); i == len(body) {
+			return nil, false
+		}
+		switch body[i] {
+		case ',':
+			i = skipJSONSpace(body, i+1)
+		case '}':
+			return set, skipJSONSpace(body, i+1) == len(body)
+		default:
+			return nil, false
+		}
+	}
+}
+
+// skipJSONSpace returns the index of the first byte at or after i that is
+// not JSON whitespace.
+func skipJSONSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// plainJSONString reads the JSON string at b[i] when it holds printable
+// ASCII only, no escapes, and returns its contents and the index after it.
+func plainJSONString(b []byte, i int) ([]byte, int, bool) {
+	if i == len(b) || b[i] != '"' {
+		return nil, 0, false
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			return b[i+1 : j], j + 1, true
+		case c < 0x20 || c > 0x7e || c == '\\':
+			return nil, 0, false
+		}
+	}
+	return nil, 0, false
 }
