@@ -86,3 +86,39 @@ func BenchmarkForwardCreate(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRESTEncode writes a create call's answer as the direct REST
+// path did (proto.Unmarshal, then protojson) and does (plain fields
+// directly).
+func BenchmarkRESTEncode(b *testing.B) {
+	wire, err := proto.Marshal(nopSession)
+	if err != nil {
+		b.Fatal(err)
+	}
+	mt := nopSession.ProtoReflect().Type()
+	b.Run("protojson", func(b *testing.B) {
+		codec := newRESTFast(1<<20, 1<<20).codec
+		var buf []byte
+		b.ReportAllocs()
+		for b.Loop() {
+			out := mt.New().Interface()
+			if err := proto.Unmarshal(wire, out); err != nil {
+				b.Fatal(err)
+			}
+			if buf, err = codec.MarshalAppend(buf[:0], out); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("plain", func(b *testing.B) {
+		out := newPlainOutput(mt.Descriptor())
+		var buf []byte
+		var ok bool
+		b.ReportAllocs()
+		for b.Loop() {
+			if buf, ok = out.appendJSON(buf[:0], wire); !ok {
+				b.Fatal("not plain")
+			}
+		}
+	})
+}

@@ -2,12 +2,10 @@ package server
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,7 +15,6 @@ import (
 	"connectrpc.com/vanguard"
 	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -57,6 +54,9 @@ type restRoute struct {
 	field protoreflect.FieldDescriptor
 	// plain is the input's fields by JSON name, see plainJSONMessage.
 	plain map[string]protoreflect.FieldDescriptor
+	// plainOut writes the output directly, when it is plain and sent
+	// whole; nil otherwise.
+	plainOut *plainOutput
 }
 
 func newRESTFast(maxRequest, maxResponse int) *restFast {
@@ -95,6 +95,8 @@ func (f *restFast) add(procedure string, method protoreflect.MethodDescriptor, c
 		if route.field = method.Output().Fields().ByName(protoreflect.Name(name)); route.field == nil {
 			return
 		}
+	} else {
+		route.plainOut = newPlainOutput(output.Descriptor())
 	}
 	f.routes[path] = route
 }
@@ -186,16 +188,21 @@ func (f *restFast) respond(w *restWriter, route *restRoute, conn *restConn) {
 		w.failWith(upstreamTooLarge())
 		return
 	}
-	out := route.output.New().Interface()
 	buf := jsonBodies.Get().(*[]byte) //nolint:forcetypeassert // the pool's own
 	defer putJSONBody(buf)
-	body := (*buf)[:0]
-	err := proto.Unmarshal(conn.res.data, out)
-	if err == nil {
-		if route.field == nil {
-			body, err = f.codec.MarshalAppend(body, out)
-		} else {
-			body, err = f.codec.MarshalAppendField(body, out, route.field)
+	body, plain := (*buf)[:0], false
+	if route.plainOut != nil {
+		body, plain = route.plainOut.appendJSON(body, conn.res.data)
+	}
+	var err error
+	if !plain {
+		out := route.output.New().Interface()
+		if err = proto.Unmarshal(conn.res.data, out); err == nil {
+			if route.field == nil {
+				body, err = f.codec.MarshalAppend(body[:0], out)
+			} else {
+				body, err = f.codec.MarshalAppendField(body[:0], out, route.field)
+			}
 		}
 	}
 	*buf = body
@@ -275,139 +282,4 @@ func (c *restConn) Send(msg any) error {
 	}
 	c.res = f
 	return nil
-}
-
-// plainJSONMessage returns the protobuf encoding of the message of type
-// md that body decodes to, when body is a JSON object whose members are
-// all plain strings (printable ASCII without escapes) naming distinct
-// singular string fields without presence, and reports whether it did.
-// Create calls mostly send such bodies, and protojson's general decoder
-// and a reflective message cost them more than the rest of their
-// decoding. What it takes, protojson decodes to a message proto.Marshal
-// encodes to the same bytes (fields in number order, empty strings left
-// out), with field names looked up as protojson does (JSON name, then
-// proto name); anything else, every input protojson refuses included, it
-// leaves to protojson.
-func plainJSONMessage(body []byte, fields map[string]protoreflect.FieldDescriptor) ([]byte, bool) {
-	if fields == nil {
-		return nil, false
-	}
-	var members [8]plainMember
-	set, ok := plainJSONMembers(body, fields, members[:0])
-	if !ok {
-		return nil, false
-	}
-	slices.SortFunc(set, func(a, b plainMember) int { return cmp.Compare(a.num, b.num) })
-	size := 0
-	for _, m := range set {
-		if len(m.value) > 0 {
-			size += protowire.SizeTag(m.num) + protowire.SizeBytes(len(m.value))
-		}
-	}
-	msg := make([]byte, 0, size)
-	for _, m := range set {
-		if len(m.value) > 0 {
-			msg = protowire.AppendTag(msg, m.num, protowire.BytesType)
-			msg = protowire.AppendBytes(msg, m.value)
-		}
-	}
-	return msg, true
-}
-
-// plainFields maps every name protojson takes for a field of md (its JSON
-// name, else its proto name) to that field, for plainJSONMessage; it is
-// nil for messages protojson checks or shapes otherwise.
-func plainFields(md protoreflect.MessageDescriptor) map[string]protoreflect.FieldDescriptor {
-	if md.RequiredNumbers().Len() > 0 || strings.HasPrefix(string(md.FullName()), "google.protobuf.") {
-		return nil
-	}
-	fields := md.Fields()
-	byName := map[string]protoreflect.FieldDescriptor{}
-	for i := range fields.Len() {
-		for _, name := range []string{fields.Get(i).JSONName(), fields.Get(i).TextName()} {
-			fd := fields.ByJSONName(name)
-			if fd == nil {
-				fd = fields.ByTextName(name)
-			}
-			byName[name] = fd
-		}
-	}
-	return byName
-}
-
-// plainMember is a string field's number and value.
-type plainMember struct {
-	num   protowire.Number
-	value []byte
-}
-
-// plainJSONMembers appends to set the members of the plain JSON object
-// body, by field, and reports whether body is one (see plainJSONMessage).
-func plainJSONMembers(body []byte, fields map[string]protoreflect.FieldDescriptor, set []plainMember) ([]plainMember, bool) {
-	var seen uint64 // the field numbers set, all below 64
-	i := skipJSONSpace(body, 0)
-	if i == len(body) || body[i] != '{' {
-		return nil, false
-	}
-	i = skipJSONSpace(body, i+1)
-	if i < len(body) && body[i] == '}' {
-		return set, skipJSONSpace(body, i+1) == len(body)
-	}
-	for {
-		name, next, ok := plainJSONString(body, i)
-		if !ok {
-			return nil, false
-		}
-		if i = skipJSONSpace(body, next); i == len(body) || body[i] != ':' {
-			return nil, false
-		}
-		value, next, ok := plainJSONString(body, skipJSONSpace(body, i+1))
-		if !ok {
-			return nil, false
-		}
-		fd := fields[string(name)]
-		if fd == nil || fd.Kind() != protoreflect.StringKind || fd.Cardinality() == protoreflect.Repeated ||
-			fd.HasPresence() || fd.ContainingOneof() != nil || fd.Number() >= 64 || seen&(1<<fd.Number()) != 0 {
-			return nil, false
-		}
-		seen |= 1 << fd.Number()
-		set = append(set, plainMember{num: fd.Number(), value: value})
-		if i = skipJSONSpace(body, next); i == len(body) {
-			return nil, false
-		}
-		switch body[i] {
-		case ',':
-			i = skipJSONSpace(body, i+1)
-		case '}':
-			return set, skipJSONSpace(body, i+1) == len(body)
-		default:
-			return nil, false
-		}
-	}
-}
-
-// skipJSONSpace returns the index of the first byte at or after i that is
-// not JSON whitespace.
-func skipJSONSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// plainJSONString reads the JSON string at b[i] when it holds printable
-// ASCII only, no escapes, and returns its contents and the index after it.
-func plainJSONString(b []byte, i int) ([]byte, int, bool) {
-	if i == len(b) || b[i] != '"' {
-		return nil, 0, false
-	}
-	for j := i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			return b[i+1 : j], j + 1, true
-		case c < 0x20 || c > 0x7e || c == '\\':
-			return nil, 0, false
-		}
-	}
-	return nil, 0, false
 }
