@@ -133,28 +133,64 @@ func senderHeader(name string) bool {
 
 type identityKey struct{}
 
+// identityContext is context.WithValue(ctx, identityKey{}, id) in one
+// allocation rather than two (the value's and the context's). Its Value
+// hands out a pointer: an Identity returned as an interface would be
+// copied to the heap on every lookup.
+type identityContext struct {
+	context.Context
+	id Identity
+}
+
+func (c *identityContext) Value(key any) any {
+	if _, ok := key.(identityKey); ok {
+		return &c.id
+	}
+	return c.Context.Value(key)
+}
+
 // WithIdentity returns a context carrying id.
 func WithIdentity(ctx context.Context, id Identity) context.Context {
-	return context.WithValue(ctx, identityKey{}, id)
+	return &identityContext{Context: ctx, id: id}
 }
 
 // IdentityFromContext returns the caller authenticated for this call, if any.
 func IdentityFromContext(ctx context.Context) (Identity, bool) {
-	id, ok := ctx.Value(identityKey{}).(Identity)
-	return id, ok
+	id, ok := ctx.Value(identityKey{}).(*Identity)
+	if !ok {
+		return Identity{}, false
+	}
+	return *id, true
 }
 
 type clientIPKey struct{}
+
+// clientIPContext is context.WithValue(ctx, clientIPKey{}, ip) in one
+// allocation, as identityContext is.
+type clientIPContext struct {
+	context.Context
+	ip netip.Addr
+}
+
+func (c *clientIPContext) Value(key any) any {
+	if _, ok := key.(clientIPKey); ok {
+		return &c.ip
+	}
+	return c.Context.Value(key)
+}
 
 // WithClientIP returns a context carrying the caller's address as resolved
 // by the HTTP layer (connection address, or X-Forwarded-For from a trusted
 // proxy).
 func WithClientIP(ctx context.Context, ip netip.Addr) context.Context {
-	return context.WithValue(ctx, clientIPKey{}, ip)
+	return &clientIPContext{Context: ctx, ip: ip}
 }
 
 // ClientIPFromContext returns the address stored by [WithClientIP].
 func ClientIPFromContext(ctx context.Context) (netip.Addr, bool) {
-	ip, ok := ctx.Value(clientIPKey{}).(netip.Addr)
-	return ip, ok && ip.IsValid()
+	ip, ok := ctx.Value(clientIPKey{}).(*netip.Addr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	return *ip, ip.IsValid()
 }

@@ -40,15 +40,37 @@ type accessRecord struct {
 
 type accessKey struct{}
 
+// httpCall is the middleware's state of one request, in one allocation:
+// the context that carries its record and the writer that sees its status.
+type httpCall struct {
+	ctx accessContext
+	sw  statusWriter
+}
+
+// accessContext is context.WithValue(ctx, accessKey{}, &rec) without an
+// allocation of its own.
+type accessContext struct {
+	context.Context
+	rec accessRecord
+}
+
+func (c *accessContext) Value(key any) any {
+	if _, ok := key.(accessKey); ok {
+		return &c.rec
+	}
+	return c.Context.Value(key)
+}
+
 // Middleware logs requests that no interceptor logged. protocol names the
 // caller's protocol (rest, sse, connect, grpc, grpcweb), which the RPC level
 // cannot see once the transcoder has translated the call.
 func (a *AccessLog) Middleware(protocol func(*http.Request) string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &accessRecord{protocol: protocol(r)}
-		sw := &statusWriter{ResponseWriter: w}
-		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), accessKey{}, rec)))
+		call := &httpCall{sw: statusWriter{ResponseWriter: w}}
+		call.ctx = accessContext{Context: r.Context(), rec: accessRecord{protocol: protocol(r)}}
+		rec, sw := &call.ctx.rec, &call.sw
+		next.ServeHTTP(sw, r.WithContext(&call.ctx))
 		if rec.logged.Load() || sw.hijacked {
 			return
 		}

@@ -43,16 +43,16 @@ func openEndedProcedures(services []protoreflect.ServiceDescriptor) map[string]b
 // the connection's, so it is lifted as soon as the body ends: net/http
 // then reads in the background to notice the caller leaving, and a
 // deadline firing there would cancel a stream that is still wanted.
-func (s *security) timeBody(w http.ResponseWriter, r *http.Request) *http.Request {
+func (s *security) timeBody(call *edgeCall, w http.ResponseWriter, r *http.Request) *http.Request {
 	timeout := s.cfg.BodyReadTimeout
 	if timeout <= 0 || r.Body == nil || r.Body == http.NoBody || s.openEnded[r.URL.Path] {
 		return r
 	}
-	rc := http.NewResponseController(w)
-	if rc.SetReadDeadline(time.Now().Add(timeout)) != nil {
+	if http.NewResponseController(w).SetReadDeadline(time.Now().Add(timeout)) != nil {
 		return r
 	}
-	r.Body = &timedBody{ReadCloser: r.Body, rc: rc, timeout: timeout}
+	call.body = timedBody{ReadCloser: r.Body, w: w, timeout: timeout}
+	r.Body = &call.body
 	return r
 }
 
@@ -62,7 +62,7 @@ func (s *security) timeBody(w http.ResponseWriter, r *http.Request) *http.Reques
 // caller that sends nothing.
 type timedBody struct {
 	io.ReadCloser
-	rc      *http.ResponseController
+	w       http.ResponseWriter // whose connection's deadline it is
 	timeout time.Duration
 	err     error
 }
@@ -79,7 +79,7 @@ func (b *timedBody) Read(p []byte) (int, error) {
 		err = b.err
 	default:
 		b.err = err
-		_ = b.rc.SetReadDeadline(time.Time{})
+		_ = http.NewResponseController(b.w).SetReadDeadline(time.Time{})
 	}
 	return n, err
 }
@@ -103,28 +103,42 @@ func (s *security) bodyTimedOut(w http.ResponseWriter, r *http.Request, err erro
 // more CPU).
 const stallChunk = 256 << 10
 
+// untimedBytes is how much a response may have written since its last
+// flush with its writes left untimed. Below net/http's own response
+// buffers (2 KiB on HTTP/1.1, 4 KiB on HTTP/2, with room for gRPC-Web
+// text mode's base64) a write only copies into them: it cannot reach the
+// connection, so it cannot stall, and a timer for it would be wasted. What
+// is buffered goes out at the next flush, which is timed, or when the
+// handler returns, which no write timer covered before either.
+const untimedBytes = 1 << 10
+
 // stallWriter ends a call whose response write makes no progress for the
 // timeout, by moving the write deadline into the past: the write under
 // way fails, and with it the call.
 type stallWriter struct {
 	http.ResponseWriter
-	rc      *http.ResponseController
-	timeout time.Duration
-	timer   *time.Timer
-	busy    atomic.Bool
+	call     *edgeCall // that holds it
+	timeout  time.Duration
+	timer    *time.Timer
+	busy     atomic.Bool
+	buffered int // written since the last flush
 }
 
 // timeWrites wraps w so that its writes are timed, unless writes are not
 // timed or the route times its own (the SSE bridge renews a deadline with
 // its heartbeats).
-func (s *security) timeWrites(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
+func (s *security) timeWrites(call *edgeCall, w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 	if s.cfg.WriteTimeout <= 0 || ssePaths[r.URL.Path] {
 		return w
 	}
-	return &stallWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: s.cfg.WriteTimeout}
+	call.stall = stallWriter{ResponseWriter: w, call: call, timeout: s.cfg.WriteTimeout}
+	return &call.stall
 }
 
 func (w *stallWriter) Write(p []byte) (int, error) {
+	if w.buffered += len(p); w.buffered <= untimedBytes {
+		return w.ResponseWriter.Write(p)
+	}
 	written := 0
 	for len(p) > 0 {
 		w.start()
@@ -141,8 +155,9 @@ func (w *stallWriter) Write(p []byte) (int, error) {
 
 // Flush sends what is buffered, timed like a write.
 func (w *stallWriter) Flush() {
+	w.buffered = 0
 	w.start()
-	_ = w.rc.Flush()
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
 	w.stop()
 }
 
@@ -168,6 +183,6 @@ func (w *stallWriter) stop() {
 // had then taken the whole timeout to accept a chunk anyway.
 func (w *stallWriter) stalled() {
 	if w.busy.Load() {
-		_ = w.rc.SetWriteDeadline(time.Now().Add(-time.Second))
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(-time.Second))
 	}
 }

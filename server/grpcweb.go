@@ -31,7 +31,7 @@ const (
 // gRPC-Web only.
 func grpcWebLayer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		binaryType, text, ok := grpcWebRequestType(r.Header.Get("Content-Type"))
+		binaryType, text, ok := grpcWebRequestType(headerValue(r.Header, "Content-Type"))
 		if !ok {
 			next.ServeHTTP(w, r)
 			return

@@ -49,13 +49,13 @@ func (s *security) inflateRequest(w http.ResponseWriter, r *http.Request) (*http
 	if r.Body == nil || r.Body == http.NoBody {
 		return r, true
 	}
-	if name, ok := envelopeEncodingHeader(r.Header.Get("Content-Type")); ok {
+	if name, ok := envelopeEncodingHeader(headerValue(r.Header, "Content-Type")); ok {
 		if !isGzip(r.Header.Get(name)) {
 			return r, true
 		}
 		return s.inflateEnvelopes(w, r, name)
 	}
-	if !isGzip(r.Header.Get("Content-Encoding")) {
+	if !isGzip(headerValue(r.Header, "Content-Encoding")) {
 		return r, true
 	}
 	chunks, err := inflateBounded(r.Body, s.cfg.MaxBodyBytes)

@@ -22,11 +22,11 @@ import (
 // isRPCRequest reports whether a request speaks Connect, gRPC or gRPC-Web,
 // by the same rules the transcoder classifies it: everything else is REST.
 func isRPCRequest(r *http.Request) bool {
-	ct := r.Header.Get("Content-Type")
+	ct := headerValue(r.Header, "Content-Type")
 	switch {
 	case strings.HasPrefix(ct, "application/grpc"), strings.HasPrefix(ct, "application/connect+"):
 		return true
-	case r.Header.Get("Connect-Protocol-Version") == "1":
+	case headerValue(r.Header, "Connect-Protocol-Version") == "1":
 		return true
 	case r.Method == http.MethodGet && strings.Contains(r.URL.RawQuery, "connect=v1"):
 		return r.URL.Query().Get("connect") == "v1"
@@ -36,7 +36,7 @@ func isRPCRequest(r *http.Request) bool {
 
 // callerProtocol names the protocol a request speaks, for logs.
 func callerProtocol(r *http.Request) string {
-	ct := r.Header.Get("Content-Type")
+	ct := headerValue(r.Header, "Content-Type")
 	switch {
 	case strings.HasPrefix(ct, "application/grpc-web"):
 		return "grpcweb"
@@ -79,10 +79,11 @@ func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
 	errs := newErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Internal headers are the gateway's own; no caller may set them.
-		r.Header.Del(webhookQueryHeader)
-		r.Header.Del(webhookMethodHeader)
-		r.Header.Del(webhookAgentHeader)
-		r.Header.Del(statusHeader)
+		// (The names are canonical: no Del to canonicalize them again.)
+		delete(r.Header, webhookQueryHeader)
+		delete(r.Header, webhookMethodHeader)
+		delete(r.Header, webhookAgentHeader)
+		delete(r.Header, statusHeader)
 		if err := checkEdgeHeaders(r); err != nil {
 			errs.write(w, r, err)
 			return
@@ -94,11 +95,15 @@ func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
 			rw.finish()
 			return
 		}
-		rw := newRESTWriter(w, r.Header.Get("Content-Type"), maxBody)
+		rw := newRESTWriter(w, headerValue(r.Header, "Content-Type"), maxBody)
 		u := prepareREST(r)
-		r = r.WithContext(context.WithValue(r.Context(), restTraceKey{}, &rw.trace))
-		r.URL = u
-		if !fast.serve(rw, r) {
+		rw.ctx = restContext{Context: r.Context(), trace: &rw.trace}
+		ctx := &rw.ctx
+		// The direct path takes what it needs from r as it is: a copy
+		// of r is only for the transcoder, which reads the prepared URL.
+		if !fast.serve(ctx, rw, r, u) {
+			r = r.WithContext(ctx)
+			r.URL = u
 			next.ServeHTTP(rw, r)
 		}
 		rw.finish()
@@ -116,13 +121,16 @@ type restWriter struct {
 	// answer is an error to write as it is, see failWith.
 	answer *apierr.Error
 	trace  restTrace // what the RPC level saw, see restTraceInterceptor
+	ctx    restContext
+	conn   restConn // the direct path's call, see restFast
 	// contentType is the request's, to name it when it is refused.
 	contentType string
 	maxBody     int64
 }
 
 func newRESTWriter(w http.ResponseWriter, contentType string, maxBody int64) *restWriter {
-	rw := &restWriter{holdingWriter: holdingWriter{ResponseWriter: w, limit: maxErrorBody}, contentType: contentType, maxBody: maxBody}
+	rw := restWriterOf(w)
+	*rw = restWriter{holdingWriter: holdingWriter{ResponseWriter: w, limit: maxErrorBody}, contentType: contentType, maxBody: maxBody}
 	rw.owner = rw
 	return rw
 }
@@ -131,10 +139,13 @@ func newRESTWriter(w http.ResponseWriter, contentType string, maxBody int64) *re
 // asked for (a webhook's respond node).
 func (w *restWriter) decide(code int) (int, bool) {
 	h := w.Header()
-	asked := h.Get(statusHeader)
-	h.Del(statusHeader)
+	asked := headerValue(h, statusHeader)
+	delete(h, statusHeader)
 	if code >= 400 {
 		return code, true
+	}
+	if asked == "" {
+		return code, false // and no error for Atoi to allocate
 	}
 	if n, err := strconv.Atoi(asked); err == nil && code == http.StatusOK && n >= 200 && n < 600 {
 		code = n
@@ -296,6 +307,20 @@ func parseStatusJSON(body []byte) *connect.Error {
 }
 
 type restTraceKey struct{}
+
+// restContext is context.WithValue(ctx, restTraceKey{}, trace) without an
+// allocation of its own: it lives in the REST layer's writer.
+type restContext struct {
+	context.Context
+	trace *restTrace
+}
+
+func (c *restContext) Value(key any) any {
+	if _, ok := key.(restTraceKey); ok {
+		return c.trace
+	}
+	return c.Context.Value(key)
+}
 
 // restTrace is what the RPC level tells the REST layer about a call.
 type restTrace struct {

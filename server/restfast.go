@@ -2,10 +2,13 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"connectrpc.com/connect"
@@ -49,6 +52,11 @@ type restRoute struct {
 	output  protoreflect.MessageType
 	// field is the response_body field, nil for the whole message.
 	field protoreflect.FieldDescriptor
+	// plain is the input's fields by JSON name, see plainJSONMessage.
+	plain map[string]protoreflect.FieldDescriptor
+	// plainOut writes the output directly, when it is plain and sent
+	// whole; nil otherwise.
+	plainOut *plainOutput
 }
 
 func newRESTFast(maxRequest, maxResponse int) *restFast {
@@ -81,47 +89,71 @@ func (f *restFast) add(procedure string, method protoreflect.MethodDescriptor, c
 	if err != nil {
 		return
 	}
-	route := &restRoute{spec: methodSpec(procedure, method), handler: wrapChain(chain, handler), input: input, output: output}
+	route := &restRoute{spec: methodSpec(procedure, method), handler: wrapChain(chain, handler), input: input, output: output,
+		plain: plainFields(input.Descriptor())}
 	if name := rule.GetResponseBody(); name != "" {
 		if route.field = method.Output().Fields().ByName(protoreflect.Name(name)); route.field == nil {
 			return
 		}
+	} else {
+		route.plainOut = newPlainOutput(output.Descriptor())
 	}
 	f.routes[path] = route
 }
 
+// postPaths are the paths of the routes f serves, all POST.
+func (f *restFast) postPaths() []string {
+	if f == nil {
+		return nil
+	}
+	paths := make([]string, 0, len(f.routes))
+	for p := range f.routes {
+		paths = append(paths, p)
+	}
+	return paths
+}
+
 // bufferedBody is a REST request body the edge has read whole.
 type bufferedBody struct {
-	*bytes.Reader
+	bytes.Reader
 	data []byte
 }
 
-func newBufferedBody(data []byte) bufferedBody {
-	return bufferedBody{Reader: bytes.NewReader(data), data: data}
+func newBufferedBody(data []byte) *bufferedBody {
+	b := &bufferedBody{data: data}
+	b.Reset(data)
+	return b
 }
 
-func (bufferedBody) Close() error { return nil }
+func (*bufferedBody) Close() error { return nil }
 
-// serve serves r if it can, and reports whether it did; when it did not,
-// r is as it was, body included.
-func (f *restFast) serve(w *restWriter, r *http.Request) bool {
-	if f == nil || r.Method != http.MethodPost || r.URL.RawQuery != "" {
+// serve serves r, with the URL the REST layer prepared, in ctx if it can,
+// and reports whether it did; when it did not, r is as it was, body
+// included.
+func (f *restFast) serve(ctx context.Context, w *restWriter, r *http.Request, u *url.URL) bool {
+	if f == nil || r.Method != http.MethodPost || u.RawQuery != "" {
 		return false
 	}
-	route := f.routes[r.URL.Path]
-	body, ok := r.Body.(bufferedBody)
+	route := f.routes[u.Path]
+	body, ok := r.Body.(*bufferedBody)
 	h := r.Header
 	if route == nil || !ok || len(body.data) > f.maxRequest || body.Len() != len(body.data) ||
 		len(h["Content-Type"]) != 1 || h["Content-Type"][0] != "application/json" ||
 		h["Content-Encoding"] != nil || h["X-Server-Timeout"] != nil {
 		return false
 	}
-	in := route.input.New().Interface()
-	if f.codec.Unmarshal(body.data, in) != nil {
-		return false
+	msg, ok := plainJSONMessage(body.data, route.plain)
+	if !ok {
+		in := route.input.New().Interface()
+		if f.codec.Unmarshal(body.data, in) != nil {
+			return false
+		}
+		var err error
+		if msg, err = proto.Marshal(in); err != nil {
+			return false
+		}
 	}
-	msg, err := proto.Marshal(in)
-	if err != nil || len(msg) > f.maxRequest {
+	if len(msg) > f.maxRequest {
 		return false
 	}
 	// What the transcoder removes before its call, and what it answers
@@ -129,7 +161,8 @@ func (f *restFast) serve(w *restWriter, r *http.Request) bool {
 	delete(h, "Content-Type")
 	delete(h, "Accept-Encoding")
 	f.served.Add(1)
-	conn := &restConn{
+	conn := &w.conn
+	*conn = restConn{
 		spec:    route.spec,
 		peer:    connect.Peer{Addr: r.RemoteAddr, Protocol: connect.ProtocolGRPC},
 		header:  h,
@@ -137,7 +170,7 @@ func (f *restFast) serve(w *restWriter, r *http.Request) bool {
 		resHead: w.Header(),
 		trailer: http.Header{},
 	}
-	if err := route.handler(r.Context(), conn); err != nil {
+	if err := route.handler(ctx, conn); err != nil {
 		w.fail(err)
 		return true
 	}
@@ -155,26 +188,52 @@ func (f *restFast) respond(w *restWriter, route *restRoute, conn *restConn) {
 		w.failWith(upstreamTooLarge())
 		return
 	}
-	out := route.output.New().Interface()
-	var body []byte
-	err := proto.Unmarshal(conn.res.data, out)
-	if err == nil {
-		if route.field == nil {
-			body, err = f.codec.MarshalAppend(nil, out)
-		} else {
-			body, err = f.codec.MarshalAppendField(nil, out, route.field)
+	buf := jsonBodies.Get().(*[]byte) //nolint:forcetypeassert // the pool's own
+	defer putJSONBody(buf)
+	body, plain := (*buf)[:0], false
+	if route.plainOut != nil {
+		body, plain = route.plainOut.appendJSON(body, conn.res.data)
+	}
+	var err error
+	if !plain {
+		out := route.output.New().Interface()
+		if err = proto.Unmarshal(conn.res.data, out); err == nil {
+			if route.field == nil {
+				body, err = f.codec.MarshalAppend(body[:0], out)
+			} else {
+				body, err = f.codec.MarshalAppendField(body[:0], out, route.field)
+			}
 		}
 	}
+	*buf = body
 	if err != nil {
 		w.fail(connect.NewError(connect.CodeInternal, err))
 		return
 	}
 	// The transcoder drops a unary call's trailers from REST responses.
+	// Both values share one allocation; each slice is full, so an append
+	// to either copies.
+	vals := []string{"application/json", strconv.Itoa(len(body))}
 	head := w.Header()
-	head["Content-Type"] = []string{"application/json"}
-	head["Content-Length"] = []string{strconv.Itoa(len(body))}
+	head["Content-Type"] = vals[0:1:1]
+	head["Content-Length"] = vals[1:2:2]
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
+	_, _ = w.Write(body) // writers copy what they keep: body goes back to the pool
+}
+
+// jsonBodies are buffers for responses' JSON, which the encoder would
+// otherwise grow from nothing on every call.
+var jsonBodies = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledJSON bounds the buffers kept, so that one large response does
+// not pin its memory.
+const maxPooledJSON = 64 << 10
+
+func putJSONBody(buf *[]byte) {
+	if cap(*buf) <= maxPooledJSON {
+		*buf = (*buf)[:0]
+		jsonBodies.Put(buf)
+	}
 }
 
 var errNoResponse = apierr.Public("the upstream sent no response")

@@ -57,9 +57,10 @@ func (s *security) wrapHTTP(next http.Handler) http.Handler {
 			s.errs.write(w, r, err)
 			return
 		}
-		w = s.timeWrites(w, r)
-		r = s.timeBody(w, r)
-		r, ok := s.limitBody(w, r)
+		call := new(edgeCall)
+		w = s.timeWrites(call, w, r)
+		r = s.timeBody(call, w, r)
+		r, ok := s.limitBody(call, w, r)
 		if !ok {
 			return
 		}
@@ -72,6 +73,29 @@ func (s *security) wrapHTTP(next http.Handler) http.Handler {
 }
 
 type queryTokenKey struct{}
+
+// edgeCall is what the edge and the REST layer keep for one request, in
+// one allocation where each used to take its own: the timed writer, the
+// timed body, the body as read, and the REST layer's writer.
+type edgeCall struct {
+	stall stallWriter
+	body  timedBody
+	read  bufferedBody
+	limit io.LimitedReader
+	rest  restWriter
+	// restTaken is set once the REST layer has its writer.
+	restTaken bool
+}
+
+// restWriterOf returns the storage for a REST writer on w: that of the
+// request's edgeCall when w is the edge's writer, else a new one.
+func restWriterOf(w http.ResponseWriter) *restWriter {
+	if sw, ok := w.(*stallWriter); ok && sw.call != nil && !sw.call.restTaken {
+		sw.call.restTaken = true
+		return &sw.call.rest
+	}
+	return new(restWriter)
+}
 
 // checkRESTText refuses REST and SSE requests whose path or query decode to
 // invalid UTF-8: they map onto proto string fields (a webhook's query onto
@@ -152,7 +176,7 @@ func takeQueryToken(r *http.Request) (string, bool) {
 // whatever the transcoder makes of a failed read; RPC bodies of unknown
 // length through http.MaxBytesReader, which connect turns into the
 // protocol's ResourceExhausted error.
-func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+func (s *security) limitBody(call *edgeCall, w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
 	limit := s.cfg.MaxBodyBytes
 	if r.ContentLength > limit {
 		s.tooLarge(w, r)
@@ -169,25 +193,45 @@ func (s *security) limitBody(w http.ResponseWriter, r *http.Request) (*http.Requ
 		}
 		return r, true
 	}
-	data, err := readBody(r.Body, limit)
+	call.limit = io.LimitedReader{R: r.Body, N: limit + 1}
+	data, err := readAll(&call.limit, r.ContentLength)
+	if err == nil && int64(len(data)) > limit {
+		err = &http.MaxBytesError{Limit: limit}
+	}
 	if err != nil {
 		s.bodyFailed(w, r, err, "could not read the request body")
 		return r, false
 	}
-	r.Body = newBufferedBody(data)
+	call.read = bufferedBody{data: data}
+	call.read.Reset(data)
+	r.Body = &call.read
 	r.ContentLength = int64(len(data))
 	return r, true
 }
 
-// readBody reads a body, or fails with an *http.MaxBytesError past limit.
-// Memory grows with what arrives, not with what Content-Length promises:
-// a caller that declares a large body and sends nothing costs nothing.
-func readBody(body io.Reader, limit int64) ([]byte, error) {
-	data, err := io.ReadAll(io.LimitReader(body, limit+1))
-	if err == nil && int64(len(data)) > limit {
-		err = &http.MaxBytesError{Limit: limit}
+// readAll is io.ReadAll, starting with room for a small body of the
+// declared length and its EOF rather than 512 bytes. Memory grows with
+// what arrives, not with what Content-Length promises: a caller that
+// declares a large body and sends nothing costs nothing.
+func readAll(r io.Reader, declared int64) ([]byte, error) {
+	size := int64(512)
+	if declared >= 0 && declared < size {
+		size = declared + 1
 	}
-	return data, err
+	b := make([]byte, 0, size)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 // bodyFailed answers a request whose body could not be read: too large,
