@@ -46,6 +46,7 @@ type options struct {
 	tlsCert, tlsKey string
 	pprofListen     string
 	gogc            string
+	memoryLimit     string
 	embedded        backends.Config
 	security        server.SecurityConfig
 }
@@ -94,6 +95,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.String(&o.tlsKey, "tls-key", "FLOWGATE_TLS_KEY", "", "TLS private key file (PEM)")
 	set.String(&o.pprofListen, "pprof-listen", "FLOWGATE_PPROF_LISTEN", "", "address of a separate listener serving /debug/pprof (keep it private; off when empty)")
 	set.String(&o.gogc, "gogc", "GOGC", defaultGOGC, "garbage collector target percentage, as Go's GOGC, or off")
+	set.String(&o.memoryLimit, "memory-limit", "GOMEMLIMIT", "", "soft memory limit, as Go's GOMEMLIMIT (e.g. 400MiB), or off (default: 90% of the container's memory limit, when it has one)")
 	embeddedFlags(set, &o.embedded)
 	securityFlags(set, &o.security)
 	set.Notes = otelenv.Usage
@@ -121,6 +123,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if err := applyGOGC(o.gogc); err != nil {
+		return err
+	}
+	if err := applyMemoryLimit(o.memoryLimit, "/sys/fs/cgroup"); err != nil {
 		return err
 	}
 	// The log, an access log line per call among it, is written in batches
