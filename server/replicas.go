@@ -75,13 +75,18 @@ type replica struct {
 // finish records how a call the replica took ended; unary calls were
 // admitted and release their in-flight slot.
 func (r *replica) finish(ctx context.Context, err error, unary bool) {
+	r.finishAt(ctx, err, unary, time.Now())
+}
+
+// finishAt is finish for a call that ended at now.
+func (r *replica) finishAt(ctx context.Context, err error, unary bool, now time.Time) {
 	if unary {
-		r.guard.done(ctx, err)
+		r.guard.done(ctx, err, now)
 	} else {
-		r.guard.record(ctx, err)
+		r.guard.record(ctx, err, now)
 	}
 	if err != nil && notSent(err) {
-		r.downUntil.Store(time.Now().Add(refusedFor).UnixNano())
+		r.downUntil.Store(now.Add(refusedFor).UnixNano())
 	}
 }
 
