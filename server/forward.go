@@ -187,18 +187,7 @@ func (f *forwarder) releaseCall(call *connCall) {
 
 // grpcOnly reports whether the forwarder's replicas are called with grpc-go
 // (an upstream's replicas all are, or none).
-func (f *forwarder) grpcOnly() bool {
-	replicas := f.pool.replicas.Load()
-	if replicas == nil {
-		return false
-	}
-	for _, r := range *replicas {
-		if _, ok := r.callers[f.method].(grpcCaller); !ok {
-			return false
-		}
-	}
-	return true
-}
+func (f *forwarder) grpcOnly() bool { return f.pool.grpcOnly.Load() }
 
 func copyAll(dst, src http.Header) {
 	for name, vals := range src {

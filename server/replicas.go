@@ -107,6 +107,9 @@ type replicaPool struct {
 	name     string // "workflow runtime"
 	service  string // the service's full name, for health checks
 	replicas atomic.Pointer[[]*replica]
+	// grpcOnly is whether every replica is called with grpc-go (an
+	// upstream's replicas all are, or none), kept with the set.
+	grpcOnly atomic.Bool
 	next     atomic.Uint32
 	budget   retryBudget
 	// ejections counts every replica's ejections, those of replicas gone
@@ -150,7 +153,7 @@ func newReplicaPool(ctx context.Context, p *replicaPool, up Upstream) error {
 		}
 		reps = append(reps, r)
 	}
-	p.replicas.Store(&reps)
+	p.setReplicas(reps)
 	if p.dns != "" {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		p.resolve(rctx)
@@ -229,7 +232,7 @@ func (p *replicaPool) resolve(ctx context.Context) {
 	if !changed || len(fresh) == 0 {
 		return
 	}
-	p.replicas.Store(&fresh)
+	p.setReplicas(fresh)
 	p.logger.Info("upstream replicas changed", slog.String("upstream", p.name), slog.Any("replicas", addrs))
 	p.mu.Lock()
 	for _, r := range byAddr {
@@ -237,6 +240,16 @@ func (p *replicaPool) resolve(ctx context.Context) {
 		time.AfterFunc(p.interval, r.close)
 	}
 	p.mu.Unlock()
+}
+
+// setReplicas replaces the replica set.
+func (p *replicaPool) setReplicas(reps []*replica) {
+	all := true
+	for _, r := range reps {
+		all = all && r.conn != nil // only gRPC replicas have a grpc-go connection
+	}
+	p.grpcOnly.Store(all)
+	p.replicas.Store(&reps)
 }
 
 // close releases every replica's connections.
