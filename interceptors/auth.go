@@ -1,7 +1,6 @@
 package interceptors
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -192,7 +191,7 @@ func (a *Authenticator) apiKey(key string) (Identity, error) {
 		return Identity{}, unauthenticated("API keys are not accepted")
 	}
 	key = strings.TrimSpace(key)
-	if key == "" || len(key) > 1024 || bytes.ContainsAny([]byte(key), "\x00\r\n") {
+	if key == "" || len(key) > 1024 || strings.ContainsAny(key, "\x00\r\n") {
 		return Identity{}, unauthenticated("invalid API key")
 	}
 	id, ok := a.apiKeys[sha256.Sum256([]byte(key))]

@@ -53,11 +53,14 @@ func (i *AuthInterceptor) check(ctx context.Context, procedure string, h http.He
 	}
 	// Credentials are for the gateway; the backend gets the verified
 	// identity instead.
-	h.Del("Authorization")
-	h.Del(HeaderAPIKey)
+	delete(h, "Authorization")
+	delete(h, canonicalAPIKey)
 	id.SetHeaders(h)
 	return WithIdentity(ctx, id), nil
 }
+
+// canonicalAPIKey is [HeaderAPIKey] as http.Header keys it.
+var canonicalAPIKey = http.CanonicalHeaderKey(HeaderAPIKey)
 
 // WrapUnary implements [connect.Interceptor].
 func (i *AuthInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {

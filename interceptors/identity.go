@@ -95,21 +95,33 @@ func validName(s string) bool {
 // replacing whatever was there.
 func (id Identity) SetHeaders(h http.Header) {
 	ClearIdentity(h)
-	h.Set(HeaderSubject, id.Subject)
+	// The values share one allocation; each slice is full, so that an
+	// append to one copies it.
+	vals := [...]string{id.Subject, id.Tenant, ""}
+	n := 1
 	if id.Tenant != "" {
-		h.Set(HeaderTenant, id.Tenant)
+		n++
 	}
 	if len(id.Scopes) > 0 {
-		h.Set(HeaderScopes, strings.Join(id.Scopes, " "))
+		vals[n] = strings.Join(id.Scopes, " ")
+		n++
+	}
+	shared := slices.Clone(vals[:n])
+	h[HeaderSubject] = shared[0:1:1]
+	if id.Tenant != "" {
+		h[HeaderTenant] = shared[1:2:2]
+	}
+	if len(id.Scopes) > 0 {
+		h[HeaderScopes] = shared[n-1 : n : n]
 	}
 }
 
 // ClearIdentity removes the three identity headers from h, leaving the
-// gateway's other internal headers alone.
+// gateway's other internal headers alone. The names are canonical already.
 func ClearIdentity(h http.Header) {
-	h.Del(HeaderSubject)
-	h.Del(HeaderTenant)
-	h.Del(HeaderScopes)
+	delete(h, HeaderSubject)
+	delete(h, HeaderTenant)
+	delete(h, HeaderScopes)
 }
 
 // StripIdentityHeaders removes every gateway-owned header from h, so that

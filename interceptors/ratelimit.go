@@ -106,21 +106,27 @@ func NewLocalLimiter(now func() time.Time) *LocalLimiter {
 
 // Allow implements [Limiter].
 func (l *LocalLimiter) Allow(_ context.Context, key string, limit Limit) (bool, time.Duration) {
+	return l.allow([]byte(key), limit)
+}
+
+// allow is Allow for a key in bytes, which the interceptors build without
+// allocating: a string is made of it only for a new bucket.
+func (l *LocalLimiter) allow(key []byte, limit Limit) (bool, time.Duration) {
 	if limit.Unlimited() {
 		return true, 0
 	}
 	limit = limit.normalized()
 	now := l.now()
-	sh := &l.shards[maphash.String(l.seed, key)%uint64(len(l.shards))]
+	sh := &l.shards[maphash.Bytes(l.seed, key)%uint64(len(l.shards))]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if now.Sub(sh.lastSweep) > sweepEvery {
 		sh.sweep(now)
 	}
-	b, ok := sh.buckets[key]
+	b, ok := sh.buckets[string(key)]
 	if !ok {
 		b = &bucket{tokens: float64(limit.Burst), last: now}
-		sh.buckets[key] = b
+		sh.buckets[string(key)] = b
 	}
 	if elapsed := now.Sub(b.last).Seconds(); elapsed > 0 {
 		b.tokens = math.Min(float64(limit.Burst), b.tokens+elapsed*limit.Rate)
@@ -185,7 +191,10 @@ func NewRateLimitInterceptor(cfg RateLimitConfig, by RateLimitKey) (*RateLimitIn
 }
 
 func (i *RateLimitInterceptor) check(ctx context.Context, procedure, peerAddr string) error {
-	var key string
+	// The key is built on the stack: a local limiter takes it as bytes,
+	// and only another limiter gets a string of it.
+	var buf [96]byte
+	key := buf[:0]
 	limit := i.cfg.PerIP
 	switch i.by {
 	case ByClientIP:
@@ -193,23 +202,34 @@ func (i *RateLimitInterceptor) check(ctx context.Context, procedure, peerAddr st
 		if !ok {
 			ip = ParseRemoteAddr(peerAddr)
 		}
-		key = "ip:" + ip.String()
+		key = append(key, "ip:"...)
+		if ip.IsValid() {
+			key = ip.AppendTo(key)
+		} else {
+			key = append(key, ip.String()...) // what AppendTo leaves out
+		}
 	case BySubject:
 		id, ok := IdentityFromContext(ctx)
 		if !ok {
 			return nil
 		}
-		key = "sub:" + id.Subject
+		key = append(append(key, "sub:"...), id.Subject...)
 		limit = i.cfg.PerSubject
 	}
 	if o, ok := i.cfg.Overrides[procedure]; ok {
 		limit = o
-		key += "|" + procedure
+		key = append(append(key, '|'), procedure...)
 	}
 	if limit.Unlimited() {
 		return nil
 	}
-	ok, retry := i.cfg.Limiter.Allow(ctx, key, limit)
+	var ok bool
+	var retry time.Duration
+	if local, isLocal := i.cfg.Limiter.(*LocalLimiter); isLocal {
+		ok, retry = local.allow(key, limit)
+	} else {
+		ok, retry = i.cfg.Limiter.Allow(ctx, string(key), limit)
+	}
 	if ok {
 		return nil
 	}

@@ -49,13 +49,17 @@ func (f *forwarder) unary(ctx context.Context, in *connect.Request[frame]) (*con
 	if err != nil {
 		return nil, err
 	}
-	return f.callUnary(ctx, out)
+	reply, err := f.callUnary(ctx, out)
+	if err != nil {
+		return nil, err
+	}
+	return reply.response(), nil
 }
 
 // callUnary sends out upstream and returns the caller's response. A call
 // that failed where it may be retried (see retryable) is tried again on
 // another replica when there is one, after a jittered backoff.
-func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) (*connect.Response[frame], error) {
+func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) (*upstreamReply, error) {
 	_, asked := ctx.Deadline()
 	ctx, cancel := f.deadline(ctx, true)
 	defer cancel()
@@ -66,7 +70,7 @@ func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) 
 	// same twice, so HPACK cannot index it and it churns the header table
 	// of the connection) and a timer of its own.
 	upstreamCtx := ctx
-	if !asked {
+	if !asked && f.maxTimeout > 0 {
 		upstreamCtx = unadvertisedDeadline{ctx}
 	}
 	start := time.Now()
@@ -86,13 +90,14 @@ func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) 
 		actx, span := f.tracing.StartClient(upstreamCtx, f.procedure, out.Header())
 		reply, err := rep.callers[f.method].unary(actx, out)
 		interceptors.EndClient(span, err)
-		rep.finish(ctx, err, true)
+		// One reading of the clock for the replica's sign of life and the
+		// call's duration.
+		end := time.Now()
+		rep.finishAt(ctx, err, true, end)
 		if err == nil {
-			f.stats.unary(nil, time.Since(start))
+			f.stats.unary(nil, end.Sub(start))
 			if f.hooks.response != nil {
-				if err := f.hooks.response(reply); err != nil {
-					return nil, err
-				}
+				return f.hookResponse(reply)
 			}
 			return reply, nil
 		}
@@ -101,6 +106,15 @@ func (f *forwarder) callUnary(ctx context.Context, out *connect.Request[frame]) 
 		}
 		failed, lastErr = rep, err
 	}
+}
+
+// hookResponse runs the method's response hook on reply.
+func (f *forwarder) hookResponse(reply *upstreamReply) (*upstreamReply, error) {
+	res := reply.response()
+	if err := f.hooks.response(res); err != nil {
+		return nil, err
+	}
+	return &upstreamReply{msg: res.Msg, header: res.Header(), trailer: res.Trailer()}, nil
 }
 
 // endUnary counts a unary call that failed with err, the caller's error.
@@ -135,11 +149,11 @@ func (f *forwarder) unaryConn(ctx context.Context, conn connect.StreamingHandler
 	if err != nil {
 		return err
 	}
-	copyAll(conn.ResponseHeader(), reply.Header())
-	if err := conn.Send(reply.Msg); err != nil {
+	copyAll(conn.ResponseHeader(), reply.header)
+	if err := conn.Send(reply.msg); err != nil {
 		return err
 	}
-	copyAll(conn.ResponseTrailer(), reply.Trailer())
+	copyAll(conn.ResponseTrailer(), reply.trailer)
 	return nil
 }
 
@@ -173,18 +187,7 @@ func (f *forwarder) releaseCall(call *connCall) {
 
 // grpcOnly reports whether the forwarder's replicas are called with grpc-go
 // (an upstream's replicas all are, or none).
-func (f *forwarder) grpcOnly() bool {
-	replicas := f.pool.replicas.Load()
-	if replicas == nil {
-		return false
-	}
-	for _, r := range *replicas {
-		if _, ok := r.callers[f.method].(grpcCaller); !ok {
-			return false
-		}
-	}
-	return true
-}
+func (f *forwarder) grpcOnly() bool { return f.pool.grpcOnly.Load() }
 
 func copyAll(dst, src http.Header) {
 	for name, vals := range src {

@@ -146,19 +146,25 @@ func (g *upstreamGuard) refuse(err error) error {
 	return ce
 }
 
-// done records how an admitted call ended.
-func (g *upstreamGuard) done(ctx context.Context, err error) {
+// done records how an admitted call ended, at now.
+func (g *upstreamGuard) done(ctx context.Context, err error, now time.Time) {
 	g.inFlight.Add(-1)
-	g.record(ctx, err)
+	g.record(ctx, err, now)
 }
 
 // record notes answers, errors the upstream sent included, as signs of
 // life. A call its caller gave up on, or that reached no upstream, tells
 // nothing: refused connections need no ejection, they fail fast by
 // themselves (and are redialled as calls come, see grpcCaller).
-func (g *upstreamGuard) record(ctx context.Context, err error) {
-	if ctx.Err() == nil && (err == nil || !noAnswer(err)) {
-		g.lastDone.Store(time.Now().UnixNano())
+func (g *upstreamGuard) record(ctx context.Context, err error, now time.Time) {
+	if ctx.Err() != nil || err != nil && noAnswer(err) {
+		return
+	}
+	// Stalls are told in seconds: a sign of life is written at most once
+	// a millisecond, so that calls ending together on several cores do not
+	// each take the shared word for themselves.
+	if n := now.UnixNano(); n-g.lastDone.Load() >= int64(time.Millisecond) {
+		g.lastDone.Store(n)
 	}
 }
 

@@ -75,13 +75,18 @@ type replica struct {
 // finish records how a call the replica took ended; unary calls were
 // admitted and release their in-flight slot.
 func (r *replica) finish(ctx context.Context, err error, unary bool) {
+	r.finishAt(ctx, err, unary, time.Now())
+}
+
+// finishAt is finish for a call that ended at now.
+func (r *replica) finishAt(ctx context.Context, err error, unary bool, now time.Time) {
 	if unary {
-		r.guard.done(ctx, err)
+		r.guard.done(ctx, err, now)
 	} else {
-		r.guard.record(ctx, err)
+		r.guard.record(ctx, err, now)
 	}
 	if err != nil && notSent(err) {
-		r.downUntil.Store(time.Now().Add(refusedFor).UnixNano())
+		r.downUntil.Store(now.Add(refusedFor).UnixNano())
 	}
 }
 
@@ -102,6 +107,9 @@ type replicaPool struct {
 	name     string // "workflow runtime"
 	service  string // the service's full name, for health checks
 	replicas atomic.Pointer[[]*replica]
+	// grpcOnly is whether every replica is called with grpc-go (an
+	// upstream's replicas all are, or none), kept with the set.
+	grpcOnly atomic.Bool
 	next     atomic.Uint32
 	budget   retryBudget
 	// ejections counts every replica's ejections, those of replicas gone
@@ -145,7 +153,7 @@ func newReplicaPool(ctx context.Context, p *replicaPool, up Upstream) error {
 		}
 		reps = append(reps, r)
 	}
-	p.replicas.Store(&reps)
+	p.setReplicas(reps)
 	if p.dns != "" {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		p.resolve(rctx)
@@ -224,7 +232,7 @@ func (p *replicaPool) resolve(ctx context.Context) {
 	if !changed || len(fresh) == 0 {
 		return
 	}
-	p.replicas.Store(&fresh)
+	p.setReplicas(fresh)
 	p.logger.Info("upstream replicas changed", slog.String("upstream", p.name), slog.Any("replicas", addrs))
 	p.mu.Lock()
 	for _, r := range byAddr {
@@ -232,6 +240,16 @@ func (p *replicaPool) resolve(ctx context.Context) {
 		time.AfterFunc(p.interval, r.close)
 	}
 	p.mu.Unlock()
+}
+
+// setReplicas replaces the replica set.
+func (p *replicaPool) setReplicas(reps []*replica) {
+	all := true
+	for _, r := range reps {
+		all = all && r.conn != nil // only gRPC replicas have a grpc-go connection
+	}
+	p.grpcOnly.Store(all)
+	p.replicas.Store(&reps)
 }
 
 // close releases every replica's connections.

@@ -195,7 +195,7 @@ func (g *Gateway) buildService(svc upstreamService, hooks map[string]methodHooks
 // gRPC upstreams, over connect-go for Connect and gRPC-Web ones. Responses
 // and errors come back already stripped of what must not cross the gateway.
 type upstreamCaller interface {
-	unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error)
+	unary(ctx context.Context, in *connect.Request[frame]) (*upstreamReply, error)
 	serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error)
 }
 
@@ -215,15 +215,32 @@ type connectCaller struct {
 	client *connect.Client[frame, frame]
 }
 
-func (c connectCaller) unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error) {
+func (c connectCaller) unary(ctx context.Context, in *connect.Request[frame]) (*upstreamReply, error) {
 	res, err := c.client.CallUnary(ctx, in)
 	if err != nil {
 		return nil, err
 	}
-	reply := connect.NewResponse(res.Msg)
-	copyResponse(reply.Header(), res.Header())
-	copyResponse(reply.Trailer(), res.Trailer())
+	reply := &upstreamReply{msg: res.Msg, header: http.Header{}, trailer: http.Header{}}
+	copyResponse(reply.header, res.Header())
+	copyResponse(reply.trailer, res.Trailer())
 	return reply, nil
+}
+
+// upstreamReply is the answer to a unary call: its message, and the
+// headers and trailers to forward, nil when there are none. It is not a
+// connect.Response, whose header maps would be made on every call for
+// callers on the connection path that have maps of their own.
+type upstreamReply struct {
+	msg             *frame
+	header, trailer http.Header
+}
+
+// response is the reply as a Connect handler returns it.
+func (r *upstreamReply) response() *connect.Response[frame] {
+	res := connect.NewResponse(r.msg)
+	copyAll(res.Header(), r.header)
+	copyAll(res.Trailer(), r.trailer)
+	return res
 }
 
 func (c connectCaller) serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error) {

@@ -129,7 +129,7 @@ func (c grpcCaller) redialIfDown(ctx context.Context) {
 
 var serverStreamDesc = &grpc.StreamDesc{ServerStreams: true}
 
-func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*connect.Response[frame], error) {
+func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*upstreamReply, error) {
 	c.redialIfDown(ctx)
 	md, _ := unaryMetadata.Get().(metadata.MD)
 	if md == nil {
@@ -147,18 +147,30 @@ func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*con
 	if err := c.conn.Invoke(ctx, c.procedure, in.Msg, &call.out, call.opts[:]...); err != nil {
 		return nil, grpcError(ctx, err, call.trailer)
 	}
-	res := connect.NewResponse(&call.out)
-	copyMetadata(res.Header(), call.header)
-	copyMetadata(res.Trailer(), call.trailer)
-	return res, nil
+	call.reply.msg = &call.out
+	call.reply.header = metadataHeader(call.header)
+	call.reply.trailer = metadataHeader(call.trailer)
+	return &call.reply, nil
 }
 
-// unaryCall is what grpc-go fills in for a unary call, in one allocation
-// rather than one each.
+// unaryCall is what grpc-go fills in for a unary call and the reply made
+// of it, in one allocation rather than one each.
 type unaryCall struct {
 	out             frame
 	header, trailer metadata.MD
 	opts            [2]grpc.CallOption
+	reply           upstreamReply
+}
+
+// metadataHeader is md as the HTTP headers copyMetadata makes of it, nil
+// when md is empty.
+func metadataHeader(md metadata.MD) http.Header {
+	if len(md) == 0 {
+		return nil
+	}
+	h := make(http.Header, len(md))
+	copyMetadata(h, md)
+	return h
 }
 
 func (c grpcCaller) serverStream(ctx context.Context, in *connect.Request[frame]) (upstreamStream, error) {
@@ -388,15 +400,28 @@ func (w *wireError) Error() string { return w.err.Error() }
 func (w *wireError) Unwrap() error { return w.err }
 
 // frameCodec is grpc-go's side of [passthroughCodec]: frames go out as the
-// bytes they hold, without a copy, and come in as a copy of what arrived.
+// bytes they hold, without a copy, and come in as what arrived, copied
+// only out of grpc-go's pooled buffers.
 type frameCodec struct{}
+
+// frameBuffers is what frameCodec hands grpc-go for one outgoing frame.
+type frameBuffers struct {
+	data  mem.SliceBuffer
+	slice [1]mem.Buffer
+}
 
 func (frameCodec) Name() string { return "proto" }
 
 func (frameCodec) Marshal(v any) (mem.BufferSlice, error) {
 	switch m := v.(type) {
 	case *frame:
-		return mem.BufferSlice{mem.SliceBuffer(m.data)}, nil
+		// The slice and the buffer in it in one allocation rather than
+		// two: a pointer to a SliceBuffer is a Buffer too, and the pair
+		// lives as long as grpc-go holds the slice.
+		out := new(frameBuffers)
+		out.data = m.data
+		out.slice[0] = &out.data
+		return out.slice[:], nil
 	case proto.Message:
 		// The gateway's own services on the grpc-go path (health,
 		// reflection) speak real messages.
@@ -409,6 +434,16 @@ func (frameCodec) Marshal(v any) (mem.BufferSlice, error) {
 func (frameCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	switch m := v.(type) {
 	case *frame:
+		if len(data) == 1 {
+			if b, ok := data[0].(mem.SliceBuffer); ok {
+				// A message that arrived in one small buffer is kept as it
+				// is: grpc-go allocated that buffer for this read alone and
+				// never reuses it (only its pooled buffers are recycled,
+				// and those are copied below).
+				m.data = b
+				return nil
+			}
+		}
 		m.data = data.Materialize()
 		return nil
 	case proto.Message:
