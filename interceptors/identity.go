@@ -145,25 +145,25 @@ func senderHeader(name string) bool {
 
 type identityKey struct{}
 
-// identityContext is context.WithValue(ctx, identityKey{}, id) in one
-// allocation rather than two (the value's and the context's). Its Value
-// hands out a pointer: an Identity returned as an interface would be
-// copied to the heap on every lookup.
-type identityContext struct {
+// valueContext is context.WithValue(ctx, K{}, value) in one allocation
+// rather than two (the value's and the context's). Its Value hands out a
+// pointer to the value: a struct returned as an interface would be copied
+// to the heap on every lookup.
+type valueContext[K comparable, V any] struct {
 	context.Context
-	id Identity
+	value V
 }
 
-func (c *identityContext) Value(key any) any {
-	if _, ok := key.(identityKey); ok {
-		return &c.id
+func (c *valueContext[K, V]) Value(key any) any {
+	if _, ok := key.(K); ok {
+		return &c.value
 	}
 	return c.Context.Value(key)
 }
 
 // WithIdentity returns a context carrying id.
 func WithIdentity(ctx context.Context, id Identity) context.Context {
-	return &identityContext{Context: ctx, id: id}
+	return &valueContext[identityKey, Identity]{Context: ctx, value: id}
 }
 
 // IdentityFromContext returns the caller authenticated for this call, if any.
@@ -177,25 +177,11 @@ func IdentityFromContext(ctx context.Context) (Identity, bool) {
 
 type clientIPKey struct{}
 
-// clientIPContext is context.WithValue(ctx, clientIPKey{}, ip) in one
-// allocation, as identityContext is.
-type clientIPContext struct {
-	context.Context
-	ip netip.Addr
-}
-
-func (c *clientIPContext) Value(key any) any {
-	if _, ok := key.(clientIPKey); ok {
-		return &c.ip
-	}
-	return c.Context.Value(key)
-}
-
 // WithClientIP returns a context carrying the caller's address as resolved
 // by the HTTP layer (connection address, or X-Forwarded-For from a trusted
 // proxy).
 func WithClientIP(ctx context.Context, ip netip.Addr) context.Context {
-	return &clientIPContext{Context: ctx, ip: ip}
+	return &valueContext[clientIPKey, netip.Addr]{Context: ctx, value: ip}
 }
 
 // ClientIPFromContext returns the address stored by [WithClientIP].

@@ -43,22 +43,8 @@ type accessKey struct{}
 // httpCall is the middleware's state of one request, in one allocation:
 // the context that carries its record and the writer that sees its status.
 type httpCall struct {
-	ctx accessContext
+	ctx valueContext[accessKey, accessRecord]
 	sw  statusWriter
-}
-
-// accessContext is context.WithValue(ctx, accessKey{}, &rec) without an
-// allocation of its own.
-type accessContext struct {
-	context.Context
-	rec accessRecord
-}
-
-func (c *accessContext) Value(key any) any {
-	if _, ok := key.(accessKey); ok {
-		return &c.rec
-	}
-	return c.Context.Value(key)
 }
 
 // Middleware logs requests that no interceptor logged. protocol names the
@@ -68,8 +54,8 @@ func (a *AccessLog) Middleware(protocol func(*http.Request) string, next http.Ha
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		call := &httpCall{sw: statusWriter{ResponseWriter: w}}
-		call.ctx = accessContext{Context: r.Context(), rec: accessRecord{protocol: protocol(r)}}
-		rec, sw := &call.ctx.rec, &call.sw
+		call.ctx = valueContext[accessKey, accessRecord]{Context: r.Context(), value: accessRecord{protocol: protocol(r)}}
+		rec, sw := &call.ctx.value, &call.sw
 		next.ServeHTTP(sw, r.WithContext(&call.ctx))
 		if rec.logged.Load() || sw.hijacked {
 			return
