@@ -120,9 +120,15 @@ type bufferedBody struct {
 }
 
 func newBufferedBody(data []byte) *bufferedBody {
-	b := &bufferedBody{data: data}
-	b.Reset(data)
+	b := new(bufferedBody)
+	b.set(data)
 	return b
+}
+
+// set makes b the body data, read from its start.
+func (b *bufferedBody) set(data []byte) {
+	b.data = data
+	b.Reset(data)
 }
 
 func (*bufferedBody) Close() error { return nil }

@@ -202,8 +202,7 @@ func (s *security) limitBody(call *edgeCall, w http.ResponseWriter, r *http.Requ
 		s.bodyFailed(w, r, err, "could not read the request body")
 		return r, false
 	}
-	call.read = bufferedBody{data: data}
-	call.read.Reset(data)
+	call.read.set(data)
 	r.Body = &call.read
 	r.ContentLength = int64(len(data))
 	return r, true
