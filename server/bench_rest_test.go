@@ -2,9 +2,7 @@ package server
 
 import (
 	"context"
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -67,24 +65,7 @@ func BenchmarkForwardCreate(b *testing.B) {
 	backend := startH2C(b, mux)
 	up := Upstream{Address: backend.Listener.Addr().String()}
 	_, gw := startGateway(b, Config{Engine: up, Agent: up, Runtime: up})
-	client := http1Client(b)
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			res, err := client.Post(gw+"/api/v1/session", "application/json", strings.NewReader(`{"action":"create"}`))
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			_, _ = io.Copy(io.Discard, res.Body)
-			res.Body.Close()
-			if res.StatusCode != http.StatusOK {
-				b.Errorf("status %d", res.StatusCode)
-				return
-			}
-		}
-	})
+	benchPost(b, http1Client(b), gw+"/api/v1/session", `{"action":"create"}`, nil)
 }
 
 // BenchmarkRESTEncode writes a create call's answer as the direct REST

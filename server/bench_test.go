@@ -91,13 +91,17 @@ func benchForward(b *testing.B, backendURL, gatewayURL string) {
 // benchREST posts ExecuteWorkflow over REST in parallel, one call per
 // iteration, with the given extra headers.
 func benchREST(b *testing.B, base string, header http.Header) {
-	client := h2cClient(b)
-	body := `{"workflow_definition":{"name":"bench"}}`
+	benchPost(b, h2cClient(b), base+"/api/v1/workflow/execute", `{"workflow_definition":{"name":"bench"}}`, header)
+}
+
+// benchPost posts body as JSON to url in parallel, one call per
+// iteration, with the given extra headers, and wants 200.
+func benchPost(b *testing.B, client *http.Client, url, body string, header http.Header) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			req, err := http.NewRequest(http.MethodPost, base+"/api/v1/workflow/execute", strings.NewReader(body))
+			req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
 			if err != nil {
 				b.Error(err)
 				return
