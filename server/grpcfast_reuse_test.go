@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -22,14 +23,8 @@ func TestGRPCCallsShareNothing(t *testing.T) {
 	b := startTestBackends(t)
 	_, url := startGateway(t, b.cfg)
 	conn := grpcGoClient(t, url)
-	const procedure = "/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow"
 	call := func(name string, md metadata.MD) (header, trailer metadata.MD, err error) {
-		ctx := t.Context()
-		if md != nil {
-			ctx = metadata.NewOutgoingContext(ctx, md)
-		}
-		err = conn.Invoke(ctx, procedure, &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: name}},
-			new(enginev1.ExecuteWorkflowResponse), grpc.Header(&header), grpc.Trailer(&trailer))
+		_, header, trailer, err = executeOverGRPC(t.Context(), conn, name, md)
 		return header, trailer, err
 	}
 	for i := range 20 {
@@ -67,18 +62,13 @@ func TestGRPCCallsShareNothingConcurrently(t *testing.T) {
 	b := startTestBackends(t)
 	_, url := startGateway(t, b.cfg)
 	conn := grpcGoClient(t, url)
-	const procedure = "/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow"
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for w := range 16 {
 		wg.Go(func() {
 			for i := range 40 {
 				id := fmt.Sprintf("w%d-call%d", w, i)
-				ctx := metadata.NewOutgoingContext(t.Context(), metadata.Pairs("x-request-id", id))
-				var header metadata.MD
-				res := new(enginev1.ExecuteWorkflowResponse)
-				err := conn.Invoke(ctx, procedure, &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: id}},
-					res, grpc.Header(&header))
+				res, header, _, err := executeOverGRPC(t.Context(), conn, id, metadata.Pairs("x-request-id", id))
 				switch {
 				case err != nil:
 					errs <- fmt.Errorf("%s: %w", id, err)
@@ -98,4 +88,18 @@ func TestGRPCCallsShareNothingConcurrently(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// executeOverGRPC runs the workflow named name through conn with grpc-go,
+// sending md, and returns the answer with its headers and trailers.
+func executeOverGRPC(ctx context.Context, conn *grpc.ClientConn, name string, md metadata.MD) (*enginev1.ExecuteWorkflowResponse, metadata.MD, metadata.MD, error) {
+	if md != nil {
+		ctx = metadata.NewOutgoingContext(ctx, md)
+	}
+	var header, trailer metadata.MD
+	res := new(enginev1.ExecuteWorkflowResponse)
+	err := conn.Invoke(ctx, "/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow",
+		&enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: name}},
+		res, grpc.Header(&header), grpc.Trailer(&trailer))
+	return res, header, trailer, err
 }
