@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -182,8 +183,13 @@ func TestDeadlinePropagation(t *testing.T) {
 	t.Run("no deadline is still cut at the maximum", func(t *testing.T) {
 		start := time.Now()
 		_, err := engineClient(t, url, []connect.ClientOption{connect.WithGRPC()}).ExecuteWorkflow(t.Context(), execute("slow"))
-		if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+		var ce *connect.Error
+		if !errors.As(err, &ce) || ce.Code() != connect.CodeDeadlineExceeded {
 			t.Fatalf("err = %v, want deadline_exceeded", err)
+		}
+		// The words of the cap, not of a cancellation.
+		if msg := ce.Message(); !strings.Contains(msg, "did not answer in time") {
+			t.Errorf("message %q, want the upstream named as too slow", msg)
 		}
 		if took := time.Since(start); took < 900*time.Millisecond || took > 5*time.Second {
 			t.Errorf("call ended after %v, want about the 1s maximum", took)
