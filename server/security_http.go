@@ -185,6 +185,9 @@ func (s *security) limitBody(call *edgeCall, w http.ResponseWriter, r *http.Requ
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return r, true
 	}
+	if b, ok := r.Body.(*bufferedBody); ok && b.Len() == len(b.data) {
+		return r, true // read whole by the HTTP/1.1 loop, within the limit checked above
+	}
 	if isRPCRequest(r) {
 		// Within a declared length the server stops the body there
 		// (HTTP/1.1) or resets a stream that sends more (HTTP/2).

@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -86,6 +87,11 @@ type Config struct {
 	// a quarter less of the gateway's CPU in handling a call; this is the
 	// way back.
 	TranscodeREST bool
+	// NetHTTP1 serves every HTTP/1.1 connection with net/http, instead of
+	// serving the direct REST routes' POSTs on connections that carry only
+	// those with the gateway's own HTTP/1.1 loop (see h1Fast), which costs
+	// a fifth less CPU per call; this is the way back.
+	NetHTTP1 bool
 	// NetHTTPGRPC serves gRPC callers with net/http, as every other caller,
 	// instead of with grpc-go on connections whose first request is gRPC.
 	// grpc-go costs a third of the CPU per call; this is the way back.
@@ -127,7 +133,12 @@ type Gateway struct {
 	fast *grpcFast
 	// rest serves the commonest REST calls without the transcoder; nil
 	// when off.
-	rest        *restFast
+	rest *restFast
+	// direct are the paths of the REST routes served without the mux,
+	// and on the HTTP/1.1 loop.
+	direct map[string]bool
+	// h1 is the HTTP/1.1 loop of the last Serve; nil when off.
+	h1          atomic.Pointer[h1Fast]
 	metrics     *metrics
 	health      *healthChecker
 	security    *security
@@ -309,17 +320,17 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		return nil, err
 	}
 	g.bridges = bridges
-	routes := routeDirect(mux, rest, g.rest.postPaths(), noRoute)
+	g.direct = directPaths(mux, g.rest.postPaths())
+	routes := routeDirect(mux, rest, g.direct, noRoute)
 	return requestID(access.Middleware(callerProtocol, grpcWebLayer(g.security.wrapHTTP(routes)))), nil
 }
 
-// routeDirect is cleanPaths around mux, except that a POST to one of
-// paths, which mux would hand to rest anyway, goes to rest without the
-// mux's matching (a fifth of the HTTP layers' allocations of such a call).
-// Paths are kept only when mux routes them to its catch-all "/", so a
-// route mounted later on one of them still wins; a path with an escaped
-// form of its own is left to mux, which matches on that form.
-func routeDirect(mux *http.ServeMux, rest http.Handler, paths []string, noRoute http.Handler) http.Handler {
+// directPaths are those of paths, all POST routes of the REST layer, that
+// mux would hand to the REST layer anyway: those it routes to its
+// catch-all "/", so a route mounted later on one of them still wins. A
+// path with an escaped form of its own is left out, since mux matches on
+// that form.
+func directPaths(mux *http.ServeMux, paths []string) map[string]bool {
 	direct := map[string]bool{}
 	for _, p := range paths {
 		probe := &http.Request{Method: http.MethodPost, URL: &url.URL{Path: p}, Header: http.Header{}}
@@ -327,6 +338,13 @@ func routeDirect(mux *http.ServeMux, rest http.Handler, paths []string, noRoute 
 			direct[p] = true
 		}
 	}
+	return direct
+}
+
+// routeDirect is cleanPaths around mux, except that a POST to one of the
+// direct paths goes to rest without the mux's matching (a fifth of the
+// HTTP layers' allocations of such a call).
+func routeDirect(mux *http.ServeMux, rest http.Handler, direct map[string]bool, noRoute http.Handler) http.Handler {
 	clean := cleanPaths(mux, noRoute)
 	if len(direct) == 0 {
 		return clean
@@ -458,13 +476,25 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	drain.track(srv)
 	httpLn := ln
 	var fastDone chan error
-	if g.fast != nil && g.tlsConfig == nil {
-		// The splitter owns ln; net/http and grpc-go get what it routes.
-		split := newConnSplitter(ln, srv.ReadHeaderTimeout, settingsFrame(g.security.cfg.MaxConcurrentStreams, uint32(min(g.security.cfg.MaxHeaderBytes, math.MaxUint32)))) //nolint:gosec // bounded
-		go split.run()
-		httpLn = split.http
-		fastDone = make(chan error, 1)
-		go func() { fastDone <- g.fast.serveOn(split.grpc) }()
+	var h1 *h1Fast
+	split := g.tlsConfig == nil && (g.fast != nil || (len(g.direct) > 0 && !g.cfg.NetHTTP1))
+	if split {
+		// The splitter owns ln; net/http, grpc-go and the HTTP/1.1 loop
+		// get what it routes.
+		sp := newConnSplitter(ln, srv.ReadHeaderTimeout, settingsFrame(g.security.cfg.MaxConcurrentStreams, uint32(min(g.security.cfg.MaxHeaderBytes, math.MaxUint32)))) //nolint:gosec // bounded
+		if g.fast != nil {
+			sp.grpc = newChanListener(ln.Addr())
+			fastDone = make(chan error, 1)
+			go func() { fastDone <- g.fast.serveOn(sp.grpc) }()
+		}
+		if len(g.direct) > 0 && !g.cfg.NetHTTP1 {
+			h1 = newH1Fast(srv.Handler, g.direct, sp.http.deliver, g.logger,
+				srv.ReadHeaderTimeout, srv.IdleTimeout, g.security.cfg.WriteTimeout)
+			sp.h1 = h1
+			g.h1.Store(h1)
+		}
+		go sp.run()
+		httpLn = sp.http
 	}
 	errc := make(chan error, 1)
 	go func() {
@@ -480,10 +510,10 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	g.beginDrain()
-	if fastDone != nil {
+	if split {
 		_ = ln.Close()
 	}
-	g.shutdown(ctx, srv, drain)
+	g.shutdown(ctx, srv, drain, h1)
 	<-errc // http.ErrServerClosed
 	if fastDone != nil {
 		<-fastDone

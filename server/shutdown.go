@@ -81,7 +81,7 @@ func (g *Gateway) beginDrain() {
 // shutdown timeout for in-flight calls. Whatever is still running then is
 // cut and logged: a drain that ran out of time has still stopped the
 // gateway, so it is no error of the process.
-func (g *Gateway) shutdown(ctx context.Context, srv *http.Server, t *drainTracker) {
+func (g *Gateway) shutdown(ctx context.Context, srv *http.Server, t *drainTracker, h1 *h1Fast) {
 	g.logger.Info("shutting down", slog.Duration("timeout", g.cfg.ShutdownTimeout))
 	for _, b := range g.bridges {
 		b.BeginShutdown()
@@ -90,12 +90,20 @@ func (g *Gateway) shutdown(ctx context.Context, srv *http.Server, t *drainTracke
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownTimeout)
 	defer cancel()
 	var conns, calls, streams int
-	fastCut := make(chan int, 1)
+	fastCut, h1Cut := make(chan int, 1), make(chan int, 1)
 	go func() { fastCut <- g.fast.stop(ctx) }()
-	if err := srv.Shutdown(ctx); err != nil {
+	go func() { h1Cut <- h1.stop(ctx) }()
+	// The HTTP/1.1 loop's calls run in srv's handler, and are counted
+	// with net/http's.
+	err := srv.Shutdown(ctx)
+	if h1Conns := <-h1Cut; err != nil || h1Conns > 0 {
 		conns, calls = t.open()
+		conns += h1Conns
+	}
+	if err != nil {
 		_ = srv.Close()
 	}
+	h1.closeAll()
 	calls += <-fastCut
 	// Streams on connections taken over from net/http end with the others
 	// (stopStreams ended their calls); wait for their final events.

@@ -60,21 +60,28 @@ type connSplitter struct {
 	ln       net.Listener
 	settings []byte
 	http     *chanListener
-	grpc     *chanListener
-	timeout  time.Duration
-	wg       sync.WaitGroup
+	// grpc gets the connections whose first request is gRPC; nil sends
+	// them to http.
+	grpc *chanListener
+	// h1 serves HTTP/1.x connections until it hands them to http; nil
+	// sends them to http at once.
+	h1      *h1Fast
+	timeout time.Duration
+	wg      sync.WaitGroup
 }
 
 func newConnSplitter(ln net.Listener, timeout time.Duration, settings []byte) *connSplitter {
-	return &connSplitter{ln: ln, settings: settings, http: newChanListener(ln.Addr()), grpc: newChanListener(ln.Addr()), timeout: timeout}
+	return &connSplitter{ln: ln, settings: settings, http: newChanListener(ln.Addr()), timeout: timeout}
 }
 
-// run accepts until the listener closes, then closes both outputs.
+// run accepts until the listener closes, then closes the outputs.
 func (s *connSplitter) run() {
 	defer func() {
 		s.wg.Wait()
 		s.http.Close()
-		s.grpc.Close()
+		if s.grpc != nil {
+			s.grpc.Close()
+		}
 	}()
 	for {
 		conn, err := s.ln.Accept()
@@ -86,19 +93,28 @@ func (s *connSplitter) run() {
 			}
 			return
 		}
-		s.wg.Go(func() { s.route(conn) })
+		s.wg.Add(1)
+		go s.route(conn)
 	}
 }
 
-// route classifies one connection and hands it over.
+// route classifies one connection and hands it over. The splitter's wait
+// ends once it has; the HTTP/1.1 loop tracks its connections itself.
 func (s *connSplitter) route(conn net.Conn) {
 	_ = conn.SetReadDeadline(time.Now().Add(s.timeout))
-	prefix, grpc, dropAck, err := sniff(conn, s.settings)
+	prefix, h2, grpc, dropAck, err := sniff(conn, s.settings, s.grpc != nil)
 	_ = conn.SetReadDeadline(time.Time{})
 	if err != nil && len(prefix) == 0 {
+		s.wg.Done()
 		_ = conn.Close()
 		return
 	}
+	if !h2 && err == nil && s.h1 != nil {
+		s.wg.Done()
+		s.h1.serve(conn, prefix)
+		return
+	}
+	defer s.wg.Done()
 	wrapped := &replayConn{Conn: conn, prefix: prefix, dropAck: dropAck}
 	if grpc && err == nil {
 		s.grpc.deliver(wrapped)
@@ -108,9 +124,11 @@ func (s *connSplitter) route(conn net.Conn) {
 }
 
 // sniff reads the start of a connection. It returns what it read, to be
-// replayed; whether the first request is gRPC; and whether the client's
-// acknowledgement of the splitter's SETTINGS is still to come.
-func sniff(conn net.Conn, settings []byte) (prefix []byte, grpc, dropAck bool, err error) {
+// replayed; whether the connection starts with the HTTP/2 preface, and
+// whether its first request is gRPC (looked for only when frames is
+// set); and whether the client's acknowledgement of the splitter's
+// SETTINGS is still to come.
+func sniff(conn net.Conn, settings []byte, frames bool) (prefix []byte, h2, grpc, dropAck bool, err error) {
 	var buf bytes.Buffer
 	// Read only as far as the bytes agree with the preface: an HTTP/1.x
 	// request (shorter than the preface, even) is handed over at once.
@@ -120,18 +138,21 @@ func sniff(conn net.Conn, settings []byte) (prefix []byte, grpc, dropAck bool, e
 		buf.Write(head[got : got+n])
 		got += n
 		if string(head[:got]) != h2Preface[:got] || err != nil {
-			return buf.Bytes(), false, false, err
+			return buf.Bytes(), false, false, false, err
 		}
 	}
+	if !frames {
+		return buf.Bytes(), true, false, false, nil
+	}
 	if _, err := conn.Write(settings); err != nil {
-		return buf.Bytes(), false, false, err
+		return buf.Bytes(), true, false, false, err
 	}
 	dropAck = true
 	var block []byte
 	for buf.Len() < maxSniffBytes {
 		hdr, payload, err := readFrame(conn, maxSniffBytes)
 		if err != nil {
-			return buf.Bytes(), false, dropAck, err
+			return buf.Bytes(), true, false, dropAck, err
 		}
 		typ, flags := hdr[3], hdr[4]
 		if dropAck && typ == frameSettings && flags&flagAck != 0 {
@@ -149,10 +170,10 @@ func sniff(conn net.Conn, settings []byte) (prefix []byte, grpc, dropAck bool, e
 			continue
 		}
 		if flags&flagEndHeaders != 0 {
-			return buf.Bytes(), isGRPCHeaderBlock(block), dropAck, nil
+			return buf.Bytes(), true, isGRPCHeaderBlock(block), dropAck, nil
 		}
 	}
-	return buf.Bytes(), false, dropAck, nil
+	return buf.Bytes(), true, false, dropAck, nil
 }
 
 // readFrame reads one HTTP/2 frame of at most limit payload bytes.

@@ -1,0 +1,324 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// h1Exchange is one conversation on a fresh connection: the writes, sent
+// in order (each after the answers the previous one asked for), and how
+// many responses each asks for.
+type h1Exchange struct {
+	name    string
+	writes  []string
+	answers []int
+	// served is how many requests the loop serves itself; handed whether
+	// it hands the connection to net/http.
+	served int64
+	handed bool
+}
+
+const (
+	h1Session = "POST /api/v1/session HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nX-Request-Id: same\r\nContent-Length: 2\r\n\r\n{}"
+	h1Execute = "POST /api/v1/workflow/execute HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nX-Request-Id: same\r\nContent-Length: 40\r\n\r\n{\"workflow_definition\":{\"name\":\"hello\"}}"
+)
+
+// h1ExecuteNamed is h1Execute of the workflow named name, which picks the
+// test engine's answer.
+func h1ExecuteNamed(name string) string {
+	body := `{"workflow_definition":{"name":"` + name + `"}}`
+	return strings.Replace(strings.TrimSuffix(h1Execute, `{"workflow_definition":{"name":"hello"}}`), "Content-Length: 40",
+		"Content-Length: "+strconv.Itoa(len(body)), 1) + body
+}
+
+func h1Exchanges() []h1Exchange {
+	huge := `{"workflow_definition":{"name":"` + strings.Repeat("x", 9000) + `"}}`
+	return []h1Exchange{
+		{name: "keep-alive", writes: []string{h1Execute, h1Session, h1Execute}, answers: []int{1, 1, 1}, served: 3},
+		{name: "pipelined", writes: []string{h1Execute + h1Session + h1Execute}, answers: []int{3}, served: 3},
+		{name: "connection close", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nConnection: close", 1)}, answers: []int{1}, served: 1},
+		{name: "a GET, then a POST", writes: []string{h1Execute, "GET /api/v1/executions/e1 HTTP/1.1\r\nHost: gw\r\nX-Request-Id: same\r\n\r\n", h1Execute},
+			answers: []int{1, 1, 1}, served: 1, handed: true},
+		{name: "pipelined behind a GET", writes: []string{h1Execute + "GET /api/v1/executions/e1 HTTP/1.1\r\nHost: gw\r\nX-Request-Id: same\r\n\r\n" + h1Execute},
+			answers: []int{3}, served: 1, handed: true},
+		{name: "invalid JSON", writes: []string{strings.Replace(h1Execute, `"hello"}}`, `"hello"}!`, 1)}, answers: []int{1}, served: 1},
+		{name: "backend error", writes: []string{h1ExecuteNamed("invalid"), h1ExecuteNamed("missing")}, answers: []int{1, 1}, served: 2},
+		{name: "a large answer", writes: []string{h1ExecuteNamed("huge")}, answers: []int{1}, served: 1},
+		{name: "chunked body", writes: []string{"POST /api/v1/workflow/execute HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nX-Request-Id: same\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"},
+			answers: []int{1}, handed: true},
+		{name: "Content-Length and Transfer-Encoding", writes: []string{"POST /api/v1/workflow/execute HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nX-Request-Id: same\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"},
+			answers: []int{1}, handed: true},
+		{name: "two Content-Lengths", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nContent-Length: 3", 1)}, answers: []int{1}, handed: true},
+		{name: "folded header", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nX-Folded: a\r\n b", 1)}, answers: []int{1}, handed: true},
+		{name: "bare line feeds", writes: []string{strings.ReplaceAll(h1Execute, "\r\n", "\n")}, answers: []int{1}, handed: true},
+		{name: "no Host", writes: []string{strings.Replace(h1Execute, "Host: gw\r\n", "", 1)}, answers: []int{1}, handed: true},
+		{name: "two Hosts", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nHost: other", 1)}, answers: []int{1}, handed: true},
+		{name: "HTTP/1.0", writes: []string{strings.Replace(h1Execute, "HTTP/1.1", "HTTP/1.0", 1)}, answers: []int{1}, handed: true},
+		{name: "Expect", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nExpect: 100-continue", 1)}, answers: []int{1}, handed: true},
+		{name: "text body", writes: []string{strings.Replace(h1Execute, "application/json", "text/plain", 1)}, answers: []int{1}, handed: true},
+		{name: "query", writes: []string{strings.Replace(h1Execute, "execute HTTP", "execute?x=1 HTTP", 1)}, answers: []int{1}, handed: true},
+		{name: "escaped path", writes: []string{strings.Replace(h1Execute, "execute HTTP", "ex%65cute HTTP", 1)}, answers: []int{1}, handed: true},
+		{name: "unclean path", writes: []string{strings.Replace(h1Execute, "/workflow/", "//workflow/", 1)}, answers: []int{1}, handed: true},
+		{name: "body over the buffer", writes: []string{strings.Replace(strings.Replace(h1Execute, "Content-Length: 40", "Content-Length: 9032", 1), `{"workflow_definition":{"name":"hello"}}`, huge, 1)},
+			answers: []int{1}, handed: true},
+		{name: "declared body over the limit", writes: []string{strings.Replace(h1Execute, "Content-Length: 40", "Content-Length: 9999999", 1)}, answers: []int{1}, handed: true},
+		{name: "body in two writes", writes: []string{strings.TrimSuffix(h1Execute, `{"workflow_definition":{"name":"hello"}}`), `{"workflow_definition":{"name":"hello"}}`},
+			answers: []int{0, 1}, handed: true},
+		{name: "head in two writes", writes: []string{h1Execute[:30], h1Execute[30:]}, answers: []int{0, 1}, served: 1},
+		{name: "bad header name", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nBad Name: x", 1)}, answers: []int{1}, handed: true},
+		{name: "control byte in a value", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nX-Thing: a\x01b", 1)}, answers: []int{1}, handed: true},
+		{name: "space before the colon", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host : gw", 1)}, answers: []int{1}, handed: true},
+		{name: "method in lower case", writes: []string{strings.Replace(h1Execute, "POST", "post", 1)}, answers: []int{1}, handed: true},
+		{name: "odd Connection", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nConnection: upgrade", 1)}, answers: []int{1}, handed: true},
+		{name: "signed Content-Length", writes: []string{strings.Replace(h1Execute, "Content-Length: 40", "Content-Length: +40", 1)}, answers: []int{1}, handed: true},
+	}
+}
+
+// answerMasks hide what differs between two correct answers: times,
+// generated ids and the connection's port.
+var answerMasks = []*regexp.Regexp{
+	regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`),
+	regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`),
+	regexp.MustCompile(`(?m)^Date: .*$`),
+}
+
+// converse runs x on a fresh connection to base and returns the answers,
+// masked, and whether the server then closed the connection.
+func converse(t *testing.T, addr string, x h1Exchange) ([]string, bool) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	var answers []string
+	for i, w := range x.writes {
+		if _, err := conn.Write([]byte(w)); err != nil {
+			t.Fatalf("%s: write %d: %v", x.name, i, err)
+		}
+		if x.answers[i] == 0 {
+			time.Sleep(300 * time.Millisecond) // longer than the loop waits for a body
+		}
+		for range x.answers[i] {
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("%s: response %d: %v", x.name, len(answers), err)
+			}
+			dump, err := httputil.DumpResponse(res, true)
+			if err != nil {
+				t.Fatalf("%s: response %d body: %v", x.name, len(answers), err)
+			}
+			text := string(dump)
+			for _, m := range answerMasks {
+				text = m.ReplaceAllString(text, "*")
+			}
+			answers = append(answers, text)
+		}
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	_, err = br.ReadByte()
+	return answers, errors.Is(err, io.EOF)
+}
+
+// The loop answers every conversation as net/http does, byte for byte but
+// for times and generated ids, and takes on only what it should: anything
+// odd goes to net/http with the bytes already read.
+func TestH1LoopAnswersAsNetHTTP(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	cfg := b.cfg
+	cfg.Security.MaxBodyBytes = 64 << 10
+	loop, loopURL := startGateway(t, cfg)
+	cfg.NetHTTP1 = true
+	plain, plainURL := startGateway(t, cfg)
+	if plain.h1.Load() != nil {
+		t.Fatal("-http1-net-http left the loop on")
+	}
+	h1 := loop.h1.Load()
+	for _, x := range h1Exchanges() {
+		served, handed := h1.served.Load(), h1.handed.Load()
+		got, gotClosed := converse(t, strings.TrimPrefix(loopURL, "http://"), x)
+		want, wantClosed := converse(t, strings.TrimPrefix(plainURL, "http://"), x)
+		if len(got) != len(want) {
+			t.Errorf("%s: %d answers, net/http gives %d", x.name, len(got), len(want))
+			continue
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Errorf("%s: answer %d:\n%s\nnet/http:\n%s", x.name, i, got[i], want[i])
+			}
+		}
+		if gotClosed != wantClosed {
+			t.Errorf("%s: connection closed %v, net/http %v", x.name, gotClosed, wantClosed)
+		}
+		if n := h1.served.Load() - served; n != x.served {
+			t.Errorf("%s: the loop served %d requests, want %d", x.name, n, x.served)
+		}
+		if h := h1.handed.Load() > handed; h != x.handed {
+			t.Errorf("%s: handed to net/http %v, want %v", x.name, h, x.handed)
+		}
+	}
+}
+
+// A caller that closes its connection during a long call cancels the call
+// upstream, as net/http's background read does.
+func TestH1LoopCancelsWhenTheCallerLeaves(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	gw, base := startGateway(t, b.cfg)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write([]byte(h1ExecuteNamed("slow"))); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); b.engine.calls() < 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow call never reached the engine")
+		}
+	}
+	if gw.h1.Load().served.Load() != 1 {
+		t.Fatal("the loop did not serve the call")
+	}
+	time.Sleep(2 * h1WatchAfter)
+	conn.Close()
+	select {
+	case <-b.engine.canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the call went on after its caller left")
+	}
+}
+
+// A call that ends before the watch starts, and one that ends while it
+// runs, leave the connection as it was: the next request on it is served.
+func TestH1LoopWatchLeavesTheConnection(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	_, base := startGateway(t, b.cfg)
+	x := h1Exchange{name: "watch", writes: []string{h1Execute, h1Execute}, answers: []int{1, 1}}
+	answers, _ := converse(t, strings.TrimPrefix(base, "http://"), x)
+	if len(answers) != 2 || answers[0] != answers[1] || !strings.Contains(answers[0], "200 OK") {
+		t.Fatalf("answers: %q", answers)
+	}
+}
+
+// Shutting down closes idle connections at once and lets a call in flight
+// finish, telling its caller the connection closes.
+func TestH1LoopShutdown(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	gw, err := New(b.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gw.Close() })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx, ln) }()
+
+	idle, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if _, err := idle.Write([]byte(h1Execute)); err != nil {
+		t.Fatal(err)
+	}
+	idleReader := bufio.NewReader(idle)
+	res, err := http.ReadResponse(idleReader, nil)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("first call: %v", err)
+	}
+	if _, err := io.Copy(io.Discard, res.Body); err != nil {
+		t.Fatal(err)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return with an idle connection open")
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := idle.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("idle connection after shutdown: read %v, want EOF", err)
+	}
+}
+
+// A large response to a caller that does not read is cut after the write
+// timeout rather than holding the connection for ever.
+func TestH1WriterTimesLargeWrites(t *testing.T) {
+	t.Parallel()
+	server, client := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	s := newH1Fast(nil, nil, nil, nil, time.Second, time.Second, 100*time.Millisecond)
+	c := &h1Conn{srv: s, conn: server}
+	w := &h1Writer{conn: c, header: http.Header{}}
+	_, _ = w.Write(bytes.Repeat([]byte("x"), 1<<20))
+	start := time.Now()
+	w.finish()
+	if w.err == nil || time.Since(start) > 2*time.Second {
+		t.Fatalf("finish: %v after %v, want a timeout after about 100ms", w.err, time.Since(start))
+	}
+}
+
+// FuzzParseH1 holds the parser to net/http's reading of the same bytes:
+// whatever it takes on, net/http reads as the same request.
+func FuzzParseH1(f *testing.F) {
+	for _, x := range h1Exchanges() {
+		for _, w := range x.writes {
+			f.Add([]byte(w))
+		}
+	}
+	direct := map[string]bool{"/api/v1/workflow/execute": true, "/api/v1/session": true}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, n, verdict := parseH1(data, direct)
+		if verdict != h1Parsed {
+			return
+		}
+		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(data[:n])))
+		if err != nil {
+			t.Fatalf("taken on, but net/http says %v", err)
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Fatalf("net/http body: %v", err)
+		}
+		if r.Method != http.MethodPost || r.URL.Path != req.path || r.URL.RawQuery != "" || r.Host != req.host ||
+			r.Close != req.close || !bytes.Equal(body, req.body) || r.ContentLength != int64(len(req.body)) {
+			t.Fatalf("parsed %q %q %q close=%v body=%q; net/http: %s %q %q close=%v body=%q",
+				"POST", req.path, req.host, req.close, req.body, r.Method, r.URL, r.Host, r.Close, body)
+		}
+		if len(r.Header) != len(req.header) {
+			t.Fatalf("header %v; net/http %v", req.header, r.Header)
+		}
+		for k, v := range r.Header {
+			if strings.Join(v, "\x00") != strings.Join(req.header[k], "\x00") {
+				t.Fatalf("header %s: %q; net/http %q", k, req.header[k], v)
+			}
+		}
+	})
+}
