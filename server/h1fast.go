@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,6 +103,8 @@ type h1Conn struct {
 	remote string
 	buf    []byte // read and not yet served; cap h1BufSize
 	out    []byte // the response being written
+	head   []byte // its head as of WriteHeader
+	body   []byte // its body as held
 	state  atomic.Int32
 	first  bool // no request served yet
 
@@ -463,7 +466,7 @@ func (c *h1Conn) serveRequest(req *h1Request) (keep bool) {
 		r.ContentLength = int64(len(req.body))
 	}
 	w := &call.w
-	w.conn, w.req, w.header, w.status = c, r, http.Header{}, 0
+	w.conn, w.header, w.body = c, http.Header{}, c.body[:0]
 	w.closeAfter = req.close
 
 	c.startWatch(cancel)
@@ -473,8 +476,9 @@ func (c *h1Conn) serveRequest(req *h1Request) (keep bool) {
 		w.finish()
 	}
 	cancel()
-	if cap(c.out) > h1KeepBuffer {
-		c.out = nil
+	c.head, c.body = w.head[:0], w.body[:0]
+	if cap(c.out) > h1KeepBuffer || cap(c.body) > h1KeepBuffer {
+		c.out, c.body = nil, nil
 	}
 	return !panicked && !w.closeAfter && w.err == nil && !c.gone && !c.srv.closing.Load()
 }
@@ -601,18 +605,21 @@ func (s *h1Fast) closeAll() {
 // returns; a Flush sends what it has, chunked.
 type h1Writer struct {
 	conn        *h1Conn
-	req         *http.Request
 	header      http.Header
 	status      int
 	wroteHeader bool
-	// snapshot is the header as it was at WriteHeader, which later
-	// changes do not reach.
-	snapshot http.Header
-	body     []byte // held since the last flush
-	written  int64
-	flushed  bool // the head is on the wire
-	chunked  bool
-	noBody   bool
+	// head is the status line and the handler's fields as they were at
+	// WriteHeader, which later changes do not reach; the fields that
+	// frame the response are added when it goes out, from what
+	// WriteHeader noted of them.
+	head                    []byte
+	hasType, hasDate, hasCE bool
+	connection              []string // the handler's Connection field
+	body                    []byte   // held since the last flush
+	written                 int64
+	flushed                 bool // the head is on the wire
+	chunked                 bool
+	noBody                  bool
 	// contentLength is the handler's, -1 when it set none.
 	contentLength int64
 	closeAfter    bool
@@ -632,17 +639,29 @@ func (w *h1Writer) WriteHeader(code int) {
 		w.interim(code)
 		return
 	}
+	h := w.header
 	w.wroteHeader, w.status = true, code
-	w.snapshot = w.header.Clone()
 	w.noBody = !bodyAllowedForStatus(code)
 	w.contentLength = -1
-	if v := w.snapshot.Get("Content-Length"); v != "" {
+	if v := h.Get("Content-Length"); v != "" {
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
 			w.contentLength = n
-		} else {
-			w.snapshot.Del("Content-Length")
 		}
 	}
+	_, w.hasType = h["Content-Type"]
+	_, w.hasDate = h["Date"]
+	w.hasCE = h.Get("Content-Encoding") != ""
+	w.connection = slices.Clone(h["Connection"])
+	w.head = appendStatusLine(w.conn.head[:0], code)
+	w.head = appendHeader(w.head, h, func(k string) bool {
+		switch k {
+		case "Connection", "Content-Length", "Transfer-Encoding":
+			return true
+		case "Content-Type":
+			return code == http.StatusNotModified
+		}
+		return false
+	})
 }
 
 // interim writes a 1xx response at once, as net/http does.
@@ -684,7 +703,7 @@ func (w *h1Writer) FlushError() error {
 	if !w.flushed {
 		w.flushed = true
 		w.chunked = !w.noBody && w.contentLength < 0
-		out = w.appendHead(out, w.chunked, -1)
+		out = w.appendHead(out, -1)
 	}
 	out = w.appendBody(out)
 	w.conn.out = out
@@ -715,7 +734,7 @@ func (w *h1Writer) finish() {
 		if w.noBody {
 			length = -1
 		}
-		out = w.appendHead(out, false, length)
+		out = w.appendHead(out, length)
 	}
 	out = w.appendBody(out)
 	if w.chunked {
@@ -727,43 +746,49 @@ func (w *h1Writer) finish() {
 	}
 }
 
-// appendHead appends the status line and header block: the handler's
-// header as of WriteHeader and those net/http would add. length is the
-// Content-Length to add when the handler set none, -1 for none.
-func (w *h1Writer) appendHead(out []byte, chunked bool, length int64) []byte {
-	h := w.snapshot
-	if h.Get("Connection") == "close" {
+// appendHead appends the head WriteHeader made and the fields net/http
+// would add to it. length is the Content-Length to add when the handler
+// set none, -1 for none.
+func (w *h1Writer) appendHead(out []byte, length int64) []byte {
+	connClose := false
+	for _, v := range w.connection {
+		connClose = connClose || hasToken(v, "close")
+	}
+	if len(w.connection) > 0 && w.connection[0] == "close" {
 		w.closeAfter = true
 	}
 	if w.conn.srv.closing.Load() || w.conn.gone {
 		w.closeAfter = true
 	}
-	closing := w.closeAfter && !hasToken(h.Get("Connection"), "close")
-	out = appendStatusLine(out, w.status)
-	out = appendHeader(out, h, func(k string) bool {
-		return (closing && k == "Connection") || (w.noBody && (k == "Content-Length" || k == "Transfer-Encoding")) ||
-			(w.status == http.StatusNotModified && k == "Content-Type") ||
-			(w.contentLength >= 0 && k == "Transfer-Encoding") || (chunked && (k == "Content-Length" || k == "Transfer-Encoding"))
-	})
-	if closing {
+	out = append(out, w.head...)
+	switch {
+	case w.closeAfter && !connClose:
 		out = append(out, "Connection: close\r\n"...)
+	default:
+		out = appendField(out, "Connection", w.connection)
 	}
-	if w.contentLength < 0 && !chunked && length >= 0 {
+	switch {
+	case w.noBody || w.chunked:
+	case w.contentLength >= 0:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, w.contentLength, 10)
+		out = append(out, "\r\n"...)
+	case length >= 0:
 		out = append(out, "Content-Length: "...)
 		out = strconv.AppendInt(out, length, 10)
 		out = append(out, "\r\n"...)
 	}
-	if _, ok := h["Content-Type"]; !ok && !w.noBody && h.Get("Content-Encoding") == "" && len(w.body) > 0 {
+	if !w.hasType && !w.noBody && !w.hasCE && len(w.body) > 0 {
 		out = append(out, "Content-Type: "...)
 		out = append(out, http.DetectContentType(w.body)...)
 		out = append(out, "\r\n"...)
 	}
-	if _, ok := h["Date"]; !ok {
+	if !w.hasDate {
 		out = append(out, "Date: "...)
 		out = appendDate(out)
 		out = append(out, "\r\n"...)
 	}
-	if chunked {
+	if w.chunked {
 		out = append(out, "Transfer-Encoding: chunked\r\n"...)
 	}
 	return append(out, "\r\n"...)
@@ -826,15 +851,21 @@ func appendHeader(out []byte, h http.Header, skip func(string) bool) []byte {
 		if (skip != nil && skip(k)) || !httpguts.ValidHeaderFieldName(k) {
 			continue
 		}
-		for _, v := range vs {
-			if strings.ContainsAny(v, "\r\n") {
-				v = headerNewlines.Replace(v)
-			}
-			out = append(out, k...)
-			out = append(out, ": "...)
-			out = append(out, textproto.TrimString(v)...)
-			out = append(out, "\r\n"...)
+		out = appendField(out, k, vs)
+	}
+	return out
+}
+
+// appendField appends a field's lines, one a value.
+func appendField(out []byte, k string, vs []string) []byte {
+	for _, v := range vs {
+		if strings.ContainsAny(v, "\r\n") {
+			v = headerNewlines.Replace(v)
 		}
+		out = append(out, k...)
+		out = append(out, ": "...)
+		out = append(out, textproto.TrimString(v)...)
+		out = append(out, "\r\n"...)
 	}
 	return out
 }
