@@ -70,6 +70,8 @@ type h1Fast struct {
 	direct  map[string]bool
 	handoff func(net.Conn)
 	logger  *slog.Logger
+	// maxHeader is the server's MaxHeaderBytes.
+	maxHeader int
 	// headerTimeout bounds reading a request's head once it has begun,
 	// idleTimeout the wait for the next request; writeTimeout a large
 	// response's write making no progress.
@@ -82,8 +84,11 @@ type h1Fast struct {
 	conns   map[*h1Conn]struct{}
 }
 
-func newH1Fast(handler http.Handler, direct map[string]bool, handoff func(net.Conn), logger *slog.Logger, header, idle, write time.Duration) *h1Fast {
-	return &h1Fast{handler: handler, direct: direct, handoff: handoff, logger: logger,
+func newH1Fast(handler http.Handler, direct map[string]bool, handoff func(net.Conn), logger *slog.Logger, maxHeader int, header, idle, write time.Duration) *h1Fast {
+	if maxHeader <= 0 {
+		maxHeader = http.DefaultMaxHeaderBytes
+	}
+	return &h1Fast{handler: handler, direct: direct, handoff: handoff, logger: logger, maxHeader: maxHeader,
 		headerTimeout: header, idleTimeout: idle, writeTimeout: write, conns: map[*h1Conn]struct{}{}}
 }
 
@@ -202,7 +207,11 @@ func (c *h1Conn) next() (h1Request, int, h1Verdict) {
 		if len(c.buf) > 0 {
 			var req h1Request
 			var n int
-			switch req, n, verdict = parseH1(c.buf, c.srv.direct); verdict {
+			req, n, verdict = parseH1(c.buf, c.srv.direct)
+			if verdict != h1Foreign && verdict != h1Partial && req.headLen > c.srv.maxHeader {
+				verdict = h1Foreign // net/http's to refuse, with its 431
+			}
+			switch verdict {
 			case h1Parsed, h1Foreign:
 				return req, n, verdict
 			case h1Body:
@@ -261,6 +270,8 @@ type h1Request struct {
 	header http.Header
 	body   []byte // within the connection's buffer
 	close  bool
+	// headLen is the length of the request line and header fields.
+	headLen int
 }
 
 // The request line the loop serves starts with this; everything after the
@@ -310,10 +321,10 @@ func parseH1(data []byte, direct map[string]bool) (h1Request, int, h1Verdict) {
 		if !ok || name == "" || !validFieldName(name) {
 			return req, 0, h1Foreign
 		}
-		value = textproto.TrimString(value)
-		if !validFieldValue(value) {
+		if !validFieldValue(value) { // before trimming, which takes line ends too
 			return req, 0, h1Foreign
 		}
+		value = textproto.TrimString(value)
 		key := textproto.CanonicalMIMEHeaderKey(name)
 		switch key {
 		case "Host":
@@ -358,6 +369,7 @@ func parseH1(data []byte, direct map[string]bool) (h1Request, int, h1Verdict) {
 		return req, 0, h1Foreign
 	}
 	bodyStart := end + 4
+	req.headLen = bodyStart
 	if bodyStart+contentLength > h1BufSize {
 		return req, 0, h1Foreign
 	}

@@ -141,6 +141,19 @@ func TestH1LoopAnswersAsNetHTTP(t *testing.T) {
 	b := startTestBackends(t)
 	cfg := b.cfg
 	cfg.Security.MaxBodyBytes = 64 << 10
+	compareH1(t, cfg, h1Exchanges())
+	// A head over the server's limit is net/http's to refuse.
+	cfg.Security.MaxHeaderBytes = 300
+	long := strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nX-Long: "+strings.Repeat("y", 400), 1)
+	compareH1(t, cfg, []h1Exchange{
+		{name: "head over the limit", writes: []string{long}, answers: []int{1}, handed: true},
+		{name: "head within the limit", writes: []string{h1Execute}, answers: []int{1}, served: 1},
+	})
+}
+
+// compareH1 runs each exchange on a gateway with the loop and one without.
+func compareH1(t *testing.T, cfg Config, exchanges []h1Exchange) {
+	t.Helper()
 	loop, loopURL := startGateway(t, cfg)
 	cfg.NetHTTP1 = true
 	plain, plainURL := startGateway(t, cfg)
@@ -148,7 +161,7 @@ func TestH1LoopAnswersAsNetHTTP(t *testing.T) {
 		t.Fatal("-http1-net-http left the loop on")
 	}
 	h1 := loop.h1.Load()
-	for _, x := range h1Exchanges() {
+	for _, x := range exchanges {
 		served, handed := h1.served.Load(), h1.handed.Load()
 		got, gotClosed := converse(t, strings.TrimPrefix(loopURL, "http://"), x)
 		want, wantClosed := converse(t, strings.TrimPrefix(plainURL, "http://"), x)
@@ -274,7 +287,7 @@ func TestH1WriterTimesLargeWrites(t *testing.T) {
 	server, client := net.Pipe()
 	defer client.Close()
 	defer server.Close()
-	s := newH1Fast(nil, nil, nil, nil, time.Second, time.Second, 100*time.Millisecond)
+	s := newH1Fast(nil, nil, nil, nil, 1<<20, time.Second, time.Second, 100*time.Millisecond)
 	c := &h1Conn{srv: s, conn: server}
 	w := &h1Writer{conn: c, header: http.Header{}}
 	_, _ = w.Write(bytes.Repeat([]byte("x"), 1<<20))

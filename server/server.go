@@ -488,7 +488,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 			go func() { fastDone <- g.fast.serveOn(sp.grpc) }()
 		}
 		if len(g.direct) > 0 && !g.cfg.NetHTTP1 {
-			h1 = newH1Fast(srv.Handler, g.direct, sp.http.deliver, g.logger,
+			h1 = newH1Fast(srv.Handler, g.direct, sp.http.deliver, g.logger, srv.MaxHeaderBytes,
 				srv.ReadHeaderTimeout, srv.IdleTimeout, g.security.cfg.WriteTimeout)
 			sp.h1 = h1
 			g.h1.Store(h1)
