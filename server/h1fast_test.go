@@ -3,7 +3,6 @@ package server
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -234,29 +233,22 @@ func TestH1LoopWatchLeavesTheConnection(t *testing.T) {
 func TestH1LoopShutdown(t *testing.T) {
 	t.Parallel()
 	b := startTestBackends(t)
-	gw, err := New(b.cfg)
-	if err != nil {
-		t.Fatal(err)
+	cfg := b.cfg
+	cfg.MaxTimeout = time.Second // ends the slow call, as an answer
+	_, base, stop, served := serveLogged(t, cfg, 10*time.Second)
+	addr := strings.TrimPrefix(base, "http://")
+	dial := func() (net.Conn, *bufio.Reader) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn, bufio.NewReader(conn)
 	}
-	t.Cleanup(func() { _ = gw.Close() })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx, ln) }()
-
-	idle, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
+	idle, idleReader := dial()
 	if _, err := idle.Write([]byte(h1Execute)); err != nil {
 		t.Fatal(err)
 	}
-	idleReader := bufio.NewReader(idle)
 	res, err := http.ReadResponse(idleReader, nil)
 	if err != nil || res.StatusCode != http.StatusOK {
 		t.Fatalf("first call: %v", err)
@@ -264,19 +256,42 @@ func TestH1LoopShutdown(t *testing.T) {
 	if _, err := io.Copy(io.Discard, res.Body); err != nil {
 		t.Fatal(err)
 	}
+	busy, busyReader := dial()
+	if _, err := busy.Write([]byte(h1ExecuteNamed("slow"))); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); b.engine.calls() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow call never reached the engine")
+		}
+	}
 
-	cancel()
+	stop()
+	_ = idle.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := idleReader.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("idle connection after shutdown began: read %v, want EOF at once", err)
+	}
+	_ = busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	res, err = http.ReadResponse(busyReader, nil)
+	if err != nil {
+		t.Fatalf("the call in flight got no answer: %v", err)
+	}
+	if res.StatusCode != http.StatusGatewayTimeout || !res.Close {
+		t.Errorf("the call in flight: %s, Connection %q; want 504 and close", res.Status, res.Header.Get("Connection"))
+	}
+	if _, err := io.Copy(io.Discard, res.Body); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := busyReader.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("busy connection after its answer: read %v, want EOF", err)
+	}
 	select {
-	case err := <-done:
+	case err := <-served:
 		if err != nil {
 			t.Fatalf("Serve: %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return with an idle connection open")
-	}
-	_ = idle.SetReadDeadline(time.Now().Add(time.Second))
-	if _, err := idle.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-		t.Errorf("idle connection after shutdown: read %v, want EOF", err)
+		t.Fatal("Serve did not return")
 	}
 }
 
