@@ -350,3 +350,35 @@ func FuzzParseH1(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkParseH1 is the loop's parsing of the shared bench's request;
+// BenchmarkParseH1/net-http is net/http's reading of the same bytes.
+func BenchmarkParseH1(b *testing.B) {
+	data := []byte("POST /api/v1/session HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: h2load nghttp2/1.52.0\r\n" +
+		"Accept: */*\r\ncontent-type: application/json\r\ncontent-length: 19\r\n\r\n{\"action\":\"create\"}")
+	direct := map[string]bool{"/api/v1/session": true}
+	b.Run("loop", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, v := parseH1(data, direct); v != h1Parsed {
+				b.Fatal(v)
+			}
+		}
+	})
+	b.Run("net-http", func(b *testing.B) {
+		b.ReportAllocs()
+		rd := bytes.NewReader(data)
+		br := bufio.NewReader(rd)
+		for b.Loop() {
+			rd.Reset(data)
+			br.Reset(rd)
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.Copy(io.Discard, r.Body); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
