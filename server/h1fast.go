@@ -58,9 +58,9 @@ const (
 	// h1BodyWait is how long the loop waits for the rest of a body whose
 	// head has arrived, before it leaves the request to net/http.
 	h1BodyWait = 100 * time.Millisecond
-	// h1KeepBuffer bounds the response buffer a connection keeps between
-	// calls.
-	h1KeepBuffer = 64 << 10
+	// h1KeepBuffer bounds the response buffers a connection keeps between
+	// calls: an idle connection holds little more than its read buffer.
+	h1KeepBuffer = 4 << 10
 )
 
 // h1Fast is the HTTP/1.1 loop of one listener.
@@ -489,8 +489,8 @@ func (c *h1Conn) serveRequest(req *h1Request) (keep bool) {
 	}
 	cancel()
 	c.head, c.body = w.head[:0], w.body[:0]
-	if cap(c.out) > h1KeepBuffer || cap(c.body) > h1KeepBuffer {
-		c.out, c.body = nil, nil
+	if cap(c.out) > h1KeepBuffer || cap(c.body) > h1KeepBuffer || cap(c.head) > h1KeepBuffer {
+		c.out, c.body, c.head = nil, nil, nil
 	}
 	return !panicked && !w.closeAfter && w.err == nil && !c.gone && !c.srv.closing.Load()
 }
