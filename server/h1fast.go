@@ -22,27 +22,30 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// The HTTP/1.1 loop serves keep-alive connections of REST callers whose
-// requests are the direct REST routes' POSTs, and hands every other
-// connection to net/http. net/http's HTTP/1.1 server spends a third of
-// such a call on its own machinery: a request parsed into fresh strings
-// and maps, a goroutine per request reading in the background to notice a
-// caller leaving, a response header block sorted and written piecewise.
-// The loop parses a request in one allocation, watches for the caller
-// leaving only once a call has run for a while, and writes a response in
-// one system call. Everything else about the call (the edge, the policy,
-// the REST layer, the forwarder) is the gateway's handler, unchanged.
+// The HTTP/1.1 loop serves cleartext HTTP/1.1 connections itself, with
+// the gateway's handler, for as long as their requests are ones it takes
+// on, and hands every other connection to net/http. net/http's HTTP/1.1
+// server spends a third of a REST call on its own machinery: a request
+// parsed into fresh strings and maps, a goroutine per request reading in
+// the background to notice a caller leaving, a response header block
+// sorted and written piecewise. The loop parses a request in one
+// allocation, watches for the caller leaving only once a call has run for
+// a while, and writes a response in one system call. Everything else about
+// the call (the edge, the policy, the REST layer, the transcoder, the
+// forwarder) is the gateway's handler, unchanged.
 //
-// It takes on only requests it can parse without doubt: HTTP/1.1, a
-// request line and header fields in the strict grammar, a Host, a
-// Content-Length and no Transfer-Encoding, Expect or Upgrade, a JSON body
-// that has arrived whole with the head, to one of the direct routes, and
-// no query. At the first request that is anything else (a GET, a chunked
-// body, a head over its buffer, a stray byte), it hands the connection
-// over to net/http, the bytes it has read replayed first, and net/http
-// serves that request and the rest of the connection as it always has.
-// Hostile and unusual requests therefore meet net/http's hardened parser,
-// never this one.
+// It takes on only requests it can parse without doubt: HTTP/1.1, GET,
+// POST, PUT, PATCH, DELETE or OPTIONS, an origin-form target, header
+// fields in the strict grammar, one Host, no Transfer-Encoding, Expect or
+// Upgrade, a body (if any) declared by Content-Length that arrives with
+// the head within the loop's buffer, and neither an SSE route (whose
+// bridge takes the connection over) nor gRPC (whose trailers over HTTP/1.1
+// net/http writes). At the first request that is anything else (a HEAD, a
+// chunked body, a head over its buffer, a stray byte), it hands the
+// connection to net/http, the bytes it has read replayed first, and
+// net/http serves that request and the rest of the connection as it always
+// has. Hostile and unusual requests therefore meet net/http's hardened
+// parser, never this one.
 
 const (
 	// h1BufSize is the most of a connection the loop holds at once: a
@@ -58,6 +61,10 @@ const (
 	// h1BodyWait is how long the loop waits for the rest of a body whose
 	// head has arrived, before it leaves the request to net/http.
 	h1BodyWait = 100 * time.Millisecond
+	// h1HoldMax is the most of a response body the writer holds before
+	// it sends what it has (chunked, unless the handler set a length), so
+	// that a large response streams as on net/http.
+	h1HoldMax = 64 << 10
 	// h1KeepBuffer bounds the response buffers a connection keeps between
 	// calls: an idle connection holds little more than its read buffer.
 	h1KeepBuffer = 4 << 10
@@ -66,8 +73,6 @@ const (
 // h1Fast is the HTTP/1.1 loop of one listener.
 type h1Fast struct {
 	handler http.Handler
-	// direct are the paths of the routes it serves, all POST.
-	direct  map[string]bool
 	handoff func(net.Conn)
 	logger  *slog.Logger
 	// maxHeader is the server's MaxHeaderBytes.
@@ -84,11 +89,11 @@ type h1Fast struct {
 	conns   map[*h1Conn]struct{}
 }
 
-func newH1Fast(handler http.Handler, direct map[string]bool, handoff func(net.Conn), logger *slog.Logger, maxHeader int, header, idle, write time.Duration) *h1Fast {
+func newH1Fast(handler http.Handler, handoff func(net.Conn), logger *slog.Logger, maxHeader int, header, idle, write time.Duration) *h1Fast {
 	if maxHeader <= 0 {
 		maxHeader = http.DefaultMaxHeaderBytes
 	}
-	return &h1Fast{handler: handler, direct: direct, handoff: handoff, logger: logger, maxHeader: maxHeader,
+	return &h1Fast{handler: handler, handoff: handoff, logger: logger, maxHeader: maxHeader,
 		headerTimeout: header, idleTimeout: idle, writeTimeout: write, conns: map[*h1Conn]struct{}{}}
 }
 
@@ -207,7 +212,7 @@ func (c *h1Conn) next() (h1Request, int, h1Verdict) {
 		if len(c.buf) > 0 {
 			var req h1Request
 			var n int
-			req, n, verdict = parseH1(c.buf, c.srv.direct)
+			req, n, verdict = parseH1(c.buf)
 			if verdict != h1Foreign && verdict != h1Partial && req.headLen > c.srv.maxHeader {
 				verdict = h1Foreign // net/http's to refuse, with its 431
 			}
@@ -265,7 +270,10 @@ func (c *h1Conn) next() (h1Request, int, h1Verdict) {
 // h1Request is a request's head as parsed, its strings slices of one
 // string holding the head.
 type h1Request struct {
-	path   string
+	method string
+	target string
+	// url is the target parsed, nil for a plain path (the target itself).
+	url    *url.URL
 	host   string
 	header http.Header
 	body   []byte // within the connection's buffer
@@ -274,26 +282,46 @@ type h1Request struct {
 	headLen int
 }
 
-// The request line the loop serves starts with this; everything after the
-// path must be exactly h1Proto.
-const (
-	h1Method = "POST "
-	h1Proto  = " HTTP/1.1\r\n"
-)
+// path is the request's path, as net/http would give it.
+func (r *h1Request) path() string {
+	if r.url != nil {
+		return r.url.Path
+	}
+	return r.target
+}
+
+const h1Proto = " HTTP/1.1\r\n"
+
+// h1Methods are the methods the loop serves, with the request line's start
+// for each. HEAD (a body counted but not sent), CONNECT and the rest are
+// net/http's.
+var h1Methods = [...]string{http.MethodPost, http.MethodGet, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions}
+
+// h1Method returns the method data starts with, followed by a space; ""
+// with partial set when data may still become one.
+func h1Method(data []byte) (method string, partial bool) {
+	for _, m := range h1Methods {
+		switch {
+		case len(data) > len(m) && string(data[:len(m)]) == m && data[len(m)] == ' ':
+			return m, false
+		case len(data) <= len(m) && string(data) == m[:len(data)]:
+			partial = true
+		}
+	}
+	return "", partial
+}
 
 // parseH1 parses the request at the start of data. It answers h1Parsed
 // with the request and its length when it is one the loop serves, whole;
 // h1Partial when data may be the start of one; h1Body when it is one
 // whose body has not all arrived; h1Foreign otherwise.
-func parseH1(data []byte, direct map[string]bool) (h1Request, int, h1Verdict) {
+func parseH1(data []byte) (h1Request, int, h1Verdict) {
 	var req h1Request
-	if len(data) < len(h1Method) {
-		if !bytes.HasPrefix([]byte(h1Method), data) {
-			return req, 0, h1Foreign
-		}
+	method, partial := h1Method(data)
+	switch {
+	case method == "" && partial:
 		return req, 0, h1Partial
-	}
-	if string(data[:len(h1Method)]) != h1Method {
+	case method == "":
 		return req, 0, h1Foreign
 	}
 	end := bytes.Index(data, []byte("\r\n\r\n"))
@@ -305,11 +333,22 @@ func parseH1(data []byte, direct map[string]bool) (h1Request, int, h1Verdict) {
 	}
 	head := string(data[:end+2]) // the one allocation for the head's strings
 	line, rest, _ := strings.Cut(head, "\r\n")
-	target, ok := strings.CutSuffix(line[len(h1Method):]+"\r\n", h1Proto)
-	if !ok || !plainPath(target) || !direct[target] {
+	target, ok := strings.CutSuffix(line[len(method)+1:]+"\r\n", h1Proto)
+	if !ok || !validTarget(target) {
 		return req, 0, h1Foreign
 	}
-	req.path = target
+	req.method, req.target = method, target
+	if !plainPath(target) {
+		u, err := url.ParseRequestURI(target)
+		if err != nil {
+			return req, 0, h1Foreign
+		}
+		req.url = u
+	}
+	if ssePaths[req.path()] {
+		// The SSE bridge takes its connection over from net/http.
+		return req, 0, h1Foreign
+	}
 	fields := strings.Count(rest, "\r\n")
 	req.header = make(http.Header, fields)
 	values := make([]string, fields)
@@ -350,7 +389,8 @@ func parseH1(data []byte, direct map[string]bool) (h1Request, int, h1Verdict) {
 				return req, 0, h1Foreign
 			}
 		case "Content-Type":
-			if value != "application/json" {
+			// gRPC's trailers over HTTP/1.1 are net/http's to write.
+			if ct := strings.ToLower(value); strings.HasPrefix(ct, "application/grpc") && !strings.HasPrefix(ct, "application/grpc-web") {
 				return req, 0, h1Foreign
 			}
 		case "Transfer-Encoding", "Expect", "Upgrade", "Pragma", "Te", "Trailer":
@@ -365,9 +405,10 @@ func parseH1(data []byte, direct map[string]bool) (h1Request, int, h1Verdict) {
 		}
 		req.header[key] = values[i : i+1 : i+1]
 	}
-	if hosts != 1 || contentLength < 0 {
+	if hosts != 1 {
 		return req, 0, h1Foreign
 	}
+	contentLength = max(contentLength, 0) // none: no body
 	bodyStart := end + 4
 	req.headLen = bodyStart
 	if bodyStart+contentLength > h1BufSize {
@@ -378,6 +419,20 @@ func parseH1(data []byte, direct map[string]bool) (h1Request, int, h1Verdict) {
 	}
 	req.body = data[bodyStart : bodyStart+contentLength]
 	return req, bodyStart + contentLength, h1Parsed
+}
+
+// validTarget allows an origin-form target of visible ASCII without a
+// fragment: absolute-form, "*" and anything else are net/http's.
+func validTarget(t string) bool {
+	if t == "" || t[0] != '/' {
+		return false
+	}
+	for i := range len(t) {
+		if c := t[i]; c <= ' ' || c >= 0x7f || c == '#' {
+			return false
+		}
+	}
+	return true
 }
 
 // bareLineEnd reports a line feed without its carriage return, or a
@@ -395,7 +450,7 @@ func bareLineEnd(data []byte) bool {
 }
 
 // plainPath reports a path of unreserved characters and slashes only: one
-// that needs no unescaping and that net/http would route as it is.
+// that needs no unescaping, the URL net/http would parse from it.
 func plainPath(p string) bool {
 	if p == "" || p[0] != '/' {
 		return false
@@ -456,10 +511,14 @@ type h1Call struct {
 func (c *h1Conn) serveRequest(req *h1Request) (keep bool) {
 	c.srv.served.Add(1)
 	call := new(h1Call)
-	call.url.Path = req.path
+	if req.url != nil {
+		call.url = *req.url
+	} else {
+		call.url.Path = req.target
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := (&http.Request{
-		Method:     http.MethodPost,
+		Method:     req.method,
 		URL:        &call.url,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
@@ -468,7 +527,7 @@ func (c *h1Conn) serveRequest(req *h1Request) (keep bool) {
 		Body:       http.NoBody,
 		Host:       req.host,
 		RemoteAddr: c.remote,
-		RequestURI: req.path,
+		RequestURI: req.target,
 		Close:      req.close,
 	}).WithContext(ctx)
 	if len(req.body) > 0 {
@@ -699,6 +758,11 @@ func (w *h1Writer) Write(p []byte) (int, error) {
 	}
 	w.written += int64(len(p))
 	w.body = append(w.body, p...)
+	if len(w.body) > h1HoldMax {
+		if err := w.FlushError(); err != nil {
+			return len(p), err
+		}
+	}
 	return len(p), nil
 }
 

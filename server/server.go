@@ -88,9 +88,9 @@ type Config struct {
 	// way back.
 	TranscodeREST bool
 	// NetHTTP1 serves every HTTP/1.1 connection with net/http, instead of
-	// serving the direct REST routes' POSTs on connections that carry only
-	// those with the gateway's own HTTP/1.1 loop (see h1Fast), which costs
-	// a fifth less CPU per call; this is the way back.
+	// with the gateway's own HTTP/1.1 loop for as long as a connection's
+	// requests are ones the loop takes on (see h1Fast), which costs a
+	// fifth less CPU per REST call; this is the way back.
 	NetHTTP1 bool
 	// NetHTTPGRPC serves gRPC callers with net/http, as every other caller,
 	// instead of with grpc-go on connections whose first request is gRPC.
@@ -134,8 +134,7 @@ type Gateway struct {
 	// rest serves the commonest REST calls without the transcoder; nil
 	// when off.
 	rest *restFast
-	// direct are the paths of the REST routes served without the mux,
-	// and on the HTTP/1.1 loop.
+	// direct are the paths of the REST routes served without the mux.
 	direct map[string]bool
 	// h1 is the HTTP/1.1 loop of the last Serve; nil when off.
 	h1          atomic.Pointer[h1Fast]
@@ -477,7 +476,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	httpLn := ln
 	var fastDone chan error
 	var h1 *h1Fast
-	split := g.tlsConfig == nil && (g.fast != nil || (len(g.direct) > 0 && !g.cfg.NetHTTP1))
+	split := g.tlsConfig == nil && (g.fast != nil || !g.cfg.NetHTTP1)
 	if split {
 		// The splitter owns ln; net/http, grpc-go and the HTTP/1.1 loop
 		// get what it routes.
@@ -487,8 +486,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 			fastDone = make(chan error, 1)
 			go func() { fastDone <- g.fast.serveOn(sp.grpc) }()
 		}
-		if len(g.direct) > 0 && !g.cfg.NetHTTP1 {
-			h1 = newH1Fast(srv.Handler, g.direct, sp.http.deliver, g.logger, srv.MaxHeaderBytes,
+		if !g.cfg.NetHTTP1 {
+			h1 = newH1Fast(srv.Handler, sp.http.deliver, g.logger, srv.MaxHeaderBytes,
 				srv.ReadHeaderTimeout, srv.IdleTimeout, g.security.cfg.WriteTimeout)
 			sp.h1 = h1
 			g.h1.Store(h1)

@@ -79,7 +79,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	}
 	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
 	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
-	set.Bool(&o.netHTTP1, "http1-net-http", "FLOWGATE_HTTP1_NET_HTTP", false, "serve every HTTP/1.1 connection with net/http, instead of serving connections that carry only direct REST POSTs with the gateway's own HTTP/1.1 loop")
+	set.Bool(&o.netHTTP1, "http1-net-http", "FLOWGATE_HTTP1_NET_HTTP", false, "serve every HTTP/1.1 connection with net/http, instead of with the gateway's own HTTP/1.1 loop for as long as its requests are ones the loop takes on")
 	set.Bool(&o.netHTTPGRPC, "grpc-net-http", "FLOWGATE_GRPC_NET_HTTP", false, "serve gRPC callers with net/http like every other caller, instead of with grpc-go on connections whose first request is gRPC")
 	set.Bool(&o.transcodeREST, "rest-transcode-all", "FLOWGATE_REST_TRANSCODE_ALL", false, "serve every REST call through the transcoder, including the JSON POSTs to routes without path variables that are otherwise served directly")
 	set.Int(&o.maxInFlight, "upstream-max-in-flight", "FLOWGATE_UPSTREAM_MAX_IN_FLIGHT", 1024, "unary calls in flight to one upstream beyond which calls fail at once")
