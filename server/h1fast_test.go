@@ -30,6 +30,8 @@ type h1Exchange struct {
 	// it hands the connection to net/http.
 	served int64
 	handed bool
+	// noRoute is set when an answer is to be the gateway's 404.
+	noRoute bool
 }
 
 const (
@@ -84,14 +86,14 @@ func h1Exchanges() []h1Exchange {
 		{name: "Expect", writes: []string{strings.Replace(h1Execute, "Host: gw", "Host: gw\r\nExpect: 100-continue", 1)}, answers: []int{1}, handed: true},
 		{name: "text body", writes: []string{strings.Replace(h1Execute, "application/json", "text/plain", 1)}, answers: []int{1}, served: 1},
 		{name: "query", writes: []string{strings.Replace(h1Execute, "execute HTTP", "execute?x=1 HTTP", 1)}, answers: []int{1}, served: 1},
-		{name: "escaped path", writes: []string{strings.Replace(h1Execute, "execute HTTP", "ex%65cute HTTP", 1)}, answers: []int{1}, served: 1},
-		{name: "unclean path", writes: []string{strings.Replace(h1Execute, "/workflow/", "//workflow/", 1)}, answers: []int{1}, served: 1},
+		{name: "escaped path", writes: []string{strings.Replace(h1Execute, "execute HTTP", "ex%65cute HTTP", 1)}, answers: []int{1}, served: 1, noRoute: true},
+		{name: "unclean path", writes: []string{strings.Replace(h1Execute, "/workflow/", "//workflow/", 1)}, answers: []int{1}, served: 1, noRoute: true},
 		{name: "a GET with a body", writes: []string{"GET /api/v1/executions/e1 HTTP/1.1\r\nHost: gw\r\nX-Request-Id: same\r\nContent-Length: 2\r\n\r\n{}"}, answers: []int{1}, served: 1},
-		{name: "a DELETE", writes: []string{"DELETE /api/v1/deployments/d1 HTTP/1.1\r\nHost: gw\r\nX-Request-Id: same\r\n\r\n"}, answers: []int{1}, served: 1},
+		{name: "a DELETE", writes: []string{"DELETE /api/v1/workflow/deployments/d1 HTTP/1.1\r\nHost: gw\r\nX-Request-Id: same\r\n\r\n"}, answers: []int{1}, served: 1},
 		{name: "a CORS preflight", writes: []string{"OPTIONS /api/v1/session HTTP/1.1\r\nHost: gw\r\nX-Request-Id: same\r\nOrigin: http://app.example\r\nAccess-Control-Request-Method: POST\r\n\r\n"}, answers: []int{1}, served: 1},
 		{name: "the console", writes: []string{"GET / HTTP/1.1\r\nHost: gw\r\nX-Request-Id: same\r\n\r\n"}, answers: []int{1}, served: 1},
-		{name: "Connect", writes: []string{"POST /workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nX-Request-Id: same\r\nContent-Length: 39\r\n\r\n{\"workflowDefinition\":{\"name\":\"hello\"}}",
-			"POST /workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nX-Request-Id: same\r\nContent-Length: 41\r\n\r\n{\"workflowDefinition\":{\"name\":\"missing\"}}"},
+		{name: "Connect", writes: []string{"POST /workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nConnect-Protocol-Version: 1\r\nX-Request-Id: same\r\nContent-Length: 39\r\n\r\n{\"workflowDefinition\":{\"name\":\"hello\"}}",
+			"POST /workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nConnect-Protocol-Version: 1\r\nX-Request-Id: same\r\nContent-Length: 41\r\n\r\n{\"workflowDefinition\":{\"name\":\"missing\"}}"},
 			answers: []int{1, 1}, served: 2},
 		{name: "gRPC-Web", writes: []string{grpcWebExecute("hello"), grpcWebExecute("invalid")}, answers: []int{1, 1}, served: 2},
 		{name: "gRPC", writes: []string{strings.Replace(grpcWebExecute("hello"), "application/grpc-web+proto", "application/grpc", 1)}, answers: []int{1}, handed: true},
@@ -204,6 +206,9 @@ func compareH1(t *testing.T, cfg Config, exchanges []h1Exchange) {
 			continue
 		}
 		for i := range got {
+			if strings.Contains(got[i], "no route for") && !x.noRoute {
+				t.Errorf("%s: answer %d is the gateway's 404, not the route's:\n%s", x.name, i, got[i])
+			}
 			if got[i] != want[i] {
 				t.Errorf("%s: answer %d:\n%s\nnet/http:\n%s", x.name, i, got[i], want[i])
 			}
