@@ -321,7 +321,12 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	g.bridges = bridges
 	g.direct = directPaths(mux, g.rest.postPaths())
 	routes := routeDirect(mux, rest, g.direct, noRoute)
-	return requestID(access.Middleware(callerProtocol, grpcWebLayer(g.security.wrapHTTP(routes)))), nil
+	procedures := map[string]bool{}
+	for _, p := range serviceProcedures() {
+		procedures[p] = true
+	}
+	return connectVersionDefault(procedures,
+		requestID(access.Middleware(callerProtocol, grpcWebLayer(g.security.wrapHTTP(routes))))), nil
 }
 
 // directPaths are those of paths, all POST routes of the REST layer, that
@@ -386,9 +391,14 @@ func isCleanPath(p string) bool {
 // knownProcedures are the procedures the gateway serves, the only values
 // of the metrics' procedure label.
 func knownProcedures() []string {
-	procedures := []string{healthCheckProcedure, healthWatchProcedure,
+	return append([]string{healthCheckProcedure, healthWatchProcedure,
 		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-		"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}
+		"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}, serviceProcedures()...)
+}
+
+// serviceProcedures are the paths of the three services' methods.
+func serviceProcedures() []string {
+	var procedures []string
 	for _, svc := range services() {
 		methods := svc.desc.Methods()
 		for i := range methods.Len() {
