@@ -117,6 +117,9 @@ type h1Conn struct {
 	body   []byte // its body as held
 	state  atomic.Int32
 	first  bool // no request served yet
+	// pipelined is set while a request is served with the next one
+	// already read: its caller has sent on without reading.
+	pipelined bool
 
 	// The watch for a caller leaving during a long call.
 	watch    *time.Timer
@@ -182,6 +185,7 @@ func (c *h1Conn) loop() bool {
 		case h1Foreign:
 			return true
 		}
+		c.pipelined = len(c.buf) > n
 		keep := c.serveRequest(&req)
 		c.buf = c.buf[:copy(c.buf, c.buf[n:])]
 		c.buf = append(c.buf, c.early...)
@@ -889,10 +893,13 @@ func (w *h1Writer) appendBody(out []byte) []byte {
 }
 
 // writeConn writes out to the connection; a large one in pieces, each of
-// which must make progress within the write timeout.
+// which must make progress within the write timeout. A small one fits in
+// the socket's buffer, which holds the previous answers only if the
+// caller pipelines requests without reading them: that write is timed
+// too.
 func (w *h1Writer) writeConn(out []byte) {
 	conn := w.conn.conn
-	if len(out) < h1TimedWrite || w.conn.srv.writeTimeout <= 0 {
+	if (len(out) < h1TimedWrite && !w.conn.pipelined) || w.conn.srv.writeTimeout <= 0 {
 		_, w.err = conn.Write(out)
 		return
 	}

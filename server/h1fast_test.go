@@ -353,6 +353,32 @@ func TestH1WriterTimesLargeWrites(t *testing.T) {
 	}
 }
 
+// A caller that pipelines requests and reads no answers cannot hold the
+// connection's writer: even a small answer's write is then timed.
+func TestH1WriterTimesPipelinedWrites(t *testing.T) {
+	t.Parallel()
+	server, client := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	s := newH1Fast(nil, nil, nil, 1<<20, time.Second, time.Second, 100*time.Millisecond)
+	c := &h1Conn{srv: s, conn: server, pipelined: true}
+	w := &h1Writer{conn: c, header: http.Header{}}
+	_, _ = io.WriteString(w, "a small answer")
+	finished := make(chan struct{})
+	go func() {
+		w.finish()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		if w.err == nil {
+			t.Error("the write to a caller that reads nothing succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the write to a caller that reads nothing never ended")
+	}
+}
+
 // A handler that flushes streams its response chunked, and one that
 // writes more than the writer holds streams it too; both read back whole.
 func TestH1WriterStreams(t *testing.T) {
