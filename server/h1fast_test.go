@@ -335,6 +335,59 @@ func TestH1LoopShutdown(t *testing.T) {
 	}
 }
 
+// The loop keeps net/http's timeouts: an idle connection closes after
+// -idle-timeout, and a head that does not arrive whole within
+// -read-header-timeout closes its connection without an answer.
+func TestH1LoopTimeouts(t *testing.T) {
+	t.Parallel()
+	b := startTestBackends(t)
+	cfg := b.cfg
+	cfg.Security.IdleTimeout = 300 * time.Millisecond
+	cfg.Security.ReadHeaderTimeout = 300 * time.Millisecond
+	gw, base := startGateway(t, cfg)
+	addr := strings.TrimPrefix(base, "http://")
+	closedWithin := func(conn net.Conn, br *bufio.Reader, d time.Duration) bool {
+		_ = conn.SetReadDeadline(time.Now().Add(d))
+		_, err := br.ReadByte()
+		return errors.Is(err, io.EOF)
+	}
+
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	br := bufio.NewReader(idle)
+	if _, err := idle.Write([]byte(h1Execute)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	start := time.Now()
+	if !closedWithin(idle, br, 3*time.Second) || time.Since(start) < 200*time.Millisecond {
+		t.Errorf("idle connection: closed after %v, want about 300ms", time.Since(start))
+	}
+
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := slow.Write([]byte(h1Execute[:40])); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if !closedWithin(slow, bufio.NewReader(slow), 3*time.Second) || time.Since(start) < 200*time.Millisecond {
+		t.Errorf("unfinished head: closed after %v, want about 300ms and no answer", time.Since(start))
+	}
+	if gw.h1.Load().served.Load() != 1 {
+		t.Errorf("the loop served %d requests, want 1", gw.h1.Load().served.Load())
+	}
+}
+
 // A large response to a caller that does not read is cut after the write
 // timeout rather than holding the connection for ever.
 func TestH1WriterTimesLargeWrites(t *testing.T) {
