@@ -169,6 +169,17 @@ func converse(t *testing.T, addr string, x h1Exchange) ([]string, bool) {
 	return answers, errors.Is(err, io.EOF)
 }
 
+// dialH1 opens a connection to the gateway at base, closed with the test.
+func dialH1(t *testing.T, base string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, bufio.NewReader(conn)
+}
+
 // The loop answers every conversation as net/http does, byte for byte but
 // for times and generated ids, and takes on only what it should: anything
 // odd goes to net/http with the bytes already read.
@@ -231,10 +242,7 @@ func TestH1LoopCancelsWhenTheCallerLeaves(t *testing.T) {
 	t.Parallel()
 	b := startTestBackends(t)
 	gw, base := startGateway(t, b.cfg)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, _ := dialH1(t, base)
 	if _, err := conn.Write([]byte(h1ExecuteNamed("slow"))); err != nil {
 		t.Fatal(err)
 	}
@@ -276,16 +284,7 @@ func TestH1LoopShutdown(t *testing.T) {
 	cfg := b.cfg
 	cfg.MaxTimeout = time.Second // ends the slow call, as an answer
 	_, base, stop, served := serveLogged(t, cfg, 10*time.Second)
-	addr := strings.TrimPrefix(base, "http://")
-	dial := func() (net.Conn, *bufio.Reader) {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn, bufio.NewReader(conn)
-	}
-	idle, idleReader := dial()
+	idle, idleReader := dialH1(t, base)
 	if _, err := idle.Write([]byte(h1Execute)); err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +295,7 @@ func TestH1LoopShutdown(t *testing.T) {
 	if _, err := io.Copy(io.Discard, res.Body); err != nil {
 		t.Fatal(err)
 	}
-	busy, busyReader := dial()
+	busy, busyReader := dialH1(t, base)
 	if _, err := busy.Write([]byte(h1ExecuteNamed("slow"))); err != nil {
 		t.Fatal(err)
 	}
@@ -345,19 +344,13 @@ func TestH1LoopTimeouts(t *testing.T) {
 	cfg.Security.IdleTimeout = 300 * time.Millisecond
 	cfg.Security.ReadHeaderTimeout = 300 * time.Millisecond
 	gw, base := startGateway(t, cfg)
-	addr := strings.TrimPrefix(base, "http://")
 	closedWithin := func(conn net.Conn, br *bufio.Reader, d time.Duration) bool {
 		_ = conn.SetReadDeadline(time.Now().Add(d))
 		_, err := br.ReadByte()
 		return errors.Is(err, io.EOF)
 	}
 
-	idle, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	br := bufio.NewReader(idle)
+	idle, br := dialH1(t, base)
 	if _, err := idle.Write([]byte(h1Execute)); err != nil {
 		t.Fatal(err)
 	}
@@ -371,16 +364,12 @@ func TestH1LoopTimeouts(t *testing.T) {
 		t.Errorf("idle connection: closed after %v, want about 300ms", time.Since(start))
 	}
 
-	slow, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Close()
+	slow, slowReader := dialH1(t, base)
 	if _, err := slow.Write([]byte(h1Execute[:40])); err != nil {
 		t.Fatal(err)
 	}
 	start = time.Now()
-	if !closedWithin(slow, bufio.NewReader(slow), 3*time.Second) || time.Since(start) < 200*time.Millisecond {
+	if !closedWithin(slow, slowReader, 3*time.Second) || time.Since(start) < 200*time.Millisecond {
 		t.Errorf("unfinished head: closed after %v, want about 300ms and no answer", time.Since(start))
 	}
 	if gw.h1.Load().served.Load() != 1 {
