@@ -62,9 +62,7 @@ func (nopAgent) CreateSession(context.Context, *connect.Request[agentv1.CreateSe
 func BenchmarkForwardCreate(b *testing.B) {
 	mux := http.NewServeMux()
 	mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(nopAgent{}))
-	backend := startH2C(b, mux)
-	up := Upstream{Address: backend.Listener.Addr().String()}
-	_, gw := startGateway(b, Config{Engine: up, Agent: up, Runtime: up})
+	_, gw := gatewayBefore(b, mux, Config{})
 	benchPost(b, http1Client(b), gw+"/api/v1/session", `{"action":"create"}`, nil)
 }
 

@@ -34,15 +34,11 @@ func benchStack(b *testing.B, tweak ...func(*Config)) (backendURL, gatewayURL st
 	b.Helper()
 	mux := http.NewServeMux()
 	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(nopEngine{}))
-	backend := startH2C(b, mux)
-	up := Upstream{Address: backend.Listener.Addr().String()}
-	// The agent and runtime are never called; any address will do.
-	cfg := Config{Engine: up, Agent: up, Runtime: up}
+	var cfg Config
 	for _, f := range tweak {
 		f(&cfg)
 	}
-	_, gw := startGateway(b, cfg)
-	return backend.URL, gw
+	return gatewayBefore(b, mux, cfg)
 }
 
 // BenchmarkForward measures one ExecuteWorkflow call per iteration, to the
@@ -160,9 +156,7 @@ func (streamAgent) Chat(_ context.Context, _ *connect.Request[agentv1.ChatReques
 func BenchmarkForwardLarge(b *testing.B) {
 	mux := http.NewServeMux()
 	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(echoEngine{}))
-	backend := startH2C(b, mux)
-	up := Upstream{Address: backend.Listener.Addr().String()}
-	_, gatewayURL := startGateway(b, Config{Engine: up, Agent: up, Runtime: up})
+	backendURL, gatewayURL := gatewayBefore(b, mux, Config{})
 	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: strings.Repeat("x", 1<<20)}}
 	rpc := func(url string, opts ...connect.ClientOption) func(b *testing.B) {
 		return func(b *testing.B) {
@@ -177,7 +171,7 @@ func BenchmarkForwardLarge(b *testing.B) {
 			}
 		}
 	}
-	b.Run("direct/grpc", rpc(backend.URL, connect.WithGRPC()))
+	b.Run("direct/grpc", rpc(backendURL, connect.WithGRPC()))
 	b.Run("gateway/grpc", rpc(gatewayURL, connect.WithGRPC()))
 	b.Run("gateway/connect", rpc(gatewayURL))
 }
@@ -187,9 +181,7 @@ func BenchmarkForwardLarge(b *testing.B) {
 func BenchmarkForwardStream(b *testing.B) {
 	mux := http.NewServeMux()
 	mux.Handle(agentv1connect.NewWorkflowAgentServiceHandler(streamAgent{}))
-	backend := startH2C(b, mux)
-	up := Upstream{Address: backend.Listener.Addr().String()}
-	_, gatewayURL := startGateway(b, Config{Engine: up, Agent: up, Runtime: up})
+	backendURL, gatewayURL := gatewayBefore(b, mux, Config{})
 	rpc := func(url string, opts ...connect.ClientOption) func(b *testing.B) {
 		return func(b *testing.B) {
 			client := agentv1connect.NewWorkflowAgentServiceClient(h2cClient(b), url, opts...)
@@ -211,7 +203,7 @@ func BenchmarkForwardStream(b *testing.B) {
 			}
 		}
 	}
-	b.Run("direct/grpc", rpc(backend.URL, connect.WithGRPC()))
+	b.Run("direct/grpc", rpc(backendURL, connect.WithGRPC()))
 	b.Run("gateway/grpc", rpc(gatewayURL, connect.WithGRPC()))
 	b.Run("gateway/connect", rpc(gatewayURL))
 }

@@ -26,6 +26,17 @@ func startH2C(tb testing.TB, h http.Handler) *httptest.Server {
 	return srv
 }
 
+// gatewayBefore serves backend on cleartext HTTP/2 as all three upstreams
+// of a gateway configured by cfg, and returns both URLs.
+func gatewayBefore(tb testing.TB, backend http.Handler, cfg Config) (backendURL, gatewayURL string) {
+	tb.Helper()
+	srv := startH2C(tb, backend)
+	up := Upstream{Address: srv.Listener.Addr().String()}
+	cfg.Engine, cfg.Agent, cfg.Runtime = up, up, up
+	_, gw := startGateway(tb, cfg)
+	return srv.URL, gw
+}
+
 // h2cClient speaks cleartext HTTP/2 only, as gRPC callers do.
 func h2cClient(tb testing.TB) *http.Client {
 	tb.Helper()

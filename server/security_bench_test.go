@@ -67,10 +67,9 @@ func BenchmarkWrapHTTP(b *testing.B) {
 func BenchmarkSecuredForward(b *testing.B) {
 	mux := http.NewServeMux()
 	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(nopEngine{}))
-	up := Upstream{Address: startH2C(b, mux).Listener.Addr().String()}
 	sec, _ := secConfig(b)
 	sec.RateLimitIP, sec.RateLimitSubject = 1e9, 1e9
-	_, gw := startGateway(b, Config{Engine: up, Agent: up, Runtime: up, Security: sec})
+	_, gw := gatewayBefore(b, mux, Config{Security: sec})
 	auth := "Bearer " + token(b, jwt.SigningMethodRS256, secKeys().rsa, "rsa1", nil)
 	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: "bench"}}
 	rpc := func(opts ...connect.ClientOption) func(b *testing.B) {
