@@ -59,6 +59,16 @@ func (r *recorder) headersOf(tb testing.TB) http.Header {
 	return h
 }
 
+// waitForCalls waits until the backend has seen n calls.
+func (r *recorder) waitForCalls(tb testing.TB, n int) {
+	tb.Helper()
+	for deadline := time.Now().Add(5 * time.Second); r.calls() < n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("the backend saw %d calls, want %d", r.calls(), n)
+		}
+	}
+}
+
 func (r *recorder) calls() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

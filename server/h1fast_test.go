@@ -246,11 +246,7 @@ func TestH1LoopCancelsWhenTheCallerLeaves(t *testing.T) {
 	if _, err := conn.Write([]byte(h1ExecuteNamed("slow"))); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); b.engine.calls() < 1; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the slow call never reached the engine")
-		}
-	}
+	b.engine.waitForCalls(t, 1)
 	if gw.h1.Load().served.Load() != 1 {
 		t.Fatal("the loop did not serve the call")
 	}
@@ -264,15 +260,27 @@ func TestH1LoopCancelsWhenTheCallerLeaves(t *testing.T) {
 }
 
 // A call that ends before the watch starts, and one that ends while it
-// runs, leave the connection as it was: the next request on it is served.
+// runs (cut by -max-timeout after the watch began reading), leave the
+// connection as it was: the loop serves the next request on it.
 func TestH1LoopWatchLeavesTheConnection(t *testing.T) {
 	t.Parallel()
 	b := startTestBackends(t)
-	_, base := startGateway(t, b.cfg)
-	x := h1Exchange{name: "watch", writes: []string{h1Execute, h1Execute}, answers: []int{1, 1}}
-	answers, _ := converse(t, strings.TrimPrefix(base, "http://"), x)
-	if len(answers) != 2 || answers[0] != answers[1] || !strings.Contains(answers[0], "200 OK") {
-		t.Fatalf("answers: %q", answers)
+	cfg := b.cfg
+	cfg.MaxTimeout = 4 * h1WatchAfter
+	gw, base := startGateway(t, cfg)
+	x := h1Exchange{name: "watch", writes: []string{h1Execute, h1ExecuteNamed("slow"), h1Execute}, answers: []int{1, 1, 1}}
+	answers, closed := converse(t, strings.TrimPrefix(base, "http://"), x)
+	if len(answers) != 3 || closed {
+		t.Fatalf("%d answers, connection closed %v", len(answers), closed)
+	}
+	if answers[0] != answers[2] || !strings.Contains(answers[0], "200 OK") || !strings.Contains(answers[0], `"output":"hello"`) {
+		t.Errorf("answers before and after the long call differ or failed:\n%s\n%s", answers[0], answers[2])
+	}
+	if !strings.Contains(answers[1], "504 Gateway Timeout") || !strings.Contains(answers[1], "did not answer in time") {
+		t.Errorf("the long call: %s", answers[1])
+	}
+	if h1 := gw.h1.Load(); h1.served.Load() != 3 || h1.handed.Load() != 0 {
+		t.Errorf("the loop served %d and handed %d, want 3 and 0", h1.served.Load(), h1.handed.Load())
 	}
 }
 
@@ -299,11 +307,7 @@ func TestH1LoopShutdown(t *testing.T) {
 	if _, err := busy.Write([]byte(h1ExecuteNamed("slow"))); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); b.engine.calls() < 2; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the slow call never reached the engine")
-		}
-	}
+	b.engine.waitForCalls(t, 2)
 
 	stop()
 	_ = idle.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
@@ -315,11 +319,12 @@ func TestH1LoopShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the call in flight got no answer: %v", err)
 	}
-	if res.StatusCode != http.StatusGatewayTimeout || !res.Close {
-		t.Errorf("the call in flight: %s, Connection %q; want 504 and close", res.Status, res.Header.Get("Connection"))
-	}
-	if _, err := io.Copy(io.Discard, res.Body); err != nil {
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusGatewayTimeout || !res.Close || !strings.Contains(string(body), "did not answer in time") {
+		t.Errorf("the call in flight: %s, Connection %q, %s; want 504, close and the timeout's message", res.Status, res.Header.Get("Connection"), body)
 	}
 	if _, err := busyReader.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Errorf("busy connection after its answer: read %v, want EOF", err)
