@@ -134,8 +134,6 @@ type Gateway struct {
 	// rest serves the commonest REST calls without the transcoder; nil
 	// when off.
 	rest *restFast
-	// direct are the paths of the REST routes served without the mux.
-	direct map[string]bool
 	// h1 is the HTTP/1.1 loop of the last Serve; nil when off.
 	h1          atomic.Pointer[h1Fast]
 	metrics     *metrics
@@ -319,8 +317,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		return nil, err
 	}
 	g.bridges = bridges
-	g.direct = directPaths(mux, g.rest.postPaths())
-	routes := routeDirect(mux, rest, g.direct, noRoute)
+	routes := routeDirect(mux, rest, directPaths(mux, g.rest.postPaths()), noRoute)
 	procedures := map[string]bool{}
 	for _, p := range serviceProcedures() {
 		procedures[p] = true
