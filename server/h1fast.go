@@ -504,7 +504,8 @@ func plainLength(v string) int {
 	return n
 }
 
-// h1Call is what one request takes, in one allocation.
+// h1Call is what one request takes, in one allocation: the URL is its own
+// when the target is a plain path.
 type h1Call struct {
 	w    h1Writer
 	url  url.URL
@@ -515,15 +516,15 @@ type h1Call struct {
 func (c *h1Conn) serveRequest(req *h1Request) (keep bool) {
 	c.srv.served.Add(1)
 	call := new(h1Call)
-	if req.url != nil {
-		call.url = *req.url
-	} else {
+	u := req.url
+	if u == nil {
 		call.url.Path = req.target
+		u = &call.url
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := (&http.Request{
 		Method:     req.method,
-		URL:        &call.url,
+		URL:        u,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
