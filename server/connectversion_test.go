@@ -5,10 +5,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-
-	"google.golang.org/protobuf/proto"
-
-	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
 )
 
 // A Connect unary call that leaves out Connect-Protocol-Version, as
@@ -19,10 +15,7 @@ func TestConnectCallWithoutProtocolVersion(t *testing.T) {
 	b := startTestBackends(t)
 	_, base := startGateway(t, b.cfg)
 	client := http1Client(t)
-	binary, err := proto.Marshal(&enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: "hello"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	binary := executeMessage("hello")
 	call := func(contentType, body string, version bool) string {
 		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost,
 			base+"/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow", strings.NewReader(body))

@@ -42,14 +42,21 @@ const (
 // grpcWebExecute is a binary gRPC-Web ExecuteWorkflow of the workflow
 // named name.
 func grpcWebExecute(name string) string {
-	msg, err := proto.Marshal(&enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: name}})
-	if err != nil {
-		panic(err)
-	}
+	msg := executeMessage(name)
 	frame := append([]byte{0, 0, 0, 0, byte(len(msg))}, msg...)
 	return "POST /workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow HTTP/1.1\r\nHost: gw\r\n" +
 		"Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nX-Request-Id: same\r\nContent-Length: " +
 		strconv.Itoa(len(frame)) + "\r\n\r\n" + string(frame)
+}
+
+// executeMessage is the binary ExecuteWorkflowRequest of the workflow
+// named name.
+func executeMessage(name string) []byte {
+	msg, err := proto.Marshal(&enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: name}})
+	if err != nil {
+		panic(err)
+	}
+	return msg
 }
 
 // h1ExecuteNamed is h1Execute of the workflow named name, which picks the
