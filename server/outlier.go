@@ -11,7 +11,6 @@ import (
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -190,14 +189,17 @@ func noAnswer(err error) bool {
 // grpcProbe asks a gRPC upstream for its health over the connection calls
 // use. Any answer, an error included, proves the upstream alive: a backend
 // need not implement the health service.
-func grpcProbe(conn *grpc.ClientConn, service string) func(context.Context) error {
+func grpcProbe(up *grpcUpstream, service string) func(context.Context) error {
 	req, _ := proto.Marshal(&healthpb.HealthCheckRequest{Service: service})
+	caller := grpcCaller{grpcUpstream: up, procedure: healthpb.Health_Check_FullMethodName}
 	return func(ctx context.Context) error {
-		err := conn.Invoke(ctx, healthpb.Health_Check_FullMethodName, &frame{data: req}, new(frame))
+		// Through the caller, the probe takes the connection the calls
+		// take.
+		_, err := caller.unary(ctx, connect.NewRequest(&frame{data: req}))
 		if err == nil {
 			return nil
 		}
-		if we := (*wireError)(nil); errors.As(grpcError(ctx, err, nil), &we) {
+		if we := (*wireError)(nil); errors.As(err, &we) {
 			return nil
 		}
 		return err

@@ -64,6 +64,7 @@ type replica struct {
 	guard   *upstreamGuard
 	callers []upstreamCaller // by method index
 	conn    *grpc.ClientConn // gRPC upstreams
+	h2      *h2Client        // cleartext gRPC upstreams' unary calls
 	client  *http.Client     // Connect and gRPC-Web upstreams
 	health  func(ctx context.Context, service string) (grpchealth.Status, error)
 	stop    context.CancelFunc
@@ -94,6 +95,9 @@ func (r *replica) close() {
 	r.stop()
 	if r.conn != nil {
 		_ = r.conn.Close()
+	}
+	if r.h2 != nil {
+		r.h2.close()
 	}
 	if r.client != nil {
 		r.client.CloseIdleConnections()
@@ -419,10 +423,14 @@ func (g *Gateway) replicaBuilder(p *replicaPool, desc protoreflect.ServiceDescri
 				return nil, err
 			}
 			shared := &grpcUpstream{conn: r.conn, alone: p.alone}
+			if base.Scheme == "http" && !g.cfg.UpstreamGRPCGo {
+				r.h2 = newH2Client(base.Host, g.cfg.DialTimeout, g.security.maxMessageBytes())
+				shared.h2 = r.h2
+			}
 			for i := range methods.Len() {
 				r.callers[i] = grpcCaller{grpcUpstream: shared, procedure: procedureOf(desc, methods.Get(i))}
 			}
-			probe = grpcProbe(r.conn, p.service)
+			probe = grpcProbe(shared, p.service)
 			r.health = grpcHealth(r.conn)
 		} else {
 			r.client = newUpstreamClient(base, g.cfg.DialTimeout)

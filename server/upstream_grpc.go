@@ -86,6 +86,8 @@ type grpcCaller struct {
 // of its methods share about it.
 type grpcUpstream struct {
 	conn *grpc.ClientConn
+	// h2 makes the unary calls it can; nil where grpc-go makes them all.
+	h2 *h2Client
 	// alone reports whether the connection's upstream has no other
 	// replica: only then is a call worth holding for a redial.
 	alone func() bool
@@ -130,6 +132,11 @@ func (c grpcCaller) redialIfDown(ctx context.Context) {
 var serverStreamDesc = &grpc.StreamDesc{ServerStreams: true}
 
 func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*upstreamReply, error) {
+	if c.h2 != nil {
+		if reply, err := c.h2.unary(ctx, c.procedure, in); err != errH2NotTaken { //nolint:errorlint // a sentinel, never wrapped
+			return reply, err
+		}
+	}
 	c.redialIfDown(ctx)
 	md, _ := unaryMetadata.Get().(metadata.MD)
 	if md == nil {
@@ -339,6 +346,12 @@ func grpcError(ctx context.Context, err error, trailer metadata.MD) error {
 	if !ok {
 		return connect.NewError(connect.CodeUnavailable, err)
 	}
+	return statusError(st, metadataHeader(trailer))
+}
+
+// statusError is a gRPC status a call ended with, as grpcError returns
+// it; trailer is the call's forwarded trailers.
+func statusError(st *status.Status, trailer http.Header) error {
 	if st.Code() == codes.ResourceExhausted && strings.HasPrefix(st.Message(), "grpc: received message larger than max") {
 		// The upstream's answer is larger than the gateway holds: the
 		// transcoder words the same limit so for the protocols it buffers.
@@ -353,7 +366,7 @@ func grpcError(ctx context.Context, err error, trailer metadata.MD) error {
 			ce.AddDetail(d)
 		}
 	}
-	copyMetadata(ce.Meta(), trailer)
+	copyAll(ce.Meta(), trailer)
 	return &wireError{ce}
 }
 

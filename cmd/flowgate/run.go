@@ -36,6 +36,7 @@ type options struct {
 	resolveInterval time.Duration
 	netHTTPGRPC     bool
 	netHTTP1        bool
+	upstreamGRPCGo  bool
 	transcodeREST   bool
 	shutdownTimeout time.Duration
 	drainDelay      time.Duration
@@ -80,6 +81,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	set.Duration(&o.maxTimeout, "max-timeout", "FLOWGATE_MAX_TIMEOUT", time.Minute, "longest deadline a call may ask for; the deadline of unary calls that ask for none")
 	set.Duration(&o.dialTimeout, "dial-timeout", "FLOWGATE_DIAL_TIMEOUT", 5*time.Second, "time allowed to connect to an upstream")
 	set.Bool(&o.netHTTP1, "http1-net-http", "FLOWGATE_HTTP1_NET_HTTP", false, "serve every HTTP/1.1 connection with net/http, instead of with the gateway's own HTTP/1.1 loop for as long as its requests are ones the loop takes on")
+	set.Bool(&o.upstreamGRPCGo, "upstream-grpc-go", "FLOWGATE_UPSTREAM_GRPC_GO", false, "make every call to a gRPC upstream with grpc-go's client, instead of making the unary calls it can over the gateway's own HTTP/2 connections")
 	set.Bool(&o.netHTTPGRPC, "grpc-net-http", "FLOWGATE_GRPC_NET_HTTP", false, "serve gRPC callers with net/http like every other caller, instead of with grpc-go on connections whose first request is gRPC")
 	set.Bool(&o.transcodeREST, "rest-transcode-all", "FLOWGATE_REST_TRANSCODE_ALL", false, "serve every REST call through the transcoder, including the JSON POSTs to routes without path variables that are otherwise served directly")
 	set.Int(&o.maxInFlight, "upstream-max-in-flight", "FLOWGATE_UPSTREAM_MAX_IN_FLIGHT", 1024, "unary calls in flight to one upstream beyond which calls fail at once")
@@ -208,6 +210,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ResolveInterval: o.resolveInterval,
 		NetHTTPGRPC:     o.netHTTPGRPC,
 		NetHTTP1:        o.netHTTP1,
+		UpstreamGRPCGo:  o.upstreamGRPCGo,
 		TranscodeREST:   o.transcodeREST,
 		ForwardHeaders:  o.forwardHeaders,
 		SSE:             server.SSEConfig{Heartbeat: o.sseHeartbeat, Retry: o.sseRetry},
