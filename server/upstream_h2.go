@@ -53,6 +53,9 @@ type h2Client struct {
 	conns    map[*h2Conn]struct{}
 	// sent counts the calls this client sent, for tests.
 	sent atomic.Int64
+	// keepaliveTime and keepaliveTimeout are h2KeepaliveTime and
+	// h2KeepaliveTimeout but in tests.
+	keepaliveTime, keepaliveTimeout time.Duration
 }
 
 // h2Redial is how long the client waits after a failed dial before the
@@ -74,7 +77,10 @@ const (
 // newH2Client returns the client of the upstream at addr, which starts
 // connecting at once so that the first calls need not go through grpc-go.
 func newH2Client(addr string, dialTimeout time.Duration, maxRecv int) *h2Client {
-	c := &h2Client{addr: addr, dialTimeout: dialTimeout, maxRecv: maxRecv, conns: map[*h2Conn]struct{}{}}
+	c := &h2Client{
+		addr: addr, dialTimeout: dialTimeout, maxRecv: maxRecv, conns: map[*h2Conn]struct{}{},
+		keepaliveTime: h2KeepaliveTime, keepaliveTimeout: h2KeepaliveTimeout,
+	}
 	c.redial()
 	return c
 }
@@ -213,7 +219,7 @@ func (c *h2Client) dial() (*h2Conn, error) {
 		return nil, cc.abandon(err)
 	}
 	_ = nc.SetDeadline(time.Time{})
-	cc.keepalive = time.AfterFunc(h2KeepaliveTime, cc.checkAlive)
+	cc.keepalive = time.AfterFunc(c.keepaliveTime, cc.checkAlive)
 	go cc.readLoop()
 	return cc, nil
 }
@@ -346,7 +352,7 @@ func (cc *h2Conn) flush() error {
 	if cc.bw.Buffered() == 0 {
 		return nil
 	}
-	_ = cc.nc.SetWriteDeadline(time.Now().Add(h2KeepaliveTime + h2KeepaliveTimeout))
+	_ = cc.nc.SetWriteDeadline(time.Now().Add(cc.client.keepaliveTime + cc.client.keepaliveTimeout))
 	return cc.bw.Flush()
 }
 
@@ -614,7 +620,7 @@ func (cc *h2Conn) checkAlive() {
 	}
 	if cc.heard.Swap(false) {
 		cc.pinged = false
-		cc.keepalive.Reset(h2KeepaliveTime)
+		cc.keepalive.Reset(cc.client.keepaliveTime)
 		return
 	}
 	if cc.pinged {
@@ -625,12 +631,12 @@ func (cc *h2Conn) checkAlive() {
 	busy := len(cc.streams) > 0
 	cc.smu.Unlock()
 	if !busy {
-		cc.keepalive.Reset(h2KeepaliveTime)
+		cc.keepalive.Reset(cc.client.keepaliveTime)
 		return
 	}
 	cc.pinged = true
 	_ = cc.write(func() error { return cc.fr.WritePing(false, [8]byte{'f', 'l', 'o', 'w', 'g', 'a', 't', 'e'}) })
-	cc.keepalive.Reset(h2KeepaliveTimeout)
+	cc.keepalive.Reset(cc.client.keepaliveTimeout)
 }
 
 func (cc *h2Conn) stream(id uint32) *h2Stream {

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,7 +35,9 @@ type scriptedUpstream struct {
 	mu     sync.Mutex
 	calls  []scriptedCall
 	resets []http2.ErrCode
-	wg     sync.WaitGroup
+	// deaf makes the upstream answer no ping, as one that hangs.
+	deaf atomic.Bool
+	wg   sync.WaitGroup
 }
 
 // scriptedCall is what the upstream received.
@@ -209,7 +212,7 @@ func (s *scriptedUpstream) conn(conn net.Conn) {
 		case *http2.WindowUpdateFrame:
 			w.window(f.StreamID, int(f.Increment))
 		case *http2.PingFrame:
-			if !f.IsAck() {
+			if !f.IsAck() && !s.deaf.Load() {
 				w.raw(func(fr *http2.Framer) { _ = fr.WritePing(true, f.Data) })
 			}
 		case *http2.RSTStreamFrame:
@@ -626,5 +629,37 @@ func TestH2ClientCancels(t *testing.T) {
 	upstream.mu.Unlock()
 	if !reflect.DeepEqual(resets, []http2.ErrCode{http2.ErrCodeCancel}) {
 		t.Fatalf("upstream got resets %v, want one CANCEL", resets)
+	}
+}
+
+// A connection whose upstream has gone silent, calls in flight, is pinged
+// and closed when the ping goes unanswered: its calls fail as Unavailable
+// rather than wait out their deadlines.
+func TestH2ClientKeepalive(t *testing.T) {
+	t.Parallel()
+	upstream := startScripted(t, func(*scriptWriter, uint32, scriptedCall) {})
+	upstream.deaf.Store(true)
+	c := &h2Client{
+		addr: upstream.ln.Addr().String(), dialTimeout: time.Second, maxRecv: 1 << 20,
+		conns: map[*h2Conn]struct{}{}, keepaliveTime: 100 * time.Millisecond, keepaliveTimeout: 100 * time.Millisecond,
+	}
+	t.Cleanup(c.close)
+	c.redial()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.cur.Load() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("never connected")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := c.unary(ctx, "/workflow.engine.v1.WorkflowEngineService/ExecuteWorkflow", connect.NewRequest(&frame{data: []byte{}}))
+	if connect.CodeOf(err) != connect.CodeUnavailable || time.Since(start) > 2*time.Second {
+		t.Fatalf("after %v: %v, want Unavailable within about 300ms", time.Since(start), err)
+	}
+	if c.cur.Load() != nil {
+		t.Fatal("the dead connection is still the client's")
 	}
 }
