@@ -419,7 +419,13 @@ func (cc *h2Conn) roundTrip(ctx context.Context, procedure string, in *connect.R
 	if st.refused {
 		return nil, errH2NotTaken
 	}
-	return st.result(cc.client.maxRecv)
+	reply, err := st.result(cc.client.maxRecv)
+	if err != nil && ctx.Err() != nil {
+		// As grpcError words it: a call whose context ended failed for
+		// that, whatever the connection said meanwhile.
+		return nil, contextError(ctx.Err())
+	}
+	return reply, err
 }
 
 // checkMetadata refuses request headers gRPC metadata cannot carry, with
