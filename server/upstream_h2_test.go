@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	enginev1 "github.com/flowgate/flowgate/gen/go/workflow/engine/v1"
+	"github.com/flowgate/flowgate/gen/go/workflow/engine/v1/enginev1connect"
 )
 
 // scriptedUpstream is an HTTP/2 server that answers each gRPC call as a
@@ -661,5 +663,92 @@ func TestH2ClientKeepalive(t *testing.T) {
 	}
 	if c.cur.Load() != nil {
 		t.Fatal("the dead connection is still the client's")
+	}
+}
+
+// nameEngine answers a call with its workflow's name, or holds a call
+// named "hold" until it is canceled.
+type nameEngine struct {
+	enginev1connect.UnimplementedWorkflowEngineServiceHandler
+}
+
+func (nameEngine) ExecuteWorkflow(ctx context.Context, req *connect.Request[enginev1.ExecuteWorkflowRequest]) (*connect.Response[enginev1.ExecuteWorkflowResponse], error) {
+	name := req.Msg.GetWorkflowDefinition().GetName()
+	if name == "hold" {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	res := connect.NewResponse(&enginev1.ExecuteWorkflowResponse{Result: &enginev1.ExecutionResult{Status: name}})
+	res.Header().Set("X-Echo", name)
+	return res, nil
+}
+
+// Many callers at once, a third of them leaving mid-call: every answer
+// reaches its own caller, and no call is left behind on the connection.
+func TestH2ClientUnderLoad(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(nameEngine{}))
+	backend := startH2C(t, mux)
+	up := Upstream{Address: backend.Listener.Addr().String()}
+	gw, url := startGateway(t, Config{Engine: up, Agent: up, Runtime: up})
+	waitH2Ready(t, gw)
+	client := engineClient(t, url, []connect.ClientOption{connect.WithGRPC()})
+	var wg sync.WaitGroup
+	errs := make(chan error, 64*20)
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				if (g+i)%3 == 0 {
+					// Canceled rather than timed out: no deadline goes
+					// upstream, so only the client's reset ends the call there.
+					ctx, cancel := context.WithCancel(t.Context())
+					timer := time.AfterFunc(time.Duration(1+i%5)*time.Millisecond, cancel)
+					_, err := client.ExecuteWorkflow(ctx, execute("hold"))
+					timer.Stop()
+					cancel()
+					if code := connect.CodeOf(err); code != connect.CodeCanceled {
+						errs <- fmt.Errorf("held call: %w", err)
+					}
+					continue
+				}
+				name := fmt.Sprintf("call-%d-%d", g, i)
+				res, err := client.ExecuteWorkflow(t.Context(), execute(name))
+				switch {
+				case err != nil:
+					errs <- err
+				case res.Msg.GetResult().GetStatus() != name || res.Header().Get("X-Echo") != name:
+					errs <- fmt.Errorf("call %s got %q and header %q", name, res.Msg.GetResult().GetStatus(), res.Header().Get("X-Echo"))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if h2Taken(gw) < 64*20/2 {
+		t.Fatalf("the own client sent %d of %d calls", h2Taken(gw), 64*20)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, p := range gw.pools {
+		for _, r := range *p.replicas.Load() {
+			cc := r.h2.cur.Load()
+			for cc != nil {
+				cc.smu.Lock()
+				left := len(cc.streams)
+				cc.smu.Unlock()
+				if left == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d calls left on the connection", left)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 	}
 }
