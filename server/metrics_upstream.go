@@ -63,6 +63,10 @@ func (m *metrics) watchUpstream(name string, pool *replicaPool) *upstreamStats {
 			func() float64 { return float64(pool.ejected()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowgate_upstream_replicas", Help: "Replicas an upstream's address lists or resolves to.", ConstLabels: labels},
 			func() float64 { return float64(pool.size()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flowgate_upstream_own_client_calls_total", Help: "Unary calls to a gRPC upstream sent over the gateway's own HTTP/2 connections.", ConstLabels: labels},
+			func() float64 { sent, _ := pool.ownClientCalls(); return float64(sent) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flowgate_upstream_grpc_go_calls_total", Help: "Unary calls to a gRPC upstream its own HTTP/2 client left to grpc-go's: no connection yet, a request over the upstream's windows, its stream limit reached, or a stream it refused.", ConstLabels: labels},
+			func() float64 { _, left := pool.ownClientCalls(); return float64(left) }),
 	)
 	return &upstreamStats{
 		vecs:          &m.upstream,

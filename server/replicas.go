@@ -384,6 +384,18 @@ func (p *replicaPool) ejected() (n int) {
 
 func (p *replicaPool) size() int { return len(*p.replicas.Load()) }
 
+// ownClientCalls is the unary calls the replicas' own HTTP/2 clients sent,
+// and those they left to grpc-go's.
+func (p *replicaPool) ownClientCalls() (sent, left int64) {
+	for _, r := range *p.replicas.Load() {
+		if r.h2 != nil {
+			sent += r.h2.sent.Load()
+			left += r.h2.left.Load()
+		}
+	}
+	return sent, left
+}
+
 // grpcHealth checks a gRPC replica's health over the connection calls use.
 func grpcHealth(conn *grpc.ClientConn) func(context.Context, string) (grpchealth.Status, error) {
 	return func(ctx context.Context, service string) (grpchealth.Status, error) {

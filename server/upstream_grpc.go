@@ -136,6 +136,7 @@ func (c grpcCaller) unary(ctx context.Context, in *connect.Request[frame]) (*ups
 		if reply, err := c.h2.unary(ctx, c.procedure, in); err != errH2NotTaken { //nolint:errorlint // a sentinel, never wrapped
 			return reply, err
 		}
+		c.h2.left.Add(1)
 	}
 	c.redialIfDown(ctx)
 	md, _ := unaryMetadata.Get().(metadata.MD)

@@ -51,8 +51,9 @@ type h2Client struct {
 	closed   atomic.Bool
 	mu       sync.Mutex // guards conns
 	conns    map[*h2Conn]struct{}
-	// sent counts the calls this client sent, for tests.
-	sent atomic.Int64
+	// sent counts the calls this client sent; left, those it left to
+	// grpc-go's client. Both are read by the metrics when scraped.
+	sent, left atomic.Int64
 	// keepaliveTime and keepaliveTimeout are h2KeepaliveTime and
 	// h2KeepaliveTimeout but in tests.
 	keepaliveTime, keepaliveTimeout time.Duration

@@ -752,3 +752,31 @@ func TestH2ClientUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// The metrics tell how many calls the own client sent and how many it
+// left to grpc-go: a request larger than the upstream's windows (net/http's
+// server, here, opens 1 MiB) is left.
+func TestH2ClientMetrics(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.Handle(enginev1connect.NewWorkflowEngineServiceHandler(nameEngine{}))
+	backend := startH2C(t, mux)
+	up := Upstream{Address: backend.Listener.Addr().String()}
+	gw, url := startGateway(t, Config{Engine: up, Agent: up, Runtime: up})
+	waitH2Ready(t, gw)
+	client := engineClient(t, url, []connect.ClientOption{connect.WithGRPC()})
+	for _, name := range []string{"a", "b", strings.Repeat("n", 3<<19)} {
+		res, err := client.ExecuteWorkflow(t.Context(), execute(name))
+		if err != nil || res.Msg.GetResult().GetStatus() != name {
+			t.Fatalf("call %.10s: %v", name, err)
+		}
+	}
+	f := scrape(t, url)
+	engine := map[string]string{"upstream": "engine"}
+	if got := value(f, "flowgate_upstream_own_client_calls_total", engine); got != 2 {
+		t.Errorf("own client calls = %v, want 2", got)
+	}
+	if got := value(f, "flowgate_upstream_grpc_go_calls_total", engine); got != 1 {
+		t.Errorf("calls left to grpc-go = %v, want 1 (the large one)", got)
+	}
+}
