@@ -266,25 +266,18 @@ func outgoingMetadata(ctx context.Context, md metadata.MD, header http.Header) (
 	if len(header) == 0 {
 		return ctx, nil
 	}
+	if err := checkMetadata(header); err != nil {
+		return nil, err
+	}
 	for name, vals := range header {
 		key := lowerName(name)
 		if !strings.HasSuffix(key, "-bin") {
-			for _, v := range vals {
-				if !printableASCII(v) {
-					// gRPC metadata is printable ASCII; grpc-go would refuse
-					// the call with an error of its own.
-					return nil, &wireError{connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("header %s: value must be printable ASCII", name))}
-				}
-			}
 			md[key] = vals
 			continue
 		}
 		decoded := make([]string, len(vals))
 		for i, v := range vals {
-			raw, err := connect.DecodeBinaryHeader(v)
-			if err != nil {
-				return nil, &wireError{connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("header %s: invalid binary value", name))}
-			}
+			raw, _ := connect.DecodeBinaryHeader(v) // checked above
 			decoded[i] = string(raw)
 		}
 		md[key] = decoded

@@ -167,18 +167,16 @@ func (c *h2Client) dial() (*h2Conn, error) {
 		return nil, err
 	}
 	cc := &h2Conn{
-		client:        c,
-		nc:            nc,
-		bw:            bufio.NewWriterSize(nc, 16<<10),
-		br:            bufio.NewReaderSize(nc, 16<<10),
-		nextID:        1,
-		sendWindow:    65535,
-		streamWindow:  65535,
-		maxFrame:      16384,
-		maxStreams:    1<<31 - 1,
-		streams:       map[uint32]*h2Stream{},
-		authority:     c.addr,
-		connWindowCap: upstreamConnWindow,
+		client:       c,
+		nc:           nc,
+		bw:           bufio.NewWriterSize(nc, 16<<10),
+		br:           bufio.NewReaderSize(nc, 16<<10),
+		nextID:       1,
+		sendWindow:   65535,
+		streamWindow: 65535,
+		maxFrame:     16384,
+		maxStreams:   1<<31 - 1,
+		streams:      map[uint32]*h2Stream{},
 	}
 	cc.fr = http2.NewFramer(cc.bw, cc.br)
 	cc.fr.SetMaxReadFrameSize(16384)
@@ -227,9 +225,8 @@ func (c *h2Client) dial() (*h2Conn, error) {
 
 // h2Conn is one HTTP/2 connection to the upstream.
 type h2Conn struct {
-	client    *h2Client
-	nc        net.Conn
-	authority string
+	client *h2Client
+	nc     net.Conn
 
 	// wmu serializes writes and guards what writers decide by: the
 	// upstream's settings and windows, the next stream id, the state.
@@ -256,16 +253,15 @@ type h2Conn struct {
 	err    error // why it died, under smu
 
 	// The reader's own state.
-	br            *bufio.Reader
-	hdec          *hpack.Decoder
-	hstream       *h2Stream // the stream whose header block is being read
-	htrailer      bool      // whether that block ends the stream
-	hsize         int
-	connUnacked   int
-	connWindowCap int
-	heard         atomic.Bool // a frame arrived since the last keepalive check
-	keepalive     *time.Timer
-	pinged        bool
+	br          *bufio.Reader
+	hdec        *hpack.Decoder
+	hstream     *h2Stream // the stream whose header block is being read
+	htrailer    bool      // whether that block ends the stream
+	hsize       int
+	connUnacked int
+	heard       atomic.Bool // a frame arrived since the last keepalive check
+	keepalive   *time.Timer
+	pinged      bool
 }
 
 // h2Stream is one call in flight. The reader fills it in and closes done;
@@ -429,8 +425,9 @@ func (cc *h2Conn) roundTrip(ctx context.Context, procedure string, in *connect.R
 	return reply, err
 }
 
-// checkMetadata refuses request headers gRPC metadata cannot carry, with
-// the errors outgoingMetadata gives on the grpc-go path.
+// checkMetadata refuses request headers gRPC metadata cannot carry, on
+// either client: binary (-bin) values must be base64, others printable
+// ASCII, which grpc-go would otherwise refuse with an error of its own.
 func checkMetadata(header http.Header) error {
 	for name, vals := range header {
 		binary := strings.HasSuffix(lowerName(name), "-bin")
@@ -456,7 +453,7 @@ func (cc *h2Conn) encodeHeaders(ctx context.Context, procedure string, header ht
 	field(":method", "POST")
 	field(":scheme", "http")
 	field(":path", procedure)
-	field(":authority", cc.authority)
+	field(":authority", cc.client.addr)
 	field("content-type", "application/grpc+proto")
 	field("user-agent", "flowgate")
 	field("te", "trailers")
@@ -783,7 +780,7 @@ func (cc *h2Conn) onData(f *http2.DataFrame) error {
 	// The connection's window is returned for every byte, whether or not
 	// the stream still wants them; a quarter at a time, as grpc-go does.
 	cc.connUnacked += int(f.Header().Length)
-	if cc.connUnacked >= cc.connWindowCap/4 {
+	if cc.connUnacked >= upstreamConnWindow/4 {
 		n := cc.connUnacked
 		cc.connUnacked = 0
 		if err := cc.write(func() error { return cc.fr.WriteWindowUpdate(0, uint32(n)) }); err != nil { //nolint:gosec // at most the window
