@@ -167,7 +167,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, h http.Header) (Identi
 }
 
 func (a *Authenticator) credential(ctx context.Context, h http.Header) (Identity, error) {
-	keys, auths := h.Values(HeaderAPIKey), h.Values("Authorization")
+	// Direct lookups: h.Values would canonicalize "X-API-Key" into a new
+	// string on every call.
+	keys, auths := h[canonicalAPIKey], h["Authorization"]
 	switch {
 	case len(keys)+len(auths) == 0:
 		return Identity{}, unauthenticated("missing credentials")
