@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -180,7 +179,7 @@ func (c *h2Client) dial() (*h2Conn, error) {
 	}
 	cc.fr = http2.NewFramer(cc.bw, cc.br)
 	cc.fr.SetMaxReadFrameSize(16384)
-	cc.henc = hpack.NewEncoder(&cc.hbuf)
+	cc.henc = newHPACKEncoder()
 	cc.hdec = hpack.NewDecoder(4096, cc.emit)
 	cc.hdec.SetMaxStringLength(h2MaxHeaderList)
 
@@ -233,8 +232,8 @@ type h2Conn struct {
 	wmu          sync.Mutex
 	bw           *bufio.Writer
 	fr           *http2.Framer
-	henc         *hpack.Encoder
-	hbuf         bytes.Buffer
+	henc         *hpackEncoder
+	hbuf         []byte
 	nextID       uint32
 	sendWindow   int64 // the connection's send window
 	streamWindow int64 // a new stream's send window
@@ -393,9 +392,8 @@ func (cc *h2Conn) roundTrip(ctx context.Context, procedure string, in *connect.R
 		if full {
 			return errH2NotTaken
 		}
-		cc.hbuf.Reset()
-		cc.encodeHeaders(ctx, procedure, header)
-		if err := cc.writeHeaders(st.id, cc.hbuf.Bytes()); err != nil {
+		cc.hbuf = cc.encodeHeaders(ctx, cc.hbuf[:0], procedure, header)
+		if err := cc.writeHeaders(st.id, cc.hbuf); err != nil {
 			return err
 		}
 		cc.sendWindow -= need
@@ -444,21 +442,21 @@ func checkMetadata(header http.Header) error {
 	return nil
 }
 
-// encodeHeaders HPACK-encodes a call's header block into cc.hbuf: what
+// encodeHeaders appends a call's HPACK-encoded header block to b: what
 // grpc-go's client sends, with the request's headers (checked by
 // checkMetadata) as metadata.
-func (cc *h2Conn) encodeHeaders(ctx context.Context, procedure string, header http.Header) {
+func (cc *h2Conn) encodeHeaders(ctx context.Context, b []byte, procedure string, header http.Header) []byte {
 	enc := cc.henc
-	field := func(name, value string) { _ = enc.WriteField(hpack.HeaderField{Name: name, Value: value}) }
-	field(":method", "POST")
-	field(":scheme", "http")
-	field(":path", procedure)
-	field(":authority", cc.client.addr)
-	field("content-type", "application/grpc+proto")
-	field("user-agent", "flowgate")
-	field("te", "trailers")
+	b = enc.begin(b)
+	b = enc.field(b, ":method", "POST")
+	b = enc.field(b, ":scheme", "http")
+	b = enc.field(b, ":path", procedure)
+	b = enc.field(b, ":authority", cc.client.addr)
+	b = enc.field(b, "content-type", "application/grpc+proto")
+	b = enc.field(b, "user-agent", "flowgate")
+	b = enc.field(b, "te", "trailers")
 	if deadline, ok := ctx.Deadline(); ok {
-		field("grpc-timeout", encodeGRPCTimeout(time.Until(deadline)))
+		b = enc.field(b, "grpc-timeout", encodeGRPCTimeout(time.Until(deadline)))
 	}
 	for name, vals := range header {
 		key := lowerName(name)
@@ -472,9 +470,10 @@ func (cc *h2Conn) encodeHeaders(ctx context.Context, procedure string, header ht
 				raw, _ := connect.DecodeBinaryHeader(v)
 				v = connect.EncodeBinaryHeader(raw)
 			}
-			field(key, v)
+			b = enc.field(b, key, v)
 		}
 	}
+	return b
 }
 
 // writeHeaders writes a header block as HEADERS and, past the upstream's
@@ -739,7 +738,7 @@ func (cc *h2Conn) applySettings(f *http2.SettingsFrame) error {
 		case http2.SettingMaxConcurrentStreams:
 			cc.maxStreams = s.Val
 		case http2.SettingHeaderTableSize:
-			cc.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			cc.henc.setMaxTable(s.Val)
 		}
 		return nil
 	})
