@@ -211,3 +211,25 @@ func TestStripIdentityHeaders(t *testing.T) {
 		t.Errorf("after strip: %v", h)
 	}
 }
+
+func TestMissingScope(t *testing.T) {
+	id := Identity{Scopes: []string{"workflows:read", "agent:chat"}}
+	for _, tc := range []struct {
+		required, missing string
+		ok                bool
+	}{
+		{"", "", true},
+		{"agent:chat", "", true},
+		{"agent:admin", "agent:admin", false},
+		{"agent:chat workflows:read", "", true},
+		{"agent:chat  workflows:write", "workflows:write", false},
+		{"agent:chat\tworkflows:write", "workflows:write", false},
+		{" agent:chat ", "", true},
+		{"agent:chat\u00a0x", "x", false},
+	} {
+		missing, ok := id.MissingScope(tc.required)
+		if ok != tc.ok || (!ok && missing != tc.missing) {
+			t.Errorf("MissingScope(%q) = %q, %v; want %q, %v", tc.required, missing, ok, tc.missing, tc.ok)
+		}
+	}
+}

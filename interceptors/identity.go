@@ -49,12 +49,27 @@ func (id Identity) HasScope(scope string) bool {
 // MissingScope returns the first of the space-separated scopes in required
 // that the identity was not granted; ok is true when it holds them all.
 func (id Identity) MissingScope(required string) (missing string, ok bool) {
+	if oneScope(required) {
+		// As most rules ask: no need to split.
+		return required, id.HasScope(required)
+	}
 	for scope := range strings.FieldsSeq(required) {
 		if !id.HasScope(scope) {
 			return scope, false
 		}
 	}
 	return "", true
+}
+
+// oneScope reports whether s is a single scope: printable ASCII without
+// spaces, which strings.Fields would return whole.
+func oneScope(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // check refuses an identity whose names cannot travel in a header; source

@@ -485,6 +485,11 @@ func FuzzParseH1(f *testing.F) {
 			f.Add([]byte(w))
 		}
 	}
+	// Lower-case names, which the parser looks up rather than computes.
+	f.Add([]byte("POST /api/v1/session HTTP/1.1\r\nhost: gw\r\nuser-agent: h2load\r\naccept: */*\r\ncontent-type: application/json\r\n" +
+		"x-api-key: k\r\nx-request-id: a\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"))
+	f.Add([]byte("GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n{}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		req, n, verdict := parseH1(data)
 		if verdict != h1Parsed {

@@ -141,11 +141,12 @@ func neverForwarded(name string) bool {
 }
 
 // commonHeaderNames are the header names most calls carry, whose
-// conversion between gRPC metadata's lower-case keys and HTTP's canonical
-// names is looked up instead of computed: computing it allocated a string
-// per header and call, on both sides of every gRPC call.
+// conversion between gRPC metadata's lower-case keys (or an HTTP/1.1
+// client's lower-case names) and HTTP's canonical names is looked up
+// instead of computed: computing it allocated a string per header and
+// call, on both sides of every gRPC call.
 var commonHeaderNames = append([]string{
-	"Content-Type", "User-Agent", "Te", "Authorization", "X-Api-Key",
+	"Content-Type", "Content-Length", "Host", "Accept", "Connection", "User-Agent", "Te", "Authorization", "X-Api-Key",
 	"Grpc-Accept-Encoding", "Grpc-Encoding", "Grpc-Timeout", "Accept-Encoding",
 	interceptors.HeaderToken,
 }, defaultForwardHeaders...)

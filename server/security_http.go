@@ -39,7 +39,9 @@ const accessTokenParam = "access_token"
 func (s *security) edge(ctx context.Context, remoteAddr string, header http.Header) context.Context {
 	interceptors.StripIdentityHeaders(header)
 	if s.needClientIP {
-		ctx = interceptors.WithClientIP(ctx, s.proxies.ClientIP(remoteAddr, header.Values("X-Forwarded-For")))
+		// Indexed rather than header.Values, which checks the name's case
+		// on every call.
+		ctx = interceptors.WithClientIP(ctx, s.proxies.ClientIP(remoteAddr, header["X-Forwarded-For"]))
 	}
 	return ctx
 }
