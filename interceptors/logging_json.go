@@ -141,6 +141,15 @@ func appendLineEnd(b []byte, d time.Duration, requestID, peer string) []byte {
 	return appendJSONString(b, peer)
 }
 
+// jsonPlain marks the bytes a JSON string holds as they are: ASCII
+// other than control characters, '"' and '\\'.
+var jsonPlain = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // appendJSONString appends s quoted as slog's JSON handler quotes it:
 // control characters, quotes and backslashes escaped, invalid UTF-8 as
 // \ufffd, U+2028 and U+2029 escaped (they end a line in JavaScript), and
@@ -150,12 +159,16 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		// Runs of plain ASCII, most of every line, cost a table lookup a
+		// byte.
+		for i < len(s) && jsonPlain[s[i]] {
+			i++
+		}
+		if i == len(s) {
+			break
+		}
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
 			b = append(b, s[start:i]...)
 			switch c {
 			case '"', '\\':
