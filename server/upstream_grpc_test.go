@@ -231,3 +231,30 @@ func TestNonASCIIForwardedHeader(t *testing.T) {
 		t.Errorf("got %d %s", res.status, res.body)
 	}
 }
+
+// TestPrintableASCII holds the word-at-a-time check to the byte-by-byte
+// rule: every byte value at every position of strings up to three words
+// long, in a background of printable bytes at both ends of the range.
+func TestPrintableASCII(t *testing.T) {
+	byByte := func(v string) bool {
+		for i := range len(v) {
+			if v[i] < 0x20 || v[i] > 0x7e {
+				return false
+			}
+		}
+		return true
+	}
+	for _, fill := range []byte{0x20, 0x7e, 'a'} {
+		for n := range 25 {
+			for pos := range n {
+				for c := range 256 {
+					b := []byte(strings.Repeat(string(fill), n))
+					b[pos] = byte(c)
+					if got, want := printableASCII(string(b)), byByte(string(b)); got != want {
+						t.Fatalf("printableASCII(%q) = %v, want %v", b, got, want)
+					}
+				}
+			}
+		}
+	}
+}
