@@ -368,15 +368,7 @@ func parseH1(data []byte) (h1Request, int, h1Verdict) {
 			return req, 0, h1Foreign
 		}
 		value = textproto.TrimString(value)
-		key, common := "", false
-		if c := name[0]; 'a' <= c && c <= 'z' {
-			// A lower-case name, as HTTP/2-minded clients send: the common
-			// ones are looked up rather than canonicalized into a new string.
-			key, common = canonicalNames[name]
-		}
-		if !common {
-			key = textproto.CanonicalMIMEHeaderKey(name)
-		}
+		key := canonicalName(name)
 		switch key {
 		case "Host":
 			hosts++

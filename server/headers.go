@@ -165,10 +165,14 @@ var canonicalNames, lowerNames = func() (map[string]string, map[string]string) {
 	return canonical, lower
 }()
 
-// canonicalName is http.CanonicalHeaderKey(key) for a metadata key.
+// canonicalName is http.CanonicalHeaderKey(key), for a metadata key or
+// an HTTP/1.1 header name. Only a lower-case name can be a common one
+// looked up; any other goes straight to the computation.
 func canonicalName(key string) string {
-	if name, ok := canonicalNames[key]; ok {
-		return name
+	if key != "" && 'a' <= key[0] && key[0] <= 'z' {
+		if name, ok := canonicalNames[key]; ok {
+			return name
+		}
 	}
 	return http.CanonicalHeaderKey(key)
 }
