@@ -193,7 +193,7 @@ func (a *Authenticator) apiKey(key string) (Identity, error) {
 		return Identity{}, unauthenticated("API keys are not accepted")
 	}
 	key = strings.TrimSpace(key)
-	if key == "" || len(key) > 1024 || hasLineBreakOrNUL(key) {
+	if key == "" || len(key) > 1024 || strings.ContainsAny(key, "\x00\r\n") {
 		return Identity{}, unauthenticated("invalid API key")
 	}
 	id, ok := a.apiKeys[sha256.Sum256([]byte(key))]
@@ -201,15 +201,4 @@ func (a *Authenticator) apiKey(key string) (Identity, error) {
 		return Identity{}, unauthenticated("invalid API key")
 	}
 	return id, nil
-}
-
-// hasLineBreakOrNUL is strings.ContainsAny(s, "\x00\r\n") without the
-// set it builds on every call.
-func hasLineBreakOrNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c == 0 || c == '\r' || c == '\n' {
-			return true
-		}
-	}
-	return false
 }
