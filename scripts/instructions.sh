@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-3000}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"; git worktree prune' EXIT
 
 build() { # rev -> binary
   local rev=$1 out=$work/flowgate-${1//\//_}
