@@ -89,30 +89,33 @@ func (e *hpackEncoder) field(b []byte, name, value string) []byte {
 	case name == ":scheme" && value == "http":
 		return append(b, 0x86)
 	case hpackVolatile(name):
-		return e.literal(b, 0x00, 4, name, value)
+		return appendHPACKLiteral(b, 0x00, 4, name, value)
 	}
 	f := hpackEntry{name, value}
 	if s, ok := e.seq[f]; ok {
-		newest := e.evicted + uint64(len(e.ents)-e.head)
-		return appendHPACKInt(b, 0x80, 7, 62+newest-s)
+		// The newest entry is index 62, the first after the static table.
+		return appendHPACKInt(b, 0x80, 7, 62+e.inserted()-s)
 	}
 	size := hpackSize(name, value)
 	// A field of over half the table would push out most of what repeats.
 	if size > e.max/2 {
-		return e.literal(b, 0x00, 4, name, value)
+		return appendHPACKLiteral(b, 0x00, 4, name, value)
 	}
-	b = e.literal(b, 0x40, 6, name, value)
+	b = appendHPACKLiteral(b, 0x40, 6, name, value)
 	e.evictTo(e.max - size)
 	e.ents = append(e.ents, f)
 	e.size += size
-	e.seq[f] = e.evicted + uint64(len(e.ents)-e.head)
+	e.seq[f] = e.inserted()
 	return b
 }
 
-// literal appends a literal field: with incremental indexing (0x40, a
+// inserted is the number of the newest entry: how many were ever inserted.
+func (e *hpackEncoder) inserted() uint64 { return e.evicted + uint64(len(e.ents)-e.head) }
+
+// appendHPACKLiteral appends a literal field: with incremental indexing (0x40, a
 // 6-bit prefix) or without (0x00, 4 bits). The names the client sends
 // that the static table holds are sent by index.
-func (e *hpackEncoder) literal(b []byte, first byte, prefix uint8, name, value string) []byte {
+func appendHPACKLiteral(b []byte, first byte, prefix uint8, name, value string) []byte {
 	idx := uint64(0)
 	switch name {
 	case ":authority":
