@@ -62,6 +62,13 @@ func startGateway(tb testing.TB, cfg Config) (*Gateway, string) {
 	if cfg.Security.BackendKey == "" {
 		cfg.Security.BackendKey = testBackendKey
 	}
+	return serveGateway(tb, cfg)
+}
+
+// serveGateway is startGateway for cfg as it is, without a backend key
+// if it names none.
+func serveGateway(tb testing.TB, cfg Config) (*Gateway, string) {
+	tb.Helper()
 	gw, err := New(cfg)
 	if err != nil {
 		tb.Fatalf("New: %v", err)

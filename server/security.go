@@ -67,7 +67,8 @@ type SecurityConfig struct {
 	DefaultTenant string
 	// BackendKey is the key shared with the backends, with which the
 	// gateway signs each forwarded call's identity (at least 32 bytes).
-	// Remote backends need it; empty makes a key for this process alone.
+	// flowgate-backends need it; empty sends calls without a token, which
+	// they refuse.
 	// Env FLOWGATE_BACKEND_KEY, flag -backend-key.
 	BackendKey string
 	// PublicReflection serves gRPC server reflection without credentials.

@@ -154,8 +154,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if !embedded && o.security.BackendKey == "" {
 		// Not fatal: a remote backend that does not verify calls (a test
 		// double, a load-test stub) still works; flowgate-backends refuses
-		// every call, saying the token is invalid.
-		logger.Warn("NO BACKEND KEY: calls to the remote backends are signed with a key of this process, " +
+		// every call, saying the gateway token is missing.
+		logger.Warn("NO BACKEND KEY: calls to the remote backends carry no gateway token, " +
 			"which flowgate-backends will refuse; set -backend-key (FLOWGATE_BACKEND_KEY) here and on the backends")
 	}
 	ln, err := net.Listen("tcp", o.listen)

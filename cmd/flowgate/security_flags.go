@@ -20,7 +20,7 @@ func securityFlags(set *flagenv.Set, c *server.SecurityConfig) {
 	set.String(&c.TenantClaim, "jwt-tenant-claim", "FLOWGATE_JWT_TENANT_CLAIM", "", "claim holding the tenant (default tenant)")
 	set.String(&c.APIKeys, "api-keys", "FLOWGATE_API_KEYS", "", "X-API-Key credentials as sha256hex:subject:tenant:scope1 scope2;... (or a JSON array); enables authentication")
 	set.String(&c.DefaultTenant, "default-tenant", "FLOWGATE_DEFAULT_TENANT", "", "single-tenant mode: tenant of credentials that name none (default: refuse them with 401)")
-	set.String(&c.BackendKey, "backend-key", "FLOWGATE_BACKEND_KEY", "", "key shared with flowgate-backends to sign each call's identity, at least 32 bytes; needed with remote backends (default: a key of this process, enough for the embedded ones)")
+	set.String(&c.BackendKey, "backend-key", "FLOWGATE_BACKEND_KEY", "", "key shared with flowgate-backends to sign each call's identity, at least 32 bytes; needed with remote flowgate-backends (default: a key of this process for the embedded ones; none, so no token, for remote ones)")
 	set.Bool(&c.PublicReflection, "public-reflection", "FLOWGATE_PUBLIC_REFLECTION", false, "serve gRPC reflection without credentials")
 	set.Float(&c.RateLimitIP, "rate-limit-ip", "FLOWGATE_RATE_LIMIT_IP", 0, "requests per second per client IP (0: unlimited)")
 	set.Int(&c.RateLimitIPBurst, "rate-limit-ip-burst", "FLOWGATE_RATE_LIMIT_IP_BURST", 0, "burst per client IP (default twice the rate)")
