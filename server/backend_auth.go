@@ -20,7 +20,7 @@ const openSubject = "anonymous"
 // with the configured key. Without one, calls go without a token: a token
 // signed with a key no backend holds proves nothing to anyone, while each
 // backend would still receive, validate and keep a 300-byte header on
-// every call (about a tenth of what a null grpc-go backend spends on one).
+// every call (about a twelfth of what a null grpc-go backend spends on one).
 // The embedded backends always get a key: the command makes one for its
 // process.
 func (s *security) withBackendTokens(p headerPolicy) (headerPolicy, error) {
