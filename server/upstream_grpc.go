@@ -286,8 +286,8 @@ func outgoingMetadata(ctx context.Context, md metadata.MD, header http.Header) (
 }
 
 func printableASCII(v string) bool {
-	// Eight bytes at a time: every forwarded call carries a 300-byte
-	// identity token, checked here. In a word of bytes all within
+	// Eight bytes at a time: every call signed for the backends carries
+	// a 300-byte identity token, checked here. In a word of bytes all within
 	// 0x20..0x7e, neither x-0x20 nor x+1 borrows or carries across bytes
 	// or sets a byte's high bit. The lowest byte outside the range gets no
 	// borrow or carry from below and sets its own: below 0x20 in x-0x20,
