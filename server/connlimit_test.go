@@ -59,7 +59,7 @@ func TestConnectionCapCountsIPv6ByBlockAndSparesProxies(t *testing.T) {
 		connFrom(t, "10.0.0.1:1004"), // a trusted proxy: not counted
 	}
 	sec := &security{cfg: SecurityConfig{MaxConnsPerIP: 1}, proxies: proxies, logger: slog.New(slog.DiscardHandler)}
-	ln := sec.limitListener(&queueListener{queue: append([]*fakeConn(nil), conns...)})
+	ln := sec.limitListener(&queueListener{queue: append([]*fakeConn(nil), conns...)}, false)
 	var accepted []net.Conn
 	for {
 		c, err := ln.Accept()

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // startH2C serves h on a kernel-chosen loopback port, speaking HTTP/1.1 and
@@ -45,6 +49,27 @@ func h2cClient(tb testing.TB) *http.Client {
 	tr := &http.Transport{Protocols: protocols}
 	tb.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
+}
+
+// dialH2 opens a cleartext HTTP/2 connection to url by hand and sends
+// the preface and SETTINGS, for tests that read the frames the gateway
+// sends; the connection closes with the test.
+func dialH2(t *testing.T, url string) *http2.Framer {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return fr
 }
 
 // http1Client speaks HTTP/1.1 only, as curl and browsers commonly do.

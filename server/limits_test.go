@@ -16,6 +16,10 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	agentv1 "github.com/flowgate/flowgate/gen/go/workflow/agent/v1"
@@ -378,6 +382,103 @@ func TestConnectionCapPerIP(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // the gateway sees the close
 	if _, err := health(); err != nil {
 		t.Errorf("a connection after one closed: %v", err)
+	}
+}
+
+// TestConnectionCapAnswers: a connection over the cap is answered in its
+// request's protocol, not reset: REST gets the contract's 429 with
+// Retry-After, Connect and gRPC-Web callers ResourceExhausted, and an
+// HTTP/2 caller a GOAWAY that lets it retry; each is counted.
+func TestConnectionCapAnswers(t *testing.T) {
+	t.Parallel()
+	url := startLimitGateway(t, func(c *SecurityConfig) { c.MaxConnsPerIP = 1 })
+	held, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = held.Close() })
+	_ = held.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(held, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := http.ReadResponse(bufio.NewReader(held), nil); err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("the connection under the cap: %v", err)
+	}
+	const wantMsg = "too many open connections from this address (limit 1)"
+
+	t.Run("rest", func(t *testing.T) {
+		res, err := http1Client(t).Post(url+"/api/v1/session", "application/json", strings.NewReader(`{"action":"create"}`))
+		if err != nil {
+			t.Fatalf("refused connection not answered: %v", err)
+		}
+		defer res.Body.Close()
+		var body struct {
+			Error struct {
+				Code, Message string
+				Details       map[string]any
+			}
+		}
+		if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		if res.StatusCode != http.StatusTooManyRequests || body.Error.Code != "RATE_LIMITED" ||
+			!strings.Contains(body.Error.Message, wantMsg) || body.Error.Details["retry_after_seconds"] != 1.0 {
+			t.Errorf("got %d %+v, want 429 RATE_LIMITED %q, retry after 1 s", res.StatusCode, body.Error, wantMsg)
+		}
+		if res.Header.Get("Retry-After") != "1" || !res.Close || res.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("headers %v (close %v), want Retry-After 1, JSON, the connection closed", res.Header, res.Close)
+		}
+	})
+	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: "w"}}
+	for name, opts := range map[string][]connect.ClientOption{
+		"connect":  nil,
+		"grpc-web": {connect.WithGRPCWeb()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			client := enginev1connect.NewWorkflowEngineServiceClient(http1Client(t), url, opts...)
+			_, err := client.ExecuteWorkflow(context.Background(), connect.NewRequest(req))
+			if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), wantMsg) {
+				t.Errorf("got %v, want ResourceExhausted %q", err, wantMsg)
+			}
+		})
+	}
+	t.Run("grpc", func(t *testing.T) {
+		// net/http's client does not show a GOAWAY's text: read the frames.
+		fr := dialH2(t, url)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("no GOAWAY before %v", err)
+			}
+			if ga, ok := f.(*http2.GoAwayFrame); ok {
+				if ga.LastStreamID != 0 || ga.ErrCode != http2.ErrCodeEnhanceYourCalm || !strings.Contains(string(ga.DebugData()), wantMsg) {
+					t.Errorf("GOAWAY last stream %d, %v, %q; want 0, ENHANCE_YOUR_CALM, %q", ga.LastStreamID, ga.ErrCode, ga.DebugData(), wantMsg)
+				}
+				break
+			}
+		}
+	})
+	// Once the held connection's place is freed, the count is read on a
+	// new one.
+	_ = held.Close()
+	var families map[string]*dto.MetricFamily
+	for deadline := time.Now().Add(5 * time.Second); families == nil; time.Sleep(20 * time.Millisecond) {
+		if res, err := http1Client(t).Get(url + "/metrics"); err == nil {
+			if res.StatusCode == http.StatusOK {
+				parser := expfmt.NewTextParser(model.UTF8Validation)
+				families, err = parser.TextToMetricFamilies(res.Body)
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			res.Body.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the place of the closed connection was not freed")
+		}
+	}
+	if v := value(families, "flowgate_rate_limit_refusals_total", map[string]string{"reason": "conn_limit"}); v < 4 {
+		t.Errorf("conn_limit refusals counted %v, want at least the four answered", v)
 	}
 }
 

@@ -83,7 +83,7 @@ func newMetrics(procedures []string) *metrics {
 		resSize:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "flowgate_rpc_response_message_bytes", Help: "Size of response messages in binary protobuf, by procedure and caller protocol.", Buckets: messageSize}, byProcedure),
 	}
 	m.sseOpen = prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowgate_sse_streams_open", Help: "Server-Sent-Events streams open."})
-	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_rate_limit_refusals_total", Help: "Calls refused by a rate limit (rate_limit) or the cap on open streams per caller (stream_limit)."}, []string{"reason"})
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_rate_limit_refusals_total", Help: "Calls refused by a rate limit (rate_limit), the cap on open streams per caller (stream_limit), and connections refused by the cap per client address (conn_limit)."}, []string{"reason"})
 	m.authFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowgate_auth_failures_total", Help: "Calls refused by authentication (unauthenticated) or authorization (permission_denied)."}, []string{"reason"})
 	m.upstream = newUpstreamVecs()
 	m.registry.MustRegister(m.rpc.requests, m.rpc.duration, m.rpc.inFlight, m.rpc.reqSize, m.rpc.resSize,

@@ -130,7 +130,11 @@ type SecurityConfig struct {
 	// are timed. Env FLOWGATE_WRITE_TIMEOUT, flag -write-timeout.
 	WriteTimeout time.Duration
 	// MaxConnsPerIP caps the open connections of one client address (an
-	// IPv6 /64), trusted proxies excepted (default 256; negative: no cap).
+	// IPv6 /64), trusted proxies excepted (default 1024; negative: no cap).
+	// Connections over it get 429 RATE_LIMITED, or a GOAWAY on HTTP/2, and
+	// are closed. An HTTP/1.1 caller needs a connection per call in flight:
+	// the default lets one caller at 2,000 calls a second wait half a second
+	// on a slow upstream before it is refused.
 	// Env FLOWGATE_MAX_CONNS_PER_IP, flag -max-conns-per-ip.
 	MaxConnsPerIP int
 	// MaxStreamsPerCaller caps the server streams (SSE included) one caller
@@ -160,7 +164,7 @@ const (
 	defaultMaxConcurrentStreams = 250
 	defaultBodyReadTimeout      = 30 * time.Second
 	defaultWriteTimeout         = 30 * time.Second
-	defaultMaxConnsPerIP        = 256
+	defaultMaxConnsPerIP        = 1024
 	defaultMaxStreamsPerCaller  = 32
 	defaultSSECookie            = "flowgate_token"
 	defaultSSEQueryTokenMaxTTL  = 5 * time.Minute
@@ -193,7 +197,9 @@ type security struct {
 	errs         errorWriter
 	// authFailed counts credentials refused at the HTTP level, which the
 	// interceptors that count the others never see; nil counts nothing.
-	authFailed   func()
+	authFailed func()
+	// connRefused counts connections refused by the per-address cap.
+	connRefused  func()
 	needClientIP bool
 	// openEnded are the procedures whose request bodies are not timed.
 	openEnded map[string]bool

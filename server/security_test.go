@@ -426,19 +426,7 @@ func TestAuthDisabledWarnsLoudly(t *testing.T) {
 func TestHTTP2StreamCap(t *testing.T) {
 	t.Parallel()
 	f := newSecFixture(t, func(c *Config) { c.Security.MaxConcurrentStreams = 17 })
-	conn, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(conn, conn)
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
+	fr := dialH2(t, f.url)
 	for {
 		frame, err := fr.ReadFrame()
 		if err != nil {

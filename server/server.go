@@ -228,6 +228,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	access := interceptors.NewAccessLog(g.logger)
 	g.metrics = newMetrics(knownProcedures())
 	g.security.authFailed = g.metrics.authFails.WithLabelValues(codeLabel(connect.CodeUnauthenticated)).Inc
+	g.security.connRefused = g.metrics.refusals.WithLabelValues("conn_limit").Inc
 	chain := append([]connect.Interceptor{access.Interceptor(), restTraceInterceptor(), g.metrics.interceptor()},
 		g.metrics.watchRefusals(g.security.interceptors())...)
 	if g.tracing = interceptors.NewTracing(g.cfg.TracerProvider); g.tracing != nil {
@@ -482,7 +483,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(g.logger.Handler(), slog.LevelDebug),
 	}
 	g.security.configureServer(srv)
-	ln = g.security.limitListener(ln)
+	ln = g.security.limitListener(ln, g.tlsConfig == nil)
 	drain := newDrainTracker()
 	drain.track(srv)
 	httpLn := ln

@@ -37,7 +37,7 @@ func securityFlags(set *flagenv.Set, c *server.SecurityConfig) {
 	set.Duration(&c.IdleTimeout, "idle-timeout", "FLOWGATE_IDLE_TIMEOUT", 0, "idle keep-alive connection timeout (default 120s)")
 	set.Duration(&c.BodyReadTimeout, "body-read-timeout", "FLOWGATE_BODY_READ_TIMEOUT", 0, "time allowed to receive a whole request body; streaming uploads exempt (default 30s; negative: none)")
 	set.Duration(&c.WriteTimeout, "write-timeout", "FLOWGATE_WRITE_TIMEOUT", 0, "a response write that makes no progress for this long ends the call; idle streams unaffected (default 30s; negative: none)")
-	set.Int(&c.MaxConnsPerIP, "max-conns-per-ip", "FLOWGATE_MAX_CONNS_PER_IP", 0, "open connections per client address (IPv6: per /64), trusted proxies exempt (default 256; negative: no cap)")
+	set.Int(&c.MaxConnsPerIP, "max-conns-per-ip", "FLOWGATE_MAX_CONNS_PER_IP", 0, "open connections per client address (IPv6: per /64), trusted proxies exempt (default 1024; negative: no cap); connections over it get 429 RATE_LIMITED (HTTP/2: a GOAWAY) and are closed")
 	set.Int(&c.MaxStreamsPerCaller, "max-streams-per-caller", "FLOWGATE_MAX_STREAMS_PER_CALLER", 0, "open server streams (SSE included) per subject, or per address without credentials (default 32; negative: no cap)")
 	set.Uint32(&c.MaxConcurrentStreams, "max-concurrent-streams", "FLOWGATE_MAX_CONCURRENT_STREAMS", 0, "HTTP/2 streams per connection (default 250)")
 	set.String(&c.SSECookie, "sse-cookie", "FLOWGATE_SSE_COOKIE", "", "cookie SSE routes read a bearer token from, or an API key when its value is not a JWT (default flowgate_token)")
