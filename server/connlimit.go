@@ -51,9 +51,14 @@ type connLimitListener struct {
 	// handshake).
 	answers chan struct{}
 	errs    errorWriter
+	stream  streamRefusal
 	// refused counts refused connections; nil counts nothing.
 	refused func()
 }
+
+// streamRefusal answers r with err if r opens an SSE stream, and says
+// whether it did.
+type streamRefusal func(w http.ResponseWriter, r *http.Request, err error) bool
 
 const (
 	// refuseAnswers bounds the refused connections answered at once, so
@@ -73,7 +78,7 @@ func (s *security) limitListener(ln net.Listener, answer bool) net.Listener {
 		return ln
 	}
 	l := &connLimitListener{Listener: ln, open: interceptors.NewTally[netip.Addr](s.cfg.MaxConnsPerIP),
-		proxies: s.proxies, logger: s.logger, errs: s.errs, refused: s.connRefused}
+		proxies: s.proxies, logger: s.logger, errs: s.errs, stream: s.refuseStream, refused: s.connRefused}
 	if answer {
 		l.answers = make(chan struct{}, refuseAnswers)
 	}
@@ -112,13 +117,13 @@ func (l *connLimitListener) refuse(conn net.Conn) {
 	}
 	go func() {
 		defer func() { <-l.answers }()
-		answerRefused(conn, l.errs, l.open.Max())
+		answerRefused(conn, l.errs, l.stream, l.open.Max())
 	}()
 }
 
 // answerRefused reads the start of a refused connection, answers it and
 // closes it once the caller has had the answer.
-func answerRefused(conn net.Conn, errs errorWriter, limit int) {
+func answerRefused(conn net.Conn, errs errorWriter, stream streamRefusal, limit int) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(refuseWait))
 	buf := make([]byte, 0, refuseHead)
@@ -140,7 +145,7 @@ func answerRefused(conn net.Conn, errs errorWriter, limit int) {
 		// retried.
 		_ = fr.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte(msg))
 	} else {
-		_, _ = conn.Write(refusalAnswer(buf, errs, msg))
+		_, _ = conn.Write(refusalAnswer(buf, errs, stream, msg))
 	}
 	// Closed with the request unread, the socket would be reset, and the
 	// reset can overtake the answer: stop sending, and read until the
@@ -162,9 +167,9 @@ func headRead(buf []byte) bool {
 
 // refusalAnswer is the HTTP/1.1 response to a refused connection whose
 // request starts with head: the request's protocol's shape of a rate-limit
-// error (the contract's for REST and for a head that cannot be parsed),
-// closing the connection.
-func refusalAnswer(head []byte, errs errorWriter, msg string) []byte {
+// error (the contract's for REST and for a head that cannot be parsed; for
+// an SSE stream, one that EventSource retries), closing the connection.
+func refusalAnswer(head []byte, errs errorWriter, stream streamRefusal, msg string) []byte {
 	ce := connect.NewError(connect.CodeResourceExhausted, errors.New(msg))
 	ce.Meta().Set("Retry-After", "1")
 	for _, detail := range []proto.Message{
@@ -176,10 +181,13 @@ func refusalAnswer(head []byte, errs errorWriter, msg string) []byte {
 		}
 	}
 	w := &answerWriter{header: http.Header{}}
-	if r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head))); err == nil {
-		errs.write(w, r, ce)
-	} else {
+	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+	switch {
+	case err != nil:
 		writeRESTError(w, ce)
+	case stream != nil && stream(w, r, ce):
+	default:
+		errs.write(w, r, ce)
 	}
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -214,6 +222,10 @@ func (w *answerWriter) Write(p []byte) (int, error) {
 	w.WriteHeader(http.StatusOK)
 	return w.body.Write(p)
 }
+
+// FlushError lets an SSE answer flush as it writes; the answer is sent
+// whole.
+func (w *answerWriter) FlushError() error { return nil }
 
 // connKey is what connections are counted by: the address, or its /64.
 func connKey(addr netip.Addr) netip.Addr {

@@ -387,8 +387,9 @@ func TestConnectionCapPerIP(t *testing.T) {
 
 // TestConnectionCapAnswers: a connection over the cap is answered in its
 // request's protocol, not reset: REST gets the contract's 429 with
-// Retry-After, Connect and gRPC-Web callers ResourceExhausted, and an
-// HTTP/2 caller a GOAWAY that lets it retry; each is counted.
+// Retry-After, an SSE stream an error event that EventSource retries,
+// Connect and gRPC-Web callers ResourceExhausted, and an HTTP/2 caller a
+// GOAWAY that lets it retry; each is counted.
 func TestConnectionCapAnswers(t *testing.T) {
 	t.Parallel()
 	url := startLimitGateway(t, func(c *SecurityConfig) { c.MaxConnsPerIP = 1 })
@@ -427,6 +428,26 @@ func TestConnectionCapAnswers(t *testing.T) {
 		}
 		if res.Header.Get("Retry-After") != "1" || !res.Close || res.Header.Get("Content-Type") != "application/json" {
 			t.Errorf("headers %v (close %v), want Retry-After 1, JSON, the connection closed", res.Header, res.Close)
+		}
+	})
+	t.Run("sse", func(t *testing.T) {
+		// EventSource stops for good on any status but 200: the refusal
+		// is an error event on a stream, with retry advice.
+		req, err := http.NewRequest(http.MethodGet, url+"/api/v1/chat/stream?session_id=s&user_message=hi", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "text/event-stream")
+		res, err := http1Client(t).Do(req)
+		if err != nil {
+			t.Fatalf("refused connection not answered: %v", err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") ||
+			!strings.Contains(string(body), "retry: ") || !strings.Contains(string(body), "event: error\ndata: {\"error\":{\"code\":\"RATE_LIMITED\"") ||
+			!strings.Contains(string(body), wantMsg) {
+			t.Errorf("got %d %q %q, want a 200 event stream with retry advice and a RATE_LIMITED error event", res.StatusCode, res.Header.Get("Content-Type"), body)
 		}
 	})
 	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: "w"}}
@@ -477,8 +498,8 @@ func TestConnectionCapAnswers(t *testing.T) {
 			t.Fatal("the place of the closed connection was not freed")
 		}
 	}
-	if v := value(families, "flowgate_rate_limit_refusals_total", map[string]string{"reason": "conn_limit"}); v < 4 {
-		t.Errorf("conn_limit refusals counted %v, want at least the four answered", v)
+	if v := value(families, "flowgate_rate_limit_refusals_total", map[string]string{"reason": "conn_limit"}); v < 5 {
+		t.Errorf("conn_limit refusals counted %v, want at least the five answered", v)
 	}
 }
 

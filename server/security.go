@@ -131,8 +131,8 @@ type SecurityConfig struct {
 	WriteTimeout time.Duration
 	// MaxConnsPerIP caps the open connections of one client address (an
 	// IPv6 /64), trusted proxies excepted (default 1024; negative: no cap).
-	// Connections over it get 429 RATE_LIMITED, or a GOAWAY on HTTP/2, and
-	// are closed. An HTTP/1.1 caller needs a connection per call in flight:
+	// Connections over it get 429 RATE_LIMITED (an SSE stream: an error
+	// event EventSource retries; HTTP/2: a GOAWAY), and are closed. An HTTP/1.1 caller needs a connection per call in flight:
 	// the default lets one caller at 2,000 calls a second wait half a second
 	// on a slow upstream before it is refused.
 	// Env FLOWGATE_MAX_CONNS_PER_IP, flag -max-conns-per-ip.
@@ -198,8 +198,10 @@ type security struct {
 	// authFailed counts credentials refused at the HTTP level, which the
 	// interceptors that count the others never see; nil counts nothing.
 	authFailed func()
-	// connRefused counts connections refused by the per-address cap.
+	// connRefused counts connections refused by the per-address cap;
+	// refuseStream answers such a connection's SSE request (nil: none).
 	connRefused  func()
+	refuseStream streamRefusal
 	needClientIP bool
 	// openEnded are the procedures whose request bodies are not timed.
 	openEnded map[string]bool

@@ -323,6 +323,7 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 		return nil, err
 	}
 	g.bridges = bridges
+	g.security.refuseStream = refuseStreams(bridges)
 	routes := routeDirect(mux, rest, directPaths(mux, g.rest.postPaths()), noRoute)
 	procedures := map[string]bool{}
 	for _, p := range serviceProcedures() {

@@ -94,6 +94,25 @@ func mountSSE(mux *http.ServeMux, streams map[string]connect.StreamingHandlerFun
 	return bridges, nil
 }
 
+// refuseStreams answers the SSE request of a connection refused at the
+// per-address cap on its route's bridge, which EventSource retries;
+// bridges are as mountSSE returns them.
+func refuseStreams(bridges []*sse.Bridge) streamRefusal {
+	byPath := make(map[string]*sse.Bridge, len(bridges))
+	for i, route := range sseRoutes {
+		_, path, _ := strings.Cut(route.pattern, " ")
+		byPath[path] = bridges[i]
+	}
+	return func(w http.ResponseWriter, r *http.Request, err error) bool {
+		b := byPath[r.URL.Path]
+		if b == nil || r.Method != http.MethodGet {
+			return false
+		}
+		b.Refuse(w, err)
+		return true
+	}
+}
+
 // intercept wraps h in chain as connect.WithInterceptors does: the first
 // interceptor is the outermost.
 func intercept(chain []connect.Interceptor, h connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {

@@ -66,9 +66,23 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // turnAway answers a stream opened while the server shuts down: the
 // browser comes back after the advised delay, to this server restarted or
 // to another behind the same address.
-func (b *Bridge) turnAway(w http.ResponseWriter) {
+func (b *Bridge) turnAway(w http.ResponseWriter) { b.answerPassing(w, shuttingDown()) }
+
+// Refuse answers a stream request that the server refused before serving
+// it, for a reason that passes on its own (too many connections from the
+// caller's address): err as the single error event of a 200 stream with
+// retry advice, as for an outage, so that EventSource comes back after the
+// advised delay instead of stopping for good.
+func (b *Bridge) Refuse(w http.ResponseWriter, err error) {
+	failure := fromError(err)
+	failure.retryable = true
+	b.answerPassing(w, failure)
+}
+
+// answerPassing writes a failure that will pass as a whole stream.
+func (b *Bridge) answerPassing(w http.ResponseWriter, failure *apiError) {
 	s := &stream{b: b, out: w, rc: http.NewResponseController(w)}
-	s.writeError(shuttingDown())
+	s.writeError(failure)
 	s.close()
 }
 
