@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/rs/cors"
 	"golang.org/x/net/http2"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/proto"
@@ -52,6 +53,7 @@ type connLimitListener struct {
 	answers chan struct{}
 	errs    errorWriter
 	stream  streamRefusal
+	cors    *cors.Cors // nil: none
 	// refused counts refused connections; nil counts nothing.
 	refused func()
 }
@@ -78,7 +80,7 @@ func (s *security) limitListener(ln net.Listener, answer bool) net.Listener {
 		return ln
 	}
 	l := &connLimitListener{Listener: ln, open: interceptors.NewTally[netip.Addr](s.cfg.MaxConnsPerIP),
-		proxies: s.proxies, logger: s.logger, errs: s.errs, stream: s.refuseStream, refused: s.connRefused}
+		proxies: s.proxies, logger: s.logger, errs: s.errs, stream: s.refuseStream, cors: s.cors, refused: s.connRefused}
 	if answer {
 		l.answers = make(chan struct{}, refuseAnswers)
 	}
@@ -117,13 +119,13 @@ func (l *connLimitListener) refuse(conn net.Conn) {
 	}
 	go func() {
 		defer func() { <-l.answers }()
-		answerRefused(conn, l.errs, l.stream, l.open.Max())
+		l.answerRefused(conn)
 	}()
 }
 
 // answerRefused reads the start of a refused connection, answers it and
 // closes it once the caller has had the answer.
-func answerRefused(conn net.Conn, errs errorWriter, stream streamRefusal, limit int) {
+func (l *connLimitListener) answerRefused(conn net.Conn) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(refuseWait))
 	buf := make([]byte, 0, refuseHead)
@@ -137,7 +139,7 @@ func answerRefused(conn net.Conn, errs errorWriter, stream streamRefusal, limit 
 	if len(buf) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("too many open connections from this address (limit %d); close one or retry later", limit)
+	msg := fmt.Sprintf("too many open connections from this address (limit %d); close one or retry later", l.open.Max())
 	if bytes.HasPrefix(buf, []byte(h2Preface)) {
 		fr := http2.NewFramer(conn, nil)
 		_ = fr.WriteSettings()
@@ -145,7 +147,7 @@ func answerRefused(conn net.Conn, errs errorWriter, stream streamRefusal, limit 
 		// retried.
 		_ = fr.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte(msg))
 	} else {
-		_, _ = conn.Write(refusalAnswer(buf, errs, stream, msg))
+		_, _ = conn.Write(l.refusalAnswer(buf, msg))
 	}
 	// Closed with the request unread, the socket would be reset, and the
 	// reset can overtake the answer: stop sending, and read until the
@@ -169,7 +171,9 @@ func headRead(buf []byte) bool {
 // request starts with head: the request's protocol's shape of a rate-limit
 // error (the contract's for REST and for a head that cannot be parsed; for
 // an SSE stream, one that EventSource retries), closing the connection.
-func refusalAnswer(head []byte, errs errorWriter, stream streamRefusal, msg string) []byte {
+// The gateway's CORS policy applies, so that a page of another origin
+// can read it; a preflight gets its ordinary answer.
+func (l *connLimitListener) refusalAnswer(head []byte, msg string) []byte {
 	ce := connect.NewError(connect.CodeResourceExhausted, errors.New(msg))
 	ce.Meta().Set("Retry-After", "1")
 	for _, detail := range []proto.Message{
@@ -181,13 +185,18 @@ func refusalAnswer(head []byte, errs errorWriter, stream streamRefusal, msg stri
 		}
 	}
 	w := &answerWriter{header: http.Header{}}
-	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
-	switch {
-	case err != nil:
+	var answer http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if l.stream == nil || !l.stream(w, r, ce) {
+			l.errs.write(w, r, ce)
+		}
+	})
+	if l.cors != nil {
+		answer = l.cors.Handler(answer)
+	}
+	if r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head))); err == nil {
+		answer.ServeHTTP(w, r)
+	} else {
 		writeRESTError(w, ce)
-	case stream != nil && stream(w, r, ce):
-	default:
-		errs.write(w, r, ce)
 	}
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -197,6 +206,9 @@ func refusalAnswer(head []byte, errs errorWriter, stream streamRefusal, msg stri
 	w.header.Set("Connection", "close")
 	out := appendStatusLine(nil, w.status)
 	out = appendHeader(out, w.header, nil)
+	if !bodyAllowedForStatus(w.status) { // a preflight's 204
+		return append(out, "\r\n"...)
+	}
 	out = append(out, "Content-Length: "...)
 	out = strconv.AppendInt(out, int64(w.body.Len()), 10)
 	out = append(out, "\r\n\r\n"...)

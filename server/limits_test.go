@@ -408,7 +408,14 @@ func TestConnectionCapAnswers(t *testing.T) {
 	const wantMsg = "too many open connections from this address (limit 1)"
 
 	t.Run("rest", func(t *testing.T) {
-		res, err := http1Client(t).Post(url+"/api/v1/session", "application/json", strings.NewReader(`{"action":"create"}`))
+		// From a page of an allowed origin, which must be able to read it.
+		req, err := http.NewRequest(http.MethodPost, url+"/api/v1/session", strings.NewReader(`{"action":"create"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Origin", "http://localhost:3000")
+		res, err := http1Client(t).Do(req)
 		if err != nil {
 			t.Fatalf("refused connection not answered: %v", err)
 		}
@@ -426,8 +433,27 @@ func TestConnectionCapAnswers(t *testing.T) {
 			!strings.Contains(body.Error.Message, wantMsg) || body.Error.Details["retry_after_seconds"] != 1.0 {
 			t.Errorf("got %d %+v, want 429 RATE_LIMITED %q, retry after 1 s", res.StatusCode, body.Error, wantMsg)
 		}
-		if res.Header.Get("Retry-After") != "1" || !res.Close || res.Header.Get("Content-Type") != "application/json" {
-			t.Errorf("headers %v (close %v), want Retry-After 1, JSON, the connection closed", res.Header, res.Close)
+		if res.Header.Get("Retry-After") != "1" || !res.Close || res.Header.Get("Content-Type") != "application/json" ||
+			res.Header.Get("Access-Control-Allow-Origin") != "http://localhost:3000" {
+			t.Errorf("headers %v (close %v), want Retry-After 1, JSON, CORS for the page, the connection closed", res.Header, res.Close)
+		}
+	})
+	t.Run("preflight", func(t *testing.T) {
+		req, err := http.NewRequest(http.MethodOptions, url+"/api/v1/session", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Origin", "http://localhost:3000")
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		req.Header.Set("Access-Control-Request-Headers", "content-type")
+		res, err := http1Client(t).Do(req)
+		if err != nil {
+			t.Fatalf("refused preflight not answered: %v", err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNoContent || res.Header.Get("Access-Control-Allow-Origin") != "http://localhost:3000" ||
+			res.Header.Get("Content-Length") != "" {
+			t.Errorf("preflight got %d %v, want the gateway's 204 with CORS and no body", res.StatusCode, res.Header)
 		}
 	})
 	t.Run("sse", func(t *testing.T) {
