@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -201,18 +200,12 @@ func (l *connLimitListener) refusalAnswer(head []byte, msg string) []byte {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	w.header.Del("Content-Length")
 	w.header.Del("Transfer-Encoding")
-	w.header.Set("Connection", "close")
-	out := appendStatusLine(nil, w.status)
-	out = appendHeader(out, w.header, nil)
-	if !bodyAllowedForStatus(w.status) { // a preflight's 204
-		return append(out, "\r\n"...)
-	}
-	out = append(out, "Content-Length: "...)
-	out = strconv.AppendInt(out, int64(w.body.Len()), 10)
-	out = append(out, "\r\n\r\n"...)
-	return append(out, w.body.Bytes()...)
+	res := &http.Response{StatusCode: w.status, ProtoMajor: 1, ProtoMinor: 1, Header: w.header,
+		Body: io.NopCloser(&w.body), ContentLength: int64(w.body.Len()), Close: true}
+	var out bytes.Buffer
+	_ = res.Write(&out) // into memory
+	return out.Bytes()
 }
 
 // answerWriter keeps the response an error writer writes.

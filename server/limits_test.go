@@ -17,8 +17,6 @@ import (
 
 	"connectrpc.com/connect"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -406,20 +404,26 @@ func TestConnectionCapAnswers(t *testing.T) {
 		t.Fatalf("the connection under the cap: %v", err)
 	}
 	const wantMsg = "too many open connections from this address (limit 1)"
-
-	t.Run("rest", func(t *testing.T) {
-		// From a page of an allowed origin, which must be able to read it.
-		req, err := http.NewRequest(http.MethodPost, url+"/api/v1/session", strings.NewReader(`{"action":"create"}`))
+	// refused sends a request on a new connection, which the cap refuses.
+	refused := func(t *testing.T, method, path, body string, header http.Header) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(method, url+path, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Origin", "http://localhost:3000")
+		req.Header = header
 		res, err := http1Client(t).Do(req)
 		if err != nil {
 			t.Fatalf("refused connection not answered: %v", err)
 		}
-		defer res.Body.Close()
+		t.Cleanup(func() { res.Body.Close() })
+		return res
+	}
+
+	t.Run("rest", func(t *testing.T) {
+		// From a page of an allowed origin, which must be able to read it.
+		res := refused(t, http.MethodPost, "/api/v1/session", `{"action":"create"}`,
+			http.Header{"Content-Type": {"application/json"}, "Origin": {"http://localhost:3000"}})
 		var body struct {
 			Error struct {
 				Code, Message string
@@ -439,18 +443,8 @@ func TestConnectionCapAnswers(t *testing.T) {
 		}
 	})
 	t.Run("preflight", func(t *testing.T) {
-		req, err := http.NewRequest(http.MethodOptions, url+"/api/v1/session", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Origin", "http://localhost:3000")
-		req.Header.Set("Access-Control-Request-Method", "POST")
-		req.Header.Set("Access-Control-Request-Headers", "content-type")
-		res, err := http1Client(t).Do(req)
-		if err != nil {
-			t.Fatalf("refused preflight not answered: %v", err)
-		}
-		res.Body.Close()
+		res := refused(t, http.MethodOptions, "/api/v1/session", "", http.Header{"Origin": {"http://localhost:3000"},
+			"Access-Control-Request-Method": {"POST"}, "Access-Control-Request-Headers": {"content-type"}})
 		if res.StatusCode != http.StatusNoContent || res.Header.Get("Access-Control-Allow-Origin") != "http://localhost:3000" ||
 			res.Header.Get("Content-Length") != "" {
 			t.Errorf("preflight got %d %v, want the gateway's 204 with CORS and no body", res.StatusCode, res.Header)
@@ -459,16 +453,8 @@ func TestConnectionCapAnswers(t *testing.T) {
 	t.Run("sse", func(t *testing.T) {
 		// EventSource stops for good on any status but 200: the refusal
 		// is an error event on a stream, with retry advice.
-		req, err := http.NewRequest(http.MethodGet, url+"/api/v1/chat/stream?session_id=s&user_message=hi", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Accept", "text/event-stream")
-		res, err := http1Client(t).Do(req)
-		if err != nil {
-			t.Fatalf("refused connection not answered: %v", err)
-		}
-		defer res.Body.Close()
+		res := refused(t, http.MethodGet, "/api/v1/chat/stream?session_id=s&user_message=hi", "",
+			http.Header{"Accept": {"text/event-stream"}})
 		body, _ := io.ReadAll(res.Body)
 		if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") ||
 			!strings.Contains(string(body), "retry: ") || !strings.Contains(string(body), "event: error\ndata: {\"error\":{\"code\":\"RATE_LIMITED\"") ||
@@ -510,17 +496,8 @@ func TestConnectionCapAnswers(t *testing.T) {
 	_ = held.Close()
 	var families map[string]*dto.MetricFamily
 	for deadline := time.Now().Add(5 * time.Second); families == nil; time.Sleep(20 * time.Millisecond) {
-		if res, err := http1Client(t).Get(url + "/metrics"); err == nil {
-			if res.StatusCode == http.StatusOK {
-				parser := expfmt.NewTextParser(model.UTF8Validation)
-				families, err = parser.TextToMetricFamilies(res.Body)
-				if err != nil {
-					t.Fatal(err)
-				}
-			}
-			res.Body.Close()
-		}
-		if time.Now().After(deadline) {
+		families, _ = fetchMetrics(t, url)
+		if families == nil && time.Now().After(deadline) {
 			t.Fatal("the place of the closed connection was not freed")
 		}
 	}

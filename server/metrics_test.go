@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -18,20 +19,31 @@ import (
 // scrape fetches /metrics and parses the exposition.
 func scrape(tb testing.TB, url string) map[string]*dto.MetricFamily {
 	tb.Helper()
-	res, err := http1Client(tb).Get(url + "/metrics")
+	families, err := fetchMetrics(tb, url)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return families
+}
+
+// fetchMetrics is scrape for a gateway that may not answer yet: a refused
+// connection or status is an error; a malformed exposition fails the test.
+func fetchMetrics(tb testing.TB, url string) (map[string]*dto.MetricFamily, error) {
+	tb.Helper()
+	res, err := http1Client(tb).Get(url + "/metrics")
+	if err != nil {
+		return nil, err
+	}
 	defer res.Body.Close()
 	if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain") {
-		tb.Fatalf("/metrics: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+		return nil, fmt.Errorf("/metrics: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(res.Body)
 	if err != nil {
 		tb.Fatalf("parse /metrics: %v", err)
 	}
-	return families
+	return families, nil
 }
 
 // sample finds the series of family name with exactly labels; nil if none.

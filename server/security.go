@@ -132,9 +132,10 @@ type SecurityConfig struct {
 	// MaxConnsPerIP caps the open connections of one client address (an
 	// IPv6 /64), trusted proxies excepted (default 1024; negative: no cap).
 	// Connections over it get 429 RATE_LIMITED (an SSE stream: an error
-	// event EventSource retries; HTTP/2: a GOAWAY), and are closed. An HTTP/1.1 caller needs a connection per call in flight:
-	// the default lets one caller at 2,000 calls a second wait half a second
-	// on a slow upstream before it is refused.
+	// event EventSource retries; HTTP/2: a GOAWAY), and are closed. An
+	// HTTP/1.1 caller needs a connection per call in flight: the default
+	// lets one caller at 2,000 calls a second wait half a second on a slow
+	// upstream before it is refused.
 	// Env FLOWGATE_MAX_CONNS_PER_IP, flag -max-conns-per-ip.
 	MaxConnsPerIP int
 	// MaxStreamsPerCaller caps the server streams (SSE included) one caller

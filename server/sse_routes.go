@@ -52,11 +52,16 @@ var sseRoutes = []sseRoute{
 var ssePaths = func() map[string]bool {
 	paths := make(map[string]bool, len(sseRoutes))
 	for _, route := range sseRoutes {
-		_, path, _ := strings.Cut(route.pattern, " ")
-		paths[path] = true
+		paths[route.path()] = true
 	}
 	return paths
 }()
+
+// path is the route's path, without its method.
+func (r sseRoute) path() string {
+	_, path, _ := strings.Cut(r.pattern, " ")
+	return path
+}
 
 // mountSSE registers the SSE routes on mux. Each stream is served by the
 // procedure's forwarder, called in process through the same interceptors
@@ -100,8 +105,7 @@ func mountSSE(mux *http.ServeMux, streams map[string]connect.StreamingHandlerFun
 func refuseStreams(bridges []*sse.Bridge) streamRefusal {
 	byPath := make(map[string]*sse.Bridge, len(bridges))
 	for i, route := range sseRoutes {
-		_, path, _ := strings.Cut(route.pattern, " ")
-		byPath[path] = bridges[i]
+		byPath[route.path()] = bridges[i]
 	}
 	return func(w http.ResponseWriter, r *http.Request, err error) bool {
 		b := byPath[r.URL.Path]
