@@ -170,8 +170,9 @@ func headRead(buf []byte) bool {
 // request starts with head: the request's protocol's shape of a rate-limit
 // error (the contract's for REST and for a head that cannot be parsed; for
 // an SSE stream, one that EventSource retries), closing the connection.
-// The gateway's CORS policy applies, so that a page of another origin
-// can read it; a preflight gets its ordinary answer.
+// The gateway's CORS policy and gRPC-Web layer apply, so that a page of
+// another origin can read it (a preflight gets its ordinary answer) and
+// a gRPC-Web text caller gets text.
 func (l *connLimitListener) refusalAnswer(head []byte, msg string) []byte {
 	ce := connect.NewError(connect.CodeResourceExhausted, errors.New(msg))
 	ce.Meta().Set("Retry-After", "1")
@@ -192,6 +193,9 @@ func (l *connLimitListener) refusalAnswer(head []byte, msg string) []byte {
 	if l.cors != nil {
 		answer = l.cors.Handler(answer)
 	}
+	// As in front of the routes: Google's client's text mode is a
+	// protocol of its own, which only this layer speaks.
+	answer = grpcWebLayer(answer)
 	if r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head))); err == nil {
 		answer.ServeHTTP(w, r)
 	} else {

@@ -386,8 +386,8 @@ func TestConnectionCapPerIP(t *testing.T) {
 // TestConnectionCapAnswers: a connection over the cap is answered in its
 // request's protocol, not reset: REST gets the contract's 429 with
 // Retry-After, an SSE stream an error event that EventSource retries,
-// Connect and gRPC-Web callers ResourceExhausted, and an HTTP/2 caller a
-// GOAWAY that lets it retry; each is counted.
+// Connect and gRPC-Web callers (text mode too) ResourceExhausted, and an
+// HTTP/2 caller a GOAWAY that lets it retry; each is counted.
 func TestConnectionCapAnswers(t *testing.T) {
 	t.Parallel()
 	url := startLimitGateway(t, func(c *SecurityConfig) { c.MaxConnsPerIP = 1 })
@@ -462,6 +462,15 @@ func TestConnectionCapAnswers(t *testing.T) {
 			t.Errorf("got %d %q %q, want a 200 event stream with retry advice and a RATE_LIMITED error event", res.StatusCode, res.Header.Get("Content-Type"), body)
 		}
 	})
+	t.Run("grpc-web-text", func(t *testing.T) {
+		// Google's grpc-web client's default mode; an empty message.
+		res := refused(t, http.MethodPost, "/workflow.agent.v1.WorkflowAgentService/CreateSession", "AAAAAAA=",
+			http.Header{"Content-Type": {"application/grpc-web-text"}, "X-Grpc-Web": {"1"}})
+		if res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "application/grpc-web-text+proto" ||
+			res.Header.Get("Grpc-Status") != "8" || !strings.Contains(res.Header.Get("Grpc-Message"), wantMsg) {
+			t.Errorf("got %d %v, want a text-mode ResourceExhausted %q", res.StatusCode, res.Header, wantMsg)
+		}
+	})
 	req := &enginev1.ExecuteWorkflowRequest{WorkflowDefinition: &enginev1.WorkflowDefinition{Name: "w"}}
 	for name, opts := range map[string][]connect.ClientOption{
 		"connect":  nil,
@@ -501,8 +510,8 @@ func TestConnectionCapAnswers(t *testing.T) {
 			t.Fatal("the place of the closed connection was not freed")
 		}
 	}
-	if v := value(families, "flowgate_rate_limit_refusals_total", map[string]string{"reason": "conn_limit"}); v < 5 {
-		t.Errorf("conn_limit refusals counted %v, want at least the five answered", v)
+	if v := value(families, "flowgate_rate_limit_refusals_total", map[string]string{"reason": "conn_limit"}); v < 6 {
+		t.Errorf("conn_limit refusals counted %v, want at least the six answered", v)
 	}
 }
 
