@@ -194,11 +194,13 @@ func (l *connLimitListener) refusalAnswer(head []byte, msg string) []byte {
 		answer = l.cors.Handler(answer)
 	}
 	// As in front of the routes: Google's client's text mode is a
-	// protocol of its own, which only this layer speaks.
-	answer = grpcWebLayer(answer)
+	// protocol of its own, which only this layer speaks; and every answer
+	// carries a request id the caller can quote.
+	answer = requestID(grpcWebLayer(answer))
 	if r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head))); err == nil {
 		answer.ServeHTTP(w, r)
 	} else {
+		w.header.Set(requestIDHeader, newRequestID())
 		writeRESTError(w, ce)
 	}
 	if w.status == 0 {

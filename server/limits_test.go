@@ -423,7 +423,7 @@ func TestConnectionCapAnswers(t *testing.T) {
 	t.Run("rest", func(t *testing.T) {
 		// From a page of an allowed origin, which must be able to read it.
 		res := refused(t, http.MethodPost, "/api/v1/session", `{"action":"create"}`,
-			http.Header{"Content-Type": {"application/json"}, "Origin": {"http://localhost:3000"}})
+			http.Header{"Content-Type": {"application/json"}, "Origin": {"http://localhost:3000"}, "X-Request-Id": {"cap-1"}})
 		var body struct {
 			Error struct {
 				Code, Message string
@@ -438,8 +438,8 @@ func TestConnectionCapAnswers(t *testing.T) {
 			t.Errorf("got %d %+v, want 429 RATE_LIMITED %q, retry after 1 s", res.StatusCode, body.Error, wantMsg)
 		}
 		if res.Header.Get("Retry-After") != "1" || !res.Close || res.Header.Get("Content-Type") != "application/json" ||
-			res.Header.Get("Access-Control-Allow-Origin") != "http://localhost:3000" {
-			t.Errorf("headers %v (close %v), want Retry-After 1, JSON, CORS for the page, the connection closed", res.Header, res.Close)
+			res.Header.Get("Access-Control-Allow-Origin") != "http://localhost:3000" || res.Header.Get("X-Request-Id") != "cap-1" {
+			t.Errorf("headers %v (close %v), want Retry-After 1, JSON, CORS for the page, the caller's request id, the connection closed", res.Header, res.Close)
 		}
 	})
 	t.Run("preflight", func(t *testing.T) {
@@ -458,8 +458,28 @@ func TestConnectionCapAnswers(t *testing.T) {
 		body, _ := io.ReadAll(res.Body)
 		if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") ||
 			!strings.Contains(string(body), "retry: ") || !strings.Contains(string(body), "event: error\ndata: {\"error\":{\"code\":\"RATE_LIMITED\"") ||
-			!strings.Contains(string(body), wantMsg) {
-			t.Errorf("got %d %q %q, want a 200 event stream with retry advice and a RATE_LIMITED error event", res.StatusCode, res.Header.Get("Content-Type"), body)
+			!strings.Contains(string(body), wantMsg) || !validRequestID(res.Header.Get("X-Request-Id")) {
+			t.Errorf("got %d %v %q, want a 200 event stream with a request id, retry advice and a RATE_LIMITED error event", res.StatusCode, res.Header, body)
+		}
+	})
+	t.Run("unparsable", func(t *testing.T) {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "NOT HTTP\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("refused connection not answered: %v", err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), `"code":"RATE_LIMITED"`) ||
+			!validRequestID(res.Header.Get("X-Request-Id")) {
+			t.Errorf("got %d %v %s, want the contract's 429 with a request id", res.StatusCode, res.Header, body)
 		}
 	})
 	t.Run("grpc-web-text", func(t *testing.T) {
