@@ -148,6 +148,9 @@ var edgeCases = []edgeCase{
 		rpc:     &rpcEdge{procedure: executeProcedure, msg: &enginev1.ExecuteWorkflowRequest{}},
 		sse:     &sseEdge{path: "/api/v1/chat/stream?session_id=s&user_message=hi"},
 		want:    edgeWant{status: 429, restCode: "RATE_LIMITED", code: connect.CodeResourceExhausted, message: "rate limit exceeded", detail: "retry_after_seconds"},
+		// On a 429 EventSource would stop for good: a stream is told in
+		// an event, with retry advice.
+		per: map[string]edgeWant{"sse": {restCode: "RATE_LIMITED", message: "rate limit exceeded", inStream: true, detail: "retry_after_seconds"}},
 	},
 	{
 		name:    "upstream response over the limit",

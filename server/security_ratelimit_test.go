@@ -3,8 +3,10 @@ package server
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +90,31 @@ func TestSpoofedForwardedForDoesNotEscapeTheLimit(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A browser's stream refused by a rate limit comes back when the limit
+// says: a 200 stream whose last retry advice is the limit's Retry-After,
+// and the RATE_LIMITED error for the page to read. On a 429 EventSource
+// would stop for good, and the page could not tell why.
+func TestRateLimitedSSEStreamRetries(t *testing.T) {
+	t.Parallel()
+	f := newSecFixture(t, func(c *Config) {
+		c.Security.RateLimitIP = 0.01
+		c.Security.RateLimitIPBurst = 1
+	})
+	if _, err := limitedCall(t, f.url, "rest", marker("sse-limit", "first"), nil); err != nil {
+		t.Fatal(err)
+	}
+	res := sseGet(t, http1Client(t), f.url+"/api/v1/chat/stream?session_id=s&user_message=hi", bearer(hsToken(t, nil)))
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	retries := regexp.MustCompile(`(?m)^retry: (\d+)$`).FindAllStringSubmatch(string(body), -1)
+	if res.StatusCode != http.StatusOK || len(retries) == 0 || retries[len(retries)-1][1] != "100000" ||
+		!strings.HasSuffix(string(body), "event: error\ndata: {\"error\":{\"code\":\"RATE_LIMITED\",\"message\":\"rate limit exceeded; retry in 100 s\",\"details\":{\"retry_after_seconds\":100}}}\n\n") {
+		t.Errorf("got %d %q, want a 200 stream advising a retry in 100 s, ending with the RATE_LIMITED event", res.StatusCode, body)
 	}
 }
 

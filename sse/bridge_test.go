@@ -227,7 +227,9 @@ func TestPreStreamErrors(t *testing.T) {
 			{query: "session_id=s&count=0&fail_code=unauthenticated", status: 401, code: "UNAUTHORIZED"},
 			{query: "session_id=s&count=0&fail_code=permission_denied", status: 403, code: "FORBIDDEN"},
 			{query: "session_id=s&count=0&fail_code=already_exists", status: 409, code: "CONFLICT"},
-			{query: "session_id=s&count=0&fail_code=resource_exhausted", status: 429, code: "RATE_LIMITED"},
+			// Without a Retry-After (too many streams open), retrying would
+			// not help: EventSource is stopped.
+			{query: "session_id=s&count=0&fail_code=resource_exhausted&tags=retry-after%3D", status: 429, code: "RATE_LIMITED"},
 			{query: "session_id=s&count=0&fail_code=deadline_exceeded", status: 504, code: "GATEWAY_TIMEOUT"},
 			{query: "session_id=s&count=0&fail_code=internal", status: 500, code: "INTERNAL_ERROR"},
 		} {

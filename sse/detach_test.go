@@ -135,17 +135,6 @@ func TestDetachedResponseKeepsOuterHeaders(t *testing.T) {
 	}
 }
 
-func TestRateLimitedStreamSaysWhenToRetry(t *testing.T) {
-	t.Parallel()
-	forEachProtocol(t, func(t *testing.T, get getFunc) {
-		_, srv, _ := newBridge(t, Config{})
-		resp := get(t, srv.URL+"?session_id=s&count=0&fail_code=resource_exhausted", nil)
-		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "3" {
-			t.Errorf("%d Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
-		}
-	})
-}
-
 // startDetached serves a tick bridge over HTTP/1.1 only, started by start.
 func startDetached(t *testing.T, start func(*httptest.Server)) (*tickServer, *httptest.Server) {
 	t.Helper()

@@ -3,6 +3,7 @@ package sse
 import (
 	"net/http"
 	"strconv"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -19,9 +20,10 @@ type apiError struct {
 	Message    string
 	Details    map[string]any
 	retryAfter string
-	// retryable failures pass on their own (an upstream restarting): the
-	// browser gets them as an error event on a 200 stream, since
-	// EventSource stops reconnecting for good on any other status.
+	// retryable failures pass on their own (an upstream restarting, a rate
+	// limit that says when to come back): the browser gets them as an
+	// error event on a 200 stream, since EventSource stops reconnecting
+	// for good on any other status, and cannot show a page the status.
 	retryable bool
 }
 
@@ -54,11 +56,24 @@ func validationError(field, reason string) *apiError {
 }
 
 // fromError shapes the error a handler returned, before the stream or in
-// it alike.
+// it alike. A refusal that says when to retry (a rate limit) passes on
+// its own; one that does not (too many streams open) waits on the
+// caller, and stops EventSource.
 func fromError(err error) *apiError {
 	e := apierr.FromError(err)
+	code := connect.CodeOf(err)
 	return &apiError{status: e.Status, Code: e.Code, Message: e.Message, Details: e.Details, retryAfter: e.RetryAfter,
-		retryable: connect.CodeOf(err) == connect.CodeUnavailable}
+		retryable: code == connect.CodeUnavailable || code == connect.CodeResourceExhausted && e.RetryAfter != ""}
+}
+
+// retryAdvice is the reconnection delay a retryable failure asks for
+// beyond the bridge's own advice, or 0: a rate limit's Retry-After.
+func (e *apiError) retryAdvice() time.Duration {
+	secs, err := strconv.Atoi(e.retryAfter)
+	if err != nil || secs <= 0 {
+		return 0
+	}
+	return time.Duration(secs) * time.Second
 }
 
 // internalError is what callers see when the gateway itself fails; the

@@ -155,7 +155,18 @@ func (ts *tickServer) serve(ctx context.Context, md protoreflect.MethodDescripto
 			return err
 		}
 		err := connect.NewError(c, errors.New("upstream says "+code+" at 10.0.0.7:9000"))
-		err.Meta().Set("Retry-After", "3")
+		// A tag retry-after=N replaces the Retry-After of 3; an empty N
+		// sends none.
+		retryAfter := "3"
+		tags := get("tags").List()
+		for i := range tags.Len() {
+			if v, ok := strings.CutPrefix(tags.Get(i).String(), "retry-after="); ok {
+				retryAfter = v
+			}
+		}
+		if retryAfter != "" {
+			err.Meta().Set("Retry-After", retryAfter)
+		}
 		return err
 	}
 	return nil

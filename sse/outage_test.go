@@ -48,6 +48,49 @@ func TestUnavailableBeforeFirstEventKeepsReconnecting(t *testing.T) {
 	}
 }
 
+// A rate-limited stream says when to come back in a way EventSource
+// follows: a 200 stream whose last retry advice is no sooner than the
+// limit's Retry-After, and the RATE_LIMITED error for the page to show.
+// On a 429 EventSource would stop for good, and a page cannot read why.
+func TestRateLimitedStreamSaysWhenToRetry(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name       string
+		retry      time.Duration
+		retryAfter string
+		want       []string // the retry fields, in order
+	}{
+		{"default advice is longer", 0, "2", []string{"3000"}},
+		{"the limit's is longer", 0, "7", []string{"7000"}},
+		{"the bridge's is longer", 10 * time.Second, "7", []string{"10000"}},
+		{"the bridge's is shorter", time.Second, "7", []string{"1000", "7000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			forEachProtocol(t, func(t *testing.T, get getFunc) {
+				_, srv, _ := newBridge(t, Config{Retry: tc.retry})
+				resp := get(t, srv.URL+"?session_id=s&count=0&fail_code=resource_exhausted&tags=retry-after%3D"+tc.retryAfter, nil)
+				body, _ := io.ReadAll(resp.Body)
+				events := readEvents(t, strings.NewReader(string(body)), nil)
+				var retries []string
+				var ce contractError
+				for _, e := range events {
+					switch e.name {
+					case "retry":
+						retries = append(retries, e.data)
+					case "error":
+						_ = json.Unmarshal([]byte(e.data), &ce)
+					}
+				}
+				if resp.StatusCode != http.StatusOK || strings.Join(retries, ",") != strings.Join(tc.want, ",") ||
+					ce.Error.Code != "RATE_LIMITED" || !strings.Contains(ce.Error.Message, "resource_exhausted") ||
+					events[len(events)-1].name != "error" {
+					t.Errorf("got %d %q, want a 200 stream with retry %v and a RATE_LIMITED error event", resp.StatusCode, body, tc.want)
+				}
+			})
+		})
+	}
+}
+
 // A resumed stream sends its headers as soon as the handler takes the
 // request, not when the first event or heartbeat comes.
 func TestResumedStreamCommitsAtOnce(t *testing.T) {

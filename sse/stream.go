@@ -197,13 +197,23 @@ func (s *stream) writeEvent(name, id string, data []byte) error {
 
 // writeError ends the stream with an error event. A retryable one always
 // carries retry advice, so that browsers come back at a measured pace even
-// where the bridge advises no delay of its own.
+// where the bridge advises no delay of its own, and no sooner than the
+// failure's Retry-After.
 func (s *stream) writeError(failure *apiError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if failure.retryable && s.b.retryField == nil && s.outErr == nil && !s.finished {
+	if failure.retryable && s.outErr == nil && !s.finished {
 		s.commitLocked()
-		_ = s.writeLocked(s.b.outageRetry)
+		advised := DefaultRetry // what outageRetry says
+		if s.b.retryField != nil {
+			advised = s.b.retry // sent as the stream began
+		}
+		switch d := failure.retryAdvice(); {
+		case d > advised:
+			_ = s.writeLocked(retryField(d)) // the last retry field counts
+		case s.b.retryField == nil:
+			_ = s.writeLocked(s.b.outageRetry)
+		}
 	}
 	_ = s.writeEventLocked("error", "", failure.body())
 }
