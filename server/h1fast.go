@@ -152,7 +152,7 @@ func (s *h1Fast) serve(conn net.Conn, prefix []byte) {
 	if handed {
 		s.handed.Add(1)
 		_ = conn.SetReadDeadline(time.Time{})
-		s.handoff(&replayConn{Conn: conn, prefix: c.buf})
+		s.handoff(&replayConn{Conn: conn, prefix: c.buf, h1: true})
 		return
 	}
 	_ = conn.Close()

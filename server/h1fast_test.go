@@ -127,6 +127,7 @@ var answerMasks = []*regexp.Regexp{
 	regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`),
 	regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`),
 	regexp.MustCompile(`(?m)^Date: .*$`),
+	regexp.MustCompile(`(?m)^X-Request-Id: [0-9a-f]{32}\r?$`), // minted for a refusal before the head is read
 }
 
 // converse runs x on a fresh connection to base and returns the answers,

@@ -508,6 +508,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		go sp.run()
 		httpLn = sp.http
+	} else if g.tlsConfig == nil {
+		httpLn = contractErrorsListener{ln}
 	}
 	errc := make(chan error, 1)
 	go func() {

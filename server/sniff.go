@@ -115,7 +115,7 @@ func (s *connSplitter) route(conn net.Conn) {
 		return
 	}
 	defer s.wg.Done()
-	wrapped := &replayConn{Conn: conn, prefix: prefix, dropAck: dropAck}
+	wrapped := &replayConn{Conn: conn, prefix: prefix, dropAck: dropAck, h1: !h2}
 	if grpc && err == nil {
 		s.grpc.deliver(wrapped)
 		return
@@ -275,12 +275,27 @@ func validBinaryHeader(v string) bool {
 
 // replayConn gives its reader the bytes sniffing consumed, then the
 // connection's, leaving out the client's acknowledgement of the splitter's
-// SETTINGS frame if it had not arrived yet.
+// SETTINGS frame if it had not arrived yet. On a connection net/http
+// serves over HTTP/1.x (h1), net/http's own plain-text answers are
+// written in the contract's shape (see contractAnswer).
 type replayConn struct {
 	net.Conn
 	prefix  []byte
 	dropAck bool
 	frame   []byte // a frame read while looking for the acknowledgement
+	h1      bool
+}
+
+func (c *replayConn) Write(p []byte) (int, error) {
+	if c.h1 {
+		if answer, ok := contractAnswer(p); ok {
+			if _, err := c.Conn.Write(answer); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+	}
+	return c.Conn.Write(p)
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {
