@@ -9,11 +9,12 @@ import "net/http"
 // browser that keeps one ask again before using it.
 const getCacheControl = "private, no-cache"
 
-// cacheGET sets the caching of GET answers; the other methods' answers are
-// not cacheable by HTTP's rules and are left alone.
+// cacheGET sets the caching of GET answers, and of HEAD's, which are
+// GET's headers; the other methods' answers are not cacheable by HTTP's
+// rules and are left alone.
 func cacheGET(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			next.ServeHTTP(w, r)
 			return
 		}

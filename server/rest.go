@@ -96,6 +96,14 @@ func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
 			return
 		}
 		rw := newRESTWriter(w, headerValue(r.Header, "Content-Type"), maxBody)
+		if r.Method == http.MethodHead && !strings.HasPrefix(r.URL.Path, webhookPrefix) {
+			// HEAD is GET without the content (RFC 9110, 9.3.2); the
+			// server under this handler knows the request as HEAD and
+			// sends no body, whatever is written. A webhook gets the
+			// method it was called with.
+			r = r.WithContext(r.Context())
+			r.Method = http.MethodGet
+		}
 		u := prepareREST(r)
 		rw.ctx = restContext{Context: r.Context(), trace: &rw.trace}
 		ctx := &rw.ctx
@@ -186,6 +194,9 @@ func (w *restWriter) finish() {
 	}
 	h := w.Header()
 	dropProtocolHeaders(h)
+	if allow := h.Get("Allow"); w.held == http.StatusMethodNotAllowed && strings.Contains(allow, http.MethodGet) && !strings.Contains(allow, http.MethodHead) {
+		h.Set("Allow", allow+","+http.MethodHead)
+	}
 	err := w.reshape()
 	for name, vals := range w.trace.meta {
 		if !neverForwarded(name) {
