@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // What the transcoder (vanguard v0.4.0) gets wrong at the edge, settled in
@@ -155,4 +158,73 @@ func dropProtocolHeaders(h http.Header) {
 			delete(h, name)
 		}
 	}
+}
+
+// listParams are the query parameters a REST call may give more than
+// once: the repeated scalar fields of the request messages of routes whose
+// query string maps onto fields, by the names the transcoder takes (field
+// and JSON names, dotted through nested messages).
+func listParams(svcs []protoreflect.ServiceDescriptor) map[string]bool {
+	lists := map[string]bool{}
+	var walk func(msg protoreflect.MessageDescriptor, prefixes []string, depth int)
+	walk = func(msg protoreflect.MessageDescriptor, prefixes []string, depth int) {
+		fields := msg.Fields()
+		for i := range fields.Len() {
+			f := fields.Get(i)
+			var names []string
+			for _, p := range prefixes {
+				names = append(names, p+string(f.Name()), p+f.JSONName())
+			}
+			switch {
+			case f.IsList() && f.Message() == nil:
+				for _, n := range names {
+					lists[n] = true
+				}
+			case !f.IsList() && !f.IsMap() && f.Message() != nil && depth < 8:
+				for j := range names {
+					names[j] += "."
+				}
+				walk(f.Message(), names, depth+1)
+			}
+		}
+	}
+	for _, svc := range svcs {
+		methods := svc.Methods()
+		for i := range methods.Len() {
+			md := methods.Get(i)
+			rule, _ := proto.GetExtension(md.Options(), annotations.E_Http).(*annotations.HttpRule)
+			if rule == nil {
+				continue
+			}
+			for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
+				if r.GetBody() != "*" {
+					walk(md.Input(), []string{""}, 0)
+				}
+			}
+		}
+	}
+	return lists
+}
+
+// checkQueryRepeats refuses a query parameter given more than once unless
+// it names a list: the transcoder would keep its last value and drop the
+// others unseen.
+func checkQueryRepeats(rawQuery string, lists map[string]bool) error {
+	if rawQuery == "" {
+		return nil
+	}
+	query, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return nil // the transcoder says what is wrong with it
+	}
+	repeated := ""
+	for key, vals := range query {
+		if len(vals) > 1 && !lists[key] && (repeated == "" || key < repeated) {
+			repeated = key
+		}
+	}
+	if repeated != "" {
+		return badRequest(repeated, "given more than once; it takes one value")
+	}
+	return nil
 }

@@ -107,6 +107,16 @@ var edgeCases = []edgeCase{
 		want: edgeWant{status: 400, restCode: "VALIDATION_ERROR", message: "invalid page: not a valid value", detail: "field"},
 	},
 	{
+		// The transcoder would keep the last value and drop the others.
+		name: "query parameter given twice",
+		rest: &restEdge{method: "GET", path: "/api/v1/executions?page_size=5&status=running&page_size=7"},
+		sse:  &sseEdge{path: "/api/v1/chat/stream?session_id=s&session_id=t&user_message=hi"},
+		want: edgeWant{status: 400, restCode: "VALIDATION_ERROR", message: "invalid page_size: given more than once", detail: "field"},
+		per: map[string]edgeWant{
+			"sse": {status: 400, restCode: "VALIDATION_ERROR", message: "Invalid request parameters", detail: "field"},
+		},
+	},
+	{
 		name: "unknown query parameter",
 		rest: &restEdge{method: "GET", path: "/api/v1/executions?nope=1"},
 		sse:  &sseEdge{path: "/api/v1/chat/stream?session_id=s&nope=1"},

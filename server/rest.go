@@ -74,8 +74,9 @@ const webhookPrefix = "/api/v1/webhooks/"
 // routes and wrong methods; it also settles, in front of the transcoder,
 // what the transcoder gets wrong at the edge (see edge.go). RPC callers get
 // their protocol's error shape for the transcoder's own refusals.
-// maxBody is the request body limit, named in size errors.
-func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
+// maxBody is the request body limit, named in size errors; lists are the
+// query parameters that may be repeated (see listParams).
+func restLayer(next http.Handler, fast *restFast, maxBody int64, lists map[string]bool) http.Handler {
 	errs := newErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Internal headers are the gateway's own; no caller may set them.
@@ -105,6 +106,10 @@ func restLayer(next http.Handler, fast *restFast, maxBody int64) http.Handler {
 			r.Method = http.MethodGet
 		}
 		u := prepareREST(r)
+		if err := checkQueryRepeats(u.RawQuery, lists); err != nil {
+			errs.write(w, r, err)
+			return
+		}
 		rw.ctx = restContext{Context: r.Context(), trace: &rw.trace}
 		ctx := &rw.ctx
 		// The direct path takes what it needs from r as it is: a copy

@@ -290,7 +290,11 @@ func (g *Gateway) buildHandler() (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("could not build the transcoder: %w", err)
 	}
-	rest := restLayer(transcoder, g.rest, g.security.cfg.MaxBodyBytes)
+	var descs []protoreflect.ServiceDescriptor
+	for _, svc := range services() {
+		descs = append(descs, svc.desc)
+	}
+	rest := restLayer(transcoder, g.rest, g.security.cfg.MaxBodyBytes, listParams(descs))
 	rpc := cacheGET(rest)
 
 	mux := http.NewServeMux()
