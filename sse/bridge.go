@@ -16,10 +16,10 @@ import (
 // the contract's shape, which stops EventSource, unless the failure will
 // pass on its own (an unavailable upstream, a server shutting down, a rate
 // limit that says when to retry): those get a 200 stream with retry advice
-// and a single "error" event, so that EventSource keeps reconnecting. Once the stream has started, a failure
-// is a final "error" event. A stream that ends cleanly ends with an "end"
-// event (data {}), so that pages can close their EventSource rather than
-// have it reconnect.
+// and a single "error" event, so that EventSource keeps reconnecting. Once
+// the stream has started, a failure is a final "error" event. A stream
+// that ends cleanly ends with an "end" event (data {}), so that pages can
+// close their EventSource rather than have it reconnect.
 func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET")
