@@ -21,7 +21,8 @@ import (
 // connections net/http serves over HTTP/1.x pass their writes through
 // contractAnswer, which rewrites that form and nothing else. No response
 // of a handler can match it: net/http writes those through its own
-// writer, with a Date header after the status line.
+// writer, with a Date header after the status line, and the form must fill
+// the write exactly.
 const netHTTPErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
 
 // contractAnswer returns the contract's form of p if p is one of net/http's
@@ -39,6 +40,13 @@ func contractAnswer(p []byte) ([]byte, bool) {
 	statusLine := p[:end]
 	code, err := strconv.Atoi(string(statusLine[len(proto) : len(proto)+3]))
 	if err != nil {
+		return nil, false
+	}
+	// The write is the whole answer, its body the status line's words (or,
+	// for 501, net/http's fixed sentence): a response body that happens to
+	// start a write with the same head does not qualify.
+	body := string(p[end+len(netHTTPErrorHeaders):])
+	if body != string(statusLine[len(proto):]) && (code != http.StatusNotImplemented || body != "Unsupported transfer encoding") {
 		return nil, false
 	}
 	msg := ""
@@ -59,8 +67,8 @@ func contractAnswer(p []byte) ([]byte, bool) {
 	if code == http.StatusHTTPVersionNotSupported {
 		e.Code = "VALIDATION_ERROR" // the caller's request, not the gateway, is at fault
 	}
-	body := e.JSON()
-	out := make([]byte, 0, 256+len(body))
+	errBody := e.JSON()
+	out := make([]byte, 0, 256+len(errBody))
 	out = append(out, proto...)
 	out = strconv.AppendInt(out, int64(code), 10)
 	out = append(out, ' ')
@@ -69,9 +77,9 @@ func contractAnswer(p []byte) ([]byte, bool) {
 	out = append(out, "X-Request-Id: "...)
 	out = append(out, newRequestID()...)
 	out = append(out, "\r\nContent-Length: "...)
-	out = strconv.AppendInt(out, int64(len(body)), 10)
+	out = strconv.AppendInt(out, int64(len(errBody)), 10)
 	out = append(out, "\r\nConnection: close\r\n\r\n"...)
-	return append(out, body...), true
+	return append(out, errBody...), true
 }
 
 // contractErrorsListener passes every connection it accepts through

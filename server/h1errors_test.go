@@ -105,6 +105,8 @@ func TestContractAnswerRecognizesOnlyNetHTTPRefusals(t *testing.T) {
 	for _, p := range []string{
 		"HTTP/1.1 431 Request Header Fields Too Large" + errorHeaders + "431 Request Header Fields Too Large",
 		"HTTP/1.1 400 Bad Request: missing required Host header" + errorHeaders + "400 Bad Request: missing required Host header",
+		"HTTP/1.1 501 Not Implemented" + errorHeaders + "Unsupported transfer encoding",
+		"HTTP/1.1 505 HTTP Version Not Supported: unsupported protocol version" + errorHeaders + "505 HTTP Version Not Supported: unsupported protocol version",
 	} {
 		if _, ok := contractAnswer([]byte(p)); !ok {
 			t.Errorf("%q not rewritten", p)
@@ -115,6 +117,9 @@ func TestContractAnswerRecognizesOnlyNetHTTPRefusals(t *testing.T) {
 		// which adds a Date.
 		"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Wed, 02 Dec 2026 05:00:00 GMT\r\nConnection: close\r\n\r\nno",
 		"HTTP/1.1 200 OK" + errorHeaders + "fine",
+		// A body that starts a write with the same head, but goes on.
+		"HTTP/1.1 400 Bad Request" + errorHeaders + "400 Bad Request and more of a body",
+		"HTTP/1.1 501 Not Implemented" + errorHeaders + "something else",
 		"HTTP/1.0 400 Bad Request" + errorHeaders + "400 Bad Request",
 		"\x00\x00\x12\x04\x00\x00\x00\x00\x00", // an HTTP/2 frame
 		"HTTP/1.1 4",
