@@ -1,10 +1,9 @@
 package server
 
 import (
-	"bufio"
 	"io"
-	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,16 +31,11 @@ func TestRESTHead(t *testing.T) {
 
 	t.Run("http1", func(t *testing.T) {
 		// A body after the HEAD answer would be read as the next answer.
-		conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn, br := dialH1(t, url)
 		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.WriteString(conn, "HEAD "+path+" HTTP/1.1\r\nHost: gw\r\n\r\nGET /livez HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
-		br := bufio.NewReader(conn)
 		head, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
 		if err != nil {
 			t.Fatal(err)
@@ -70,7 +64,7 @@ func TestRESTHead(t *testing.T) {
 	})
 	for method, tc := range map[string]struct{ path, allow string }{
 		http.MethodHead: {"/api/v1/session", "POST"},                       // a route without GET
-		http.MethodPut:  {"/api/v1/workflow/deployments", "POST,GET,HEAD"}, // a route with GET
+		http.MethodPut:  {"/api/v1/workflow/deployments", "GET,HEAD,POST"}, // a route with GET
 	} {
 		req, _ := http.NewRequestWithContext(t.Context(), method, url+tc.path, nil)
 		res, err := http1Client(t).Do(req)
@@ -78,7 +72,10 @@ func TestRESTHead(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = res.Body.Close()
-		if res.StatusCode != http.StatusMethodNotAllowed || res.Header.Get("Allow") != tc.allow {
+		// The transcoder lists the methods in no fixed order.
+		allow := strings.Split(res.Header.Get("Allow"), ",")
+		slices.Sort(allow)
+		if res.StatusCode != http.StatusMethodNotAllowed || strings.Join(allow, ",") != tc.allow {
 			t.Errorf("%s %s: %d, Allow %q; want 405 with Allow %q", method, tc.path, res.StatusCode, res.Header.Get("Allow"), tc.allow)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -199,8 +200,8 @@ func (w *restWriter) finish() {
 	}
 	h := w.Header()
 	dropProtocolHeaders(h)
-	if allow := h.Get("Allow"); w.held == http.StatusMethodNotAllowed && strings.Contains(allow, http.MethodGet) && !strings.Contains(allow, http.MethodHead) {
-		h.Set("Allow", allow+","+http.MethodHead)
+	if allow := h.Get("Allow"); w.held == http.StatusMethodNotAllowed && allow != "" {
+		h.Set("Allow", allowed(allow))
 	}
 	err := w.reshape()
 	for name, vals := range w.trace.meta {
@@ -209,6 +210,17 @@ func (w *restWriter) finish() {
 		}
 	}
 	err.Write(w.ResponseWriter)
+}
+
+// allowed is the transcoder's Allow list in a fixed order, with HEAD
+// wherever GET is served (see restLayer).
+func allowed(allow string) string {
+	methods := strings.Split(allow, ",")
+	if slices.Contains(methods, http.MethodGet) && !slices.Contains(methods, http.MethodHead) {
+		methods = append(methods, http.MethodHead)
+	}
+	slices.Sort(methods)
+	return strings.Join(methods, ",")
 }
 
 // reshape turns what was held back into the contract's error. The
