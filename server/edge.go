@@ -173,7 +173,10 @@ func listParams(svcs []protoreflect.ServiceDescriptor) map[string]bool {
 			f := fields.Get(i)
 			var names []string
 			for _, p := range prefixes {
-				names = append(names, p+string(f.Name()), p+f.JSONName())
+				names = append(names, p+string(f.Name()))
+				if f.JSONName() != string(f.Name()) {
+					names = append(names, p+f.JSONName())
+				}
 			}
 			switch {
 			case f.IsList() && f.Message() == nil:
@@ -210,8 +213,8 @@ func listParams(svcs []protoreflect.ServiceDescriptor) map[string]bool {
 // it names a list: the transcoder would keep its last value and drop the
 // others unseen.
 func checkQueryRepeats(rawQuery string, lists map[string]bool) error {
-	if rawQuery == "" {
-		return nil
+	if !strings.Contains(rawQuery, "&") {
+		return nil // at most one parameter
 	}
 	query, err := url.ParseQuery(rawQuery)
 	if err != nil {
