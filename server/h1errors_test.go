@@ -1,10 +1,8 @@
 package server
 
 import (
-	"bufio"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -69,16 +67,11 @@ func TestNetHTTPRefusalsInContractShape(t *testing.T) {
 // response read before the connection closed.
 func rawLastResponse(t *testing.T, url, request string) (*http.Response, []byte) {
 	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, br := dialH1(t, url)
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	// Written concurrently: a refused head may be answered before it is
 	// all sent.
 	go func() { _, _ = io.WriteString(conn, request) }()
-	br := bufio.NewReader(conn)
 	var last *http.Response
 	var body []byte
 	for {

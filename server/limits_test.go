@@ -463,16 +463,12 @@ func TestConnectionCapAnswers(t *testing.T) {
 		}
 	})
 	t.Run("unparsable", func(t *testing.T) {
-		conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn, br := dialH1(t, url)
 		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.WriteString(conn, "NOT HTTP\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
-		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		res, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatalf("refused connection not answered: %v", err)
 		}
